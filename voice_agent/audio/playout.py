@@ -1,0 +1,127 @@
+"""The outbound audio buffer: segments of agent audio tagged by generation.
+
+Pure and synchronous: the driver pushes synthesized sentences and a paced
+writer pulls fixed-size frames. Each segment remembers how many of its
+samples were sent, which is what "heard" is computed from.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from voice_agent.audio.pcm import FRAME_SAMPLES, Pcm
+
+
+@dataclass
+class Segment:
+    """One chunk of speech (usually one sentence) of generation ``gen``."""
+
+    gen: int
+    text: str
+    pcm: Pcm
+    played: int = 0
+
+    @property
+    def total(self) -> int:
+        return len(self.pcm)
+
+
+class Playout:
+    """FIFO of agent audio pulled in frames of ``frame_samples``.
+
+    Segments are zero-padded to a whole number of frames when pushed, so a
+    frame never spans two sentences (at most one frame of silence is added at
+    a sentence's end). ``capacity`` bounds the buffered samples: callers check
+    :meth:`has_room` before :meth:`push`.
+    """
+
+    def __init__(self, frame_samples: int = FRAME_SAMPLES, capacity: int = 16_000 * 20) -> None:
+        self.frame_samples = frame_samples
+        self.capacity = capacity
+        self._queue: deque[Segment] = deque()
+        self._buffered = 0
+        self.history: dict[int, list[Segment]] = {}
+
+    @property
+    def buffered(self) -> int:
+        """Samples queued and not yet pulled."""
+        return self._buffered
+
+    def has_room(self) -> bool:
+        return self._buffered < self.capacity
+
+    def push(self, gen: int, pcm: Pcm, text: str) -> Segment:
+        pad = (-len(pcm)) % self.frame_samples
+        if pad:
+            pcm = np.concatenate([pcm, np.zeros(pad, dtype=np.int16)])
+        seg = Segment(gen=gen, text=text, pcm=pcm)
+        self._queue.append(seg)
+        self._buffered += seg.total
+        self.history.setdefault(gen, []).append(seg)
+        return seg
+
+    def pull(self) -> tuple[int, Pcm, Segment] | None:
+        """Next frame as ``(gen, frame, segment)``, or None when nothing is queued."""
+        while self._queue and self._queue[0].played >= self._queue[0].total:
+            self._queue.popleft()
+        if not self._queue:
+            return None
+        seg = self._queue[0]
+        start = seg.played
+        frame = seg.pcm[start : start + self.frame_samples]
+        seg.played += len(frame)
+        self._buffered -= len(frame)
+        if seg.played >= seg.total:
+            self._queue.popleft()
+        return seg.gen, frame, seg
+
+    def clear(self, gen: int | None = None) -> int:
+        """Drop queued audio of generations ``<= gen`` (all when None). Returns samples dropped."""
+        kept: deque[Segment] = deque()
+        dropped = 0
+        for seg in self._queue:
+            if gen is None or seg.gen <= gen:
+                dropped += seg.total - seg.played
+            else:
+                kept.append(seg)
+        self._queue = kept
+        self._buffered -= dropped
+        return dropped
+
+    def pending(self, gen: int) -> int:
+        """Samples of ``gen`` still queued."""
+        return sum(s.total - s.played for s in self._queue if s.gen == gen)
+
+    def played_samples(self, gen: int) -> int:
+        return sum(s.played for s in self.history.get(gen, []))
+
+    def heard_text(self, gen: int) -> str:
+        """The words of ``gen`` whose audio was sent.
+
+        Whole sentences whose audio was fully sent, plus, for a sentence cut
+        part-way, the share of its words proportional to the share of its
+        audio that was sent (a proportional estimate, not word timings).
+        """
+        return heard_text(self.history.get(gen, []))
+
+    def forget(self, gen: int) -> None:
+        """Drop the bookkeeping for a finished generation."""
+        self.history.pop(gen, None)
+
+
+def heard_text(segments: list[Segment]) -> str:
+    words: list[str] = []
+    for seg in segments:
+        seg_words = seg.text.split()
+        if seg.played >= seg.total:
+            words.extend(seg_words)
+        elif seg.played > 0 and seg.total > 0:
+            n = int(len(seg_words) * seg.played / seg.total)
+            words.extend(seg_words[:n])
+            break
+        else:
+            break
+    return " ".join(words)

@@ -1,0 +1,134 @@
+"""``voice-agent``: setup · replay · bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from voice_agent.errors import VoiceAgentError
+
+SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "jfk.flac"
+
+
+def _log(msg: str) -> None:
+    print(f"[voice-agent] {msg}", file=sys.stderr, flush=True)
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models")
+    g.add_argument("--stt-model", default=None, help="tiny-en (default), base, or a CTranslate2 dir")
+    g.add_argument("--vad", choices=["webrtc", "silero"], default=None)
+    g.add_argument(
+        "--llm-profile",
+        default=None,
+        help="quality (Qwen2.5-Coder-1.5B, default), fast (0.5B), a manifest name or a .gguf",
+    )
+    g.add_argument("--llm-url", default=None, help="remote OpenAI-compatible base URL")
+    g.add_argument("--llm-model", default=None, help="model name at --llm-url")
+    g.add_argument("--llm-timeout", type=float, default=None, help="seconds to first token")
+
+
+def _engine_config(args: argparse.Namespace) -> Any:
+    from voice_agent.session.engine import EngineConfig
+
+    return EngineConfig.from_env(
+        stt_model=args.stt_model,
+        vad=args.vad,
+        llm_profile=args.llm_profile,
+        llm_base_url=args.llm_url,
+        llm_model=args.llm_model,
+        llm_timeout_s=args.llm_timeout,
+    )
+
+
+def _session_config(args: argparse.Namespace) -> Any:
+    from voice_agent.session.driver import SessionConfig
+
+    cfg = SessionConfig()
+    if getattr(args, "min_silence", None) is not None:
+        cfg.min_silence_s = args.min_silence / 1000
+    if getattr(args, "max_silence", None) is not None:
+        cfg.max_silence_s = args.max_silence / 1000
+    return cfg
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voice-agent", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("setup", help="assemble and verify the embedded models; build llama-server")
+    s.add_argument("--no-build", action="store_true", help="skip compiling llama-server")
+    s.add_argument("--minimal", action="store_true", help="only tiny.en, the 0.5B LLM and the voice")
+
+    r = sub.add_parser("replay", help="stream a recorded file through the session core")
+    r.add_argument("input", nargs="?", default=str(SAMPLE), help="WAV or FLAC (default: a sample)")
+    r.add_argument("--fast", action="store_true", help="don't wait in real time while nothing is timed")
+    ch = r.add_mutually_exclusive_group()
+    ch.add_argument("--channel", type=int, default=None, help="use this channel (0-based)")
+    ch.add_argument("--mix", action="store_true", help="mix all channels (the default)")
+    r.add_argument("--report", type=Path, default=None, help="write the JSON report here")
+    r.add_argument("--out", type=Path, default=None, help="write a stereo WAV: caller L, agent R")
+    r.add_argument("--min-silence", type=int, default=None, help="ms of silence ending a finished sentence")
+    r.add_argument("--max-silence", type=int, default=None, help="ms of silence ending any turn")
+    _engine_args(r)
+
+    b = sub.add_parser("bench", help="latency benchmark over real and synthetic utterances")
+    b.add_argument("--json", type=Path, default=Path("bench.json"), help="write figures here")
+    b.add_argument("--limit", type=int, default=None, help="run only the first N utterances")
+    _engine_args(b)
+    return parser
+
+
+async def _replay(args: argparse.Namespace) -> int:
+    from voice_agent.audio.files import load_audio_16k, write_wav
+    from voice_agent.core.clock import LoopClock
+    from voice_agent.replay import format_turns, replay
+    from voice_agent.runtime import open_engine
+
+    pcm = load_audio_16k(args.input, args.channel)
+    async with open_engine(_engine_config(args), _log) as engine:
+        _log(f"replaying {args.input} ({len(pcm) / 16000:.1f} s, {'fast' if args.fast else 'real-time'})")
+        result = await replay(engine, pcm, LoopClock(), fast=args.fast, config=_session_config(args))
+    report = result.report | {"input": str(args.input)}
+    print(format_turns(report))
+    if not report["turns"]:
+        print("no turns: the VAD heard no speech in the input")
+    if args.report:
+        args.report.write_text(json.dumps(report, indent=2))
+        _log(f"report written to {args.report}")
+    if args.out:
+        write_wav(args.out, result.stereo())
+        _log(f"conversation written to {args.out} (caller left, agent right)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "setup":
+            from voice_agent.models import setup
+
+            stt = ["tiny-en"] if args.minimal else ["tiny-en", "base"]
+            llm = ["qwen2.5-coder-0.5b"] if args.minimal else ["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
+            setup(stt, llm, ["joe-medium"], build=not args.no_build, log=_log)
+            return 0
+        if args.command == "replay":
+            return asyncio.run(_replay(args))
+        if args.command == "bench":
+            from voice_agent.bench import run_bench
+
+            return asyncio.run(run_bench(args, _engine_config(args), _log))
+    except VoiceAgentError as exc:
+        print(f"voice-agent: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""LLM interface: a stream of text deltas and tool calls."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+Message = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+LLMEvent = TextDelta | ToolCall
+
+
+class LLM(Protocol):
+    name: str
+
+    def stream(
+        self, messages: list[Message], tools: list[dict[str, Any]] | None = None
+    ) -> AsyncIterator[LLMEvent]:
+        """Stream a reply to ``messages``. Raises :class:`~voice_agent.errors.LLMError`.
+
+        Closing the iterator (or cancelling the task iterating it) closes the request.
+        """
+        ...

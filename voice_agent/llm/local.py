@@ -1,0 +1,129 @@
+"""A llama.cpp ``llama-server`` that voice-agent starts, waits for, and stops itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from pathlib import Path
+
+from voice_agent.errors import LLMError, ModelError
+from voice_agent.llm.openai_compat import OpenAICompatLLM
+from voice_agent.models import cache_dir, gguf_path, llama_server_binary, verify
+
+PROFILES = {"quality": "qwen2.5-coder-1.5b", "fast": "qwen2.5-coder-0.5b"}
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class LocalLlamaServer:
+    """Owns one llama-server child process on 127.0.0.1.
+
+    ``start()`` launches it, checks the GGUF's SHA-256 while it loads, and
+    returns once it answers; ``stop()`` terminates it (kill after a grace
+    period). Use as ``async with``.
+    """
+
+    def __init__(self, model: str, threads: int = 2, ctx: int = 4096) -> None:
+        self.model = PROFILES.get(model, model)
+        self.threads = threads
+        self.ctx = ctx
+        self.port = 0
+        self.proc: asyncio.subprocess.Process | None = None
+        self.log_path = cache_dir() / "logs" / "llama-server.log"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def start(self, timeout: float = 180.0) -> str:
+        binary = llama_server_binary()
+        path, sha = await asyncio.to_thread(gguf_path, self.model)
+        self.port = _free_port()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("wb")
+        env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+        args = [
+            str(binary), "-m", str(path), "--host", "127.0.0.1", "--port", str(self.port),
+            "--jinja", "-t", str(self.threads), "-c", str(self.ctx), "-np", "1",
+            "--no-webui", "--alias", self.model,
+        ]  # fmt: skip
+        self.proc = await asyncio.create_subprocess_exec(
+            *args, stdout=log, stderr=asyncio.subprocess.STDOUT, env=env
+        )
+        log.close()
+        check = asyncio.create_task(asyncio.to_thread(verify, path, sha) if sha else _noop())
+        probe = OpenAICompatLLM(self.base_url, self.model)
+        try:
+            ready = asyncio.create_task(probe.wait_ready(timeout))
+            died = asyncio.create_task(self.proc.wait())
+            done, _ = await asyncio.wait({ready, died}, return_when=asyncio.FIRST_COMPLETED)
+            if died in done:
+                ready.cancel()
+                raise LLMError(
+                    f"llama-server exited with code {self.proc.returncode} while loading {path.name}",
+                    f"see {self.log_path}",
+                )
+            died.cancel()
+            await ready
+            await check
+        except TimeoutError as exc:
+            await self.stop()
+            raise LLMError(
+                f"llama-server did not become ready in {timeout:.0f}s", f"see {self.log_path}"
+            ) from exc
+        except (LLMError, ModelError, asyncio.CancelledError):
+            check.cancel()
+            await self.stop()
+            raise
+        finally:
+            await probe.close()
+        return self.base_url
+
+    async def stop(self, grace: float = 5.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            async with asyncio.timeout(grace):
+                await proc.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    async def __aenter__(self) -> LocalLlamaServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def _noop() -> None:
+    return None
+
+
+def peak_rss_kb(pid: int | None) -> int | None:
+    """The peak resident set (VmHWM) of a live process, in KiB."""
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None

@@ -1,0 +1,144 @@
+"""Streaming chat completions from any OpenAI-compatible endpoint (``openai.AsyncOpenAI``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import openai
+
+from voice_agent.errors import LLMError
+from voice_agent.llm.base import LLMEvent, Message, TextDelta, ToolCall
+from voice_agent.llm.tools import ContentToolCallParser
+
+
+class OpenAICompatLLM:
+    """One endpoint, one model. Every await on the network has a deadline.
+
+    ``first_token_timeout`` bounds the wait for the first streamed chunk
+    (prompt reading on a small CPU can take seconds); ``idle_timeout`` bounds
+    each later gap. A structured ``tool_calls`` delta and a tool call written
+    as JSON in the content both come out as :class:`ToolCall`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str = "not-needed",
+        *,
+        connect_timeout: float = 5.0,
+        first_token_timeout: float = 30.0,
+        idle_timeout: float = 15.0,
+        temperature: float = 0.4,
+        max_tokens: int = 160,
+    ) -> None:
+        self.name = f"openai-compat:{model}@{base_url}"
+        self.base_url = base_url
+        self.model = model
+        self.first_token_timeout = first_token_timeout
+        self.idle_timeout = idle_timeout
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url,
+            api_key=api_key,
+            max_retries=0,
+            timeout=openai.Timeout(first_token_timeout, connect=connect_timeout),
+        )
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Poll the endpoint's model list until it answers (used right after a server starts)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    await self._client.models.list(timeout=2.0)
+                    return
+                except (openai.APIConnectionError, openai.APIStatusError, openai.APITimeoutError):
+                    await asyncio.sleep(0.1)
+
+    async def stream(
+        self, messages: list[Message], tools: list[dict[str, Any]] | None = None
+    ) -> AsyncIterator[LLMEvent]:
+        known = {t["function"]["name"] for t in tools} if tools else None
+        parser = ContentToolCallParser(known)
+        kwargs: dict[str, Any] = {}
+        if tools:
+            kwargs["tools"] = tools
+        try:
+            async with asyncio.timeout(self.first_token_timeout):
+                response = await self._client.chat.completions.create(
+                    model=self.model,
+                    messages=messages,  # type: ignore[arg-type]
+                    stream=True,
+                    temperature=self.temperature,
+                    max_tokens=self.max_tokens,
+                    **kwargs,
+                )
+        except TimeoutError as exc:
+            raise LLMError(
+                f"LLM at {self.base_url} did not answer within {self.first_token_timeout:.0f}s",
+                "check that the server is up, or raise --llm-timeout",
+            ) from exc
+        except openai.APIStatusError as exc:
+            raise LLMError(
+                f"LLM at {self.base_url} refused the request: HTTP {exc.status_code} {exc.message}",
+                "check the model name and API key (VOICE_AGENT_LLM_MODEL, VOICE_AGENT_LLM_API_KEY)",
+            ) from exc
+        except openai.APIError as exc:
+            raise LLMError(
+                f"cannot reach the LLM at {self.base_url}: {exc}",
+                "start the server or fix VOICE_AGENT_LLM_BASE_URL",
+            ) from exc
+
+        structured: dict[int, dict[str, str]] = {}
+        first = True
+        try:
+            iterator = response.__aiter__()
+            while not parser.done:
+                limit = self.first_token_timeout if first else self.idle_timeout
+                try:
+                    async with asyncio.timeout(limit):
+                        chunk = await anext(iterator)
+                except StopAsyncIteration:
+                    break
+                first = False
+                if not chunk.choices:
+                    continue
+                delta = chunk.choices[0].delta
+                for tc in delta.tool_calls or []:
+                    slot = structured.setdefault(tc.index, {"id": "", "name": "", "args": ""})
+                    if tc.id:
+                        slot["id"] = tc.id
+                    if tc.function and tc.function.name:
+                        slot["name"] += tc.function.name
+                    if tc.function and tc.function.arguments:
+                        slot["args"] += tc.function.arguments
+                if delta.content:
+                    for event in parser.feed(delta.content):
+                        yield event
+        except TimeoutError as exc:
+            raise LLMError(
+                f"LLM stream from {self.base_url} stalled for {limit:.0f}s",
+                "check the server's load and logs",
+            ) from exc
+        except openai.APIError as exc:
+            raise LLMError(f"LLM stream from {self.base_url} broke: {exc}", "check the server") from exc
+        finally:
+            await response.close()
+        for event in parser.finish():
+            yield event
+        for i, slot in sorted(structured.items()):
+            try:
+                args = json.loads(slot["args"]) if slot["args"].strip() else {}
+            except json.JSONDecodeError:
+                args = {}
+            yield ToolCall(id=slot["id"] or f"call_{i}", name=slot["name"], arguments=args)
+
+
+__all__ = ["OpenAICompatLLM", "TextDelta", "ToolCall"]

@@ -1,0 +1,275 @@
+"""Where the embedded models come from, and the real code that resolves them.
+
+``models/manifest.toml`` pins every file by SHA-256. Model files ship inside
+PyPI wheels; files split across wheels are joined once into the cache
+directory. Nothing is downloaded at run time: a missing package or a
+checksum mismatch is a :class:`ModelError` that names the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import tomllib
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from voice_agent.errors import ModelError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+INSTALL_FIX = "run `bash scripts/install.sh` (or `voice-agent setup`)"
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@cache
+def manifest() -> dict[str, Any]:
+    path = Path(os.environ.get("VOICE_AGENT_MANIFEST", REPO_ROOT / "models" / "manifest.toml"))
+    if not path.exists():
+        raise ModelError(f"model manifest not found at {path}", "set VOICE_AGENT_MANIFEST")
+    with path.open("rb") as f:
+        return tomllib.load(f)
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("VOICE_AGENT_CACHE") or Path.home() / ".cache" / "voice-agent"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify(path: Path, expected: str, fix: str = INSTALL_FIX) -> None:
+    """Raise :class:`ModelError` unless ``path`` exists and hashes to ``expected``."""
+    if not path.exists():
+        raise ModelError(f"model file missing: {path}", fix)
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ModelError(
+            f"checksum mismatch for {path.name}: expected {expected[:12]}…, got {actual[:12]}…",
+            f"delete it and {fix}",
+        )
+
+
+def module_dir(module: str, package: str, extra: str | None = None) -> Path:
+    """Directory of an installed module, found without importing it."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        fix = f"pip install 'voice-agent[{extra}]'" if extra else f"pip install {package}"
+        raise ModelError(f"model package {package} is not installed", f"{fix}, or {INSTALL_FIX}")
+    return Path(spec.origin).parent
+
+
+def _entry(section: str, name: str) -> dict[str, Any]:
+    entries: dict[str, Any] = manifest().get(section, {})
+    if name not in entries:
+        known = ", ".join(sorted(entries))
+        raise ModelError(f"unknown {section} model {name!r}", f"choose one of: {known}, or a path")
+    entry: dict[str, Any] = entries[name]
+    return entry
+
+
+def _assemble(sources: list[Path], dest: Path, expected: str, log: Log) -> Path:
+    """Concatenate ``sources`` into ``dest`` once (atomically), then verify it."""
+    if dest.exists():
+        return dest
+    log(f"assembling {dest.name} from {len(sources)} part(s)…")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+    h = hashlib.sha256()
+    with tmp.open("wb") as out:
+        for src in sources:
+            with src.open("rb") as f:
+                while block := f.read(8 << 20):
+                    h.update(block)
+                    out.write(block)
+    if h.hexdigest() != expected:
+        tmp.unlink()
+        raise ModelError(
+            f"assembled {dest.name} does not match its pinned SHA-256",
+            f"reinstall the model packages: {INSTALL_FIX}",
+        )
+    tmp.replace(dest)
+    return dest
+
+
+def _source(ref: str, package: str, extra: str | None) -> Path:
+    module, rel = ref.split(":", 1)
+    return module_dir(module, package, extra) / rel
+
+
+def whisper_dir(name: str, log: Log = _quiet, check: bool = True) -> Path:
+    """A CTranslate2 whisper directory: a manifest name (``tiny-en``, ``base``) or your own path."""
+    if Path(name).is_dir():
+        return Path(name)
+    entry = _entry("stt", name)
+    files: dict[str, str] = entry["files"]
+    extra = entry.get("extra")
+    if "module" in entry:
+        directory = module_dir(entry["module"], entry["package"], extra) / entry["dir"]
+        if check:
+            for fname, sha in files.items():
+                verify(directory / fname, sha)
+        return directory
+    directory = cache_dir() / "stt" / name
+    for fname, refs in entry["sources"].items():
+        srcs = [_source(r, entry["package"], extra) for r in refs]
+        target = directory / fname
+        if not target.exists():
+            _assemble(srcs, target, files[fname], log)
+        elif check:
+            verify(target, files[fname])
+    return directory
+
+
+def piper_voice(name: str, check: bool = True) -> tuple[Path, Path]:
+    """``(model.onnx, model.onnx.json)``: a manifest name or your own ``.onnx`` path."""
+    p = Path(name)
+    if p.suffix == ".onnx" and p.exists():
+        config = Path(str(p) + ".json")
+        if not config.exists():
+            raise ModelError(f"piper voice config missing: {config}", "put the .onnx.json beside it")
+        return p, config
+    entry = _entry("tts", name)
+    directory = module_dir(entry["module"], entry["package"]) / entry["dir"]
+    if check:
+        for fname, sha in entry["files"].items():
+            verify(directory / fname, sha)
+    return directory / entry["model"], directory / entry["config"]
+
+
+def gguf_path(name: str, log: Log = _quiet) -> tuple[Path, str | None]:
+    """``(path, pinned sha256)`` of a GGUF, assembling it from its wheels once.
+
+    A path to your own ``.gguf`` returns ``(path, None)``. The caller checks the
+    hash (it is 0.5–1.1 GB, so it is hashed while the server starts).
+    """
+    p = Path(name)
+    if p.suffix == ".gguf" and p.exists():
+        return p, None
+    entry = _entry("llm", name)
+    dest = cache_dir() / "llm" / entry["file"]
+    if not dest.exists():
+        extra = entry.get("extra")
+        srcs = [
+            module_dir(
+                entry["parts_module"].format(n=n), entry["package"], extra
+            ) / entry["parts_file"].format(n=n)
+            for n in range(1, int(entry["parts"]) + 1)
+        ]
+        _assemble(srcs, dest, entry["sha256"], log)
+    return dest, str(entry["sha256"])
+
+
+# -- llama-server, built once per machine ------------------------------------
+
+
+def _cpu_key() -> str:
+    info = ""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        block = text.split("\n\n", 1)[0]
+        info = "\n".join(
+            line for line in block.splitlines() if line.startswith(("model name", "flags"))
+        )
+    except OSError:
+        info = platform.processor()
+    return hashlib.sha256(f"{platform.machine()}\n{info}".encode()).hexdigest()[:12]
+
+
+def llama_server_path() -> Path:
+    """Where this machine's llama-server binary lives (it may not be built yet)."""
+    override = os.environ.get("VOICE_AGENT_LLAMA_SERVER")
+    if override:
+        return Path(override)
+    rt = manifest()["runtime"]["llama-server"]
+    version = rt["sdist"].split("==")[1]
+    return cache_dir() / "llama.cpp" / f"{version}-{_cpu_key()}" / "llama-server"
+
+
+def llama_server_binary() -> Path:
+    path = llama_server_path()
+    if not path.exists():
+        raise ModelError(
+            f"llama-server is not built on this machine ({path})",
+            "run `voice-agent setup` (compiles llama.cpp once, ~7 min on 2 cores), "
+            "or point VOICE_AGENT_LLM_BASE_URL at a running OpenAI-compatible server",
+        )
+    return path
+
+
+def build_llama_server(log: Log = print, jobs: int | None = None) -> Path:
+    """Compile llama-server from the pinned sdist's vendored llama.cpp, once per machine."""
+    target = llama_server_path()
+    if target.exists():
+        return target
+    rt = manifest()["runtime"]["llama-server"]
+    sdist_dir = cache_dir() / "sdist"
+    sdist = sdist_dir / rt["sdist_file"]
+    if not sdist.exists():
+        log(f"downloading the {rt['sdist']} source distribution (for llama.cpp's sources)…")
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+             "-d", str(sdist_dir), rt["sdist"]],
+            check=True,
+        )  # fmt: skip
+    verify(sdist, rt["sha256"], "delete it and run `voice-agent setup` again")
+    work = cache_dir() / "llama.cpp" / "src"
+    src_root = work / rt["sdist_file"].removesuffix(".tar.gz")
+    if not src_root.exists():
+        work.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(sdist) as tar:
+            tar.extractall(work, filter="data")
+    if not shutil.which("cmake"):
+        raise ModelError("cmake is not installed", "apt-get install cmake g++")
+    build = target.parent / "build"
+    log(f"building llama-server into {target.parent} (takes several minutes)…")
+    subprocess.run(
+        ["cmake", "-S", str(src_root / "vendor" / "llama.cpp"), "-B", str(build),
+         "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
+         "-DLLAMA_BUILD_EXAMPLES=OFF", "-DBUILD_SHARED_LIBS=OFF"],
+        check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    subprocess.run(
+        ["cmake", "--build", str(build), "--target", "llama-server", "-j", str(jobs or os.cpu_count() or 2)],
+        check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    shutil.copy2(build / "bin" / "llama-server", target)
+    shutil.rmtree(build, ignore_errors=True)
+    return target
+
+
+def setup(
+    stt: list[str], llm: list[str], tts: list[str], build: bool = True, log: Log = print
+) -> None:
+    """Resolve, assemble and verify every named model, and build llama-server."""
+    for name in stt:
+        log(f"stt {name}: {whisper_dir(name, log)}")
+    for name in tts:
+        log(f"tts {name}: {piper_voice(name)[0]}")
+    for name in llm:
+        path, sha = gguf_path(name, log)
+        if sha:
+            verify(path, sha)
+        log(f"llm {name}: {path}")
+    if build:
+        log(f"llama-server: {build_llama_server(log)}")

@@ -1,0 +1,110 @@
+"""Bring the embedded stack up (and down): models, VAD, and the LLM endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from voice_agent.llm.local import LocalLlamaServer
+from voice_agent.llm.openai_compat import OpenAICompatLLM
+from voice_agent.session.engine import Engine, EngineConfig, FrameClassifier
+
+Log = Callable[[str], None]
+
+
+def _load_stt(cfg: EngineConfig) -> object:
+    from voice_agent.stt.whisper import WhisperSTT
+
+    return WhisperSTT(cfg.stt_model, threads=cfg.stt_threads)
+
+
+def _load_tts(cfg: EngineConfig) -> object:
+    from voice_agent.tts.piper import PiperTTS
+
+    return PiperTTS(cfg.tts_voice)
+
+
+def _vad_factory(cfg: EngineConfig) -> Callable[[], FrameClassifier]:
+    if cfg.vad == "webrtc":
+        from voice_agent.vad.webrtc import WebRtcVad
+
+        return lambda: WebRtcVad(cfg.vad_aggressiveness)
+    if cfg.vad == "silero":
+        from voice_agent.vad.silero import SileroSession, SileroVad
+
+        model = SileroSession()
+        return lambda: SileroVad(model)
+    raise ValueError(f"unknown VAD {cfg.vad!r}: choose webrtc or silero")
+
+
+@contextlib.asynccontextmanager
+async def open_engine(cfg: EngineConfig, log: Log = print) -> AsyncIterator[Engine]:
+    """Load everything concurrently, warm it up, yield the engine, and stop the LLM server."""
+    server: LocalLlamaServer | None = None
+    llm: OpenAICompatLLM | None = None
+    try:
+        log(f"loading STT {cfg.stt_model}, TTS {cfg.tts_voice}, VAD {cfg.vad}…")
+        stt_job = asyncio.create_task(asyncio.to_thread(_load_stt, cfg))
+        tts_job = asyncio.create_task(asyncio.to_thread(_load_tts, cfg))
+        if cfg.llm_base_url:
+            base_url, model = cfg.llm_base_url, cfg.llm_model or "default"
+            log(f"LLM: remote endpoint {base_url} model {model}")
+        else:
+            server = LocalLlamaServer(cfg.llm_profile, threads=cfg.llm_threads)
+            log(f"LLM: starting local llama-server with {server.model}…")
+            base_url = await server.start()
+            model = server.model
+        stt, tts = await stt_job, await tts_job
+        llm = OpenAICompatLLM(
+            base_url,
+            model,
+            cfg.llm_api_key,
+            first_token_timeout=cfg.llm_timeout_s,
+            max_tokens=cfg.llm_max_tokens,
+        )
+        engine = Engine(
+            stt=stt,  # type: ignore[arg-type]
+            tts=tts,  # type: ignore[arg-type]
+            llm=llm,
+            new_vad=_vad_factory(cfg),
+            info={
+                "stt": cfg.stt_model,
+                "tts": cfg.tts_voice,
+                "vad": cfg.vad,
+                "llm": model,
+                "llm_base_url": base_url,
+                "llm_local": server is not None,
+                "llm_pid": server.pid if server else None,
+            },
+        )
+        log("models loaded; warming up…")
+        await warm_up(engine)
+        log("ready")
+        yield engine
+        engine.shutdown()
+    finally:
+        if llm is not None:
+            await llm.close()
+        if server is not None:
+            await server.stop()
+
+
+async def warm_up(engine: Engine) -> None:
+    """One pass of each model, so the first caller doesn't pay for lazy initialisation.
+
+    The LLM warm-up sends the system prompt, which the server keeps in its
+    prompt cache for every request that starts with the same bytes.
+    """
+    import numpy as np
+
+    from voice_agent.session.driver import DEFAULT_SYSTEM_PROMPT
+
+    await engine.run_stt(np.zeros(16_000, dtype=np.int16))
+    await engine.run_tts("Hello.")
+    messages = [
+        {"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
+        {"role": "user", "content": "Hi."},
+    ]
+    async for _ in engine.llm.stream(messages):
+        break

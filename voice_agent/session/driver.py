@@ -1,0 +1,508 @@
+"""The session driver: the only place that awaits.
+
+One session = one ``asyncio.TaskGroup`` with three loops:
+
+- inbound: transport audio → 20 ms frames → VAD → hysteresis → events, and
+  the turn's audio buffer (plus partial transcripts while the caller talks);
+- control: waits for events or the TurnMachine's next deadline, feeds the
+  machine and carries out its commands;
+- playout: pulls 20 ms frames from the :class:`Playout` and writes them to the
+  output, paced by sample count against the injected clock.
+
+Each reply is one task (``_reply``) with an inner TaskGroup: LLM → sentence
+splitter → bounded queue → TTS (worker thread) → playout. Cancelling that one
+task tears the whole reply down; every frame carries its generation, and a
+frame of an old generation is dropped before it reaches the output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from voice_agent.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE, Pcm
+from voice_agent.audio.playout import Playout
+from voice_agent.core.clock import Clock
+from voice_agent.errors import LLMError
+from voice_agent.llm.base import Message, TextDelta, ToolCall
+from voice_agent.session.engine import Engine
+from voice_agent.session.metrics import TurnMetrics
+from voice_agent.session.turns import (
+    CancelReply,
+    ClearPlayout,
+    Close,
+    Command,
+    DiscardTurn,
+    Event,
+    Hangup,
+    ReplyAudioStarted,
+    ReplyFinished,
+    RequestTranscript,
+    SpeechStarted,
+    SpeechStopped,
+    StartReply,
+    TextInput,
+    Tick,
+    TranscriptReady,
+    TurnMachine,
+)
+from voice_agent.text.sentences import SentenceSplitter
+from voice_agent.vad.hysteresis import VadHysteresis, VadStart, VadStop
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a friendly voice assistant speaking with a caller. Everything you write is "
+    "spoken aloud by a text-to-speech voice, so answer in one to three short sentences of "
+    "plain, conversational English. Never use lists, markdown, code or emoji. If you did not "
+    "understand the caller, ask them to say it again."
+)
+
+
+class Output(Protocol):
+    """Where a session's audio and events go (a transport, or the replay recorder)."""
+
+    async def send_audio(self, gen: int, pcm: Pcm) -> None:
+        """One 20 ms frame of agent audio of generation ``gen``."""
+        ...
+
+    async def send_event(self, event: dict[str, Any]) -> None:
+        """A JSON-serialisable event (see docs/protocol.md)."""
+        ...
+
+
+@dataclass
+class SessionConfig:
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    vad_start_ms: int = 60
+    vad_stop_ms: int = 200
+    min_silence_s: float = 0.3
+    max_silence_s: float = 0.9
+    preroll_ms: int = 300
+    max_turn_s: float = 28.0
+    partial_interval_s: float = 0.8
+    inbound_queue_frames: int = 500
+    playout_capacity_s: float = 20.0
+    paced: bool = True
+    max_tool_rounds: int = 3
+
+
+class Session:
+    """One conversation. Feed audio with :meth:`feed`, run it with :meth:`run`."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        output: Output,
+        clock: Clock,
+        config: SessionConfig | None = None,
+    ) -> None:
+        self.engine = engine
+        self.output = output
+        self.clock = clock
+        self.config = cfg = config or SessionConfig()
+        self.machine = TurnMachine(cfg.min_silence_s, cfg.max_silence_s)
+        self.playout = Playout(capacity=int(cfg.playout_capacity_s * SAMPLE_RATE))
+        self.history: list[Message] = [{"role": "system", "content": cfg.system_prompt}]
+        self.turns: list[TurnMetrics] = []
+        self.errors: list[str] = []
+        self.t0 = 0.0
+        self.samples_in = 0
+        self.dropped_frames = 0
+        self._inbound: asyncio.Queue[Pcm | None] = asyncio.Queue(cfg.inbound_queue_frames)
+        self._control: asyncio.Queue[Event] = asyncio.Queue(256)
+        self._audio_ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._stt_lock = asyncio.Lock()
+        self._tg: asyncio.TaskGroup | None = None
+        self._reply: tuple[int, asyncio.Task[None]] | None = None
+        self._metrics: dict[int, TurnMetrics] = {}
+        # Turn audio: frames since the current turn's speech onset (with pre-roll).
+        self._turn: list[Pcm] | None = None
+        self._preroll: deque[Pcm] = deque(maxlen=max(1, cfg.preroll_ms // 20))
+        self._arrivals: deque[tuple[int, float]] = deque(maxlen=1000)
+        self._speech_start: float | None = None
+        self._final: tuple[float, float, str] | None = None  # (ready_at, compute_s, text)
+        self._partial_at = 0
+        self._vad_state = "quiet"
+
+    # -- input from the transport (never blocks) -------------------------------
+
+    def feed(self, pcm: Pcm) -> None:
+        """Queue 16 kHz mono int16 audio. When the queue is full the oldest chunk is dropped."""
+        while True:
+            try:
+                self._inbound.put_nowait(pcm)
+                return
+            except asyncio.QueueFull:
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    self._inbound.get_nowait()
+                    self.dropped_frames += 1
+
+    def end_input(self) -> None:
+        """No more audio will come (the file ended or the caller hung up the stream)."""
+        self.feed(None)  # type: ignore[arg-type]
+
+    def send_text(self, text: str) -> None:
+        """Typed input: ends the caller's turn with ``text``."""
+        self._control.put_nowait(TextInput(self.clock.now(), text))
+
+    def hangup(self) -> None:
+        self._control.put_nowait(Hangup(self.clock.now()))
+
+    @property
+    def busy(self) -> bool:
+        """The caller paused, a reply is pending or playing, or audio is queued."""
+        return (
+            self._vad_state in ("stopping", "paused")
+            or self.machine.user.value == "paused"
+            or self.machine.agent.value != "idle"
+            or self.playout.buffered > 0
+        )
+
+    # -- the session ----------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until :meth:`hangup`. Cancelling it tears everything down."""
+        self.t0 = self.clock.now()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                inbound = tg.create_task(self._inbound_loop(), name="inbound")
+                playout = tg.create_task(self._playout_loop(), name="playout")
+                await self._control_loop()
+                inbound.cancel()
+                playout.cancel()
+        finally:
+            self._tg = None
+            await self._cancel_reply()
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "turns": [m.to_dict(self.t0) for m in self.turns],
+            "history": self.history,
+            "errors": self.errors,
+            "dropped_input_frames": self.dropped_frames,
+        }
+
+    # -- inbound --------------------------------------------------------------
+
+    def sample_time(self, sample: int) -> float:
+        """Clock time at which input sample ``sample`` was captured."""
+        for end, t in reversed(self._arrivals):
+            if end <= sample:
+                return t + (sample - end) / SAMPLE_RATE
+        if self._arrivals:
+            end, t = self._arrivals[0]
+            return t - (end - sample) / SAMPLE_RATE
+        return self.clock.now()
+
+    async def _inbound_loop(self) -> None:
+        cfg = self.config
+        vad = self.engine.new_vad()
+        hyst = VadHysteresis.from_ms(20, cfg.vad_start_ms, cfg.vad_stop_ms)
+        carry = np.zeros(0, dtype=np.int16)
+        max_frames = int(cfg.max_turn_s * 50)
+        while True:
+            chunk = await self._inbound.get()
+            if chunk is None:
+                return
+            now = self.clock.now()
+            carry = np.concatenate([carry, chunk]) if carry.size else chunk
+            n = len(carry) // FRAME_SAMPLES
+            for i in range(n):
+                frame = carry[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
+                self.samples_in += FRAME_SAMPLES
+                # a frame is captured when its last sample is: later frames of one chunk
+                # arrive together, so date each by its position in the chunk
+                self._arrivals.append(
+                    (self.samples_in, now - (n - 1 - i) * FRAME_SAMPLES / SAMPLE_RATE)
+                )
+                event = hyst.update(vad.is_speech(frame))
+                self._vad_state = hyst.state.value
+                if self._turn is not None:
+                    if len(self._turn) < max_frames:
+                        self._turn.append(frame)
+                else:
+                    self._preroll.append(frame)
+                if isinstance(event, VadStart):
+                    await self._on_speech_start(self.sample_time(event.at_sample))
+                elif isinstance(event, VadStop):
+                    at = self.sample_time(event.at_sample)
+                    await self._emit("speech.stopped", t_ms=self._ms(at))
+                    await self._control.put(SpeechStopped(self.clock.now(), at))
+            carry = carry[n * FRAME_SAMPLES :]
+            if hyst.state.value == "speaking":
+                self._maybe_partial()
+
+    async def _on_speech_start(self, at: float) -> None:
+        if self._turn is None:
+            self._turn = list(self._preroll)
+            self._preroll.clear()
+            self._speech_start = at
+            self._partial_at = 0
+        await self._emit("speech.started", t_ms=self._ms(at))
+        await self._control.put(SpeechStarted(self.clock.now(), at))
+
+    def _turn_audio(self) -> Pcm:
+        if not self._turn:
+            return np.zeros(0, dtype=np.int16)
+        return np.concatenate(self._turn)
+
+    def _maybe_partial(self) -> None:
+        cfg = self.config
+        if self._turn is None or self._stt_lock.locked() or self._tg is None:
+            return
+        n = len(self._turn) * FRAME_SAMPLES
+        if n - self._partial_at < cfg.partial_interval_s * SAMPLE_RATE:
+            return
+        self._partial_at = n
+        self._tg.create_task(self._partial(self._turn_audio()))
+
+    async def _partial(self, pcm: Pcm) -> None:
+        async with self._stt_lock:
+            result = await self.engine.run_stt(pcm)
+        if result.text and self.machine.user.value == "speaking":
+            await self._emit("transcript.partial", text=result.text)
+
+    async def _final_transcript(self, request: int) -> None:
+        pcm = self._turn_audio()
+        async with self._stt_lock:
+            result = await self.engine.run_stt(pcm)
+        now = self.clock.now()
+        self._final = (now, result.compute_s, result.text)
+        await self._control.put(TranscriptReady(now, request, result.text))
+
+    # -- control --------------------------------------------------------------
+
+    async def _control_loop(self) -> None:
+        getter: asyncio.Task[Event] | None = None
+        try:
+            while True:
+                if getter is None:
+                    getter = asyncio.ensure_future(self._control.get())
+                deadline = self.machine.next_deadline()
+                if deadline is None:
+                    await asyncio.wait({getter})
+                else:
+                    sleeper = asyncio.ensure_future(self.clock.sleep_until(deadline))
+                    try:
+                        await asyncio.wait({getter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        sleeper.cancel()
+                if getter.done():
+                    event: Event = getter.result()
+                    getter = None
+                else:
+                    event = Tick(self.clock.now())
+                for command in self.machine.handle(event):
+                    if await self._execute(command):
+                        return
+        finally:
+            if getter is not None:
+                getter.cancel()
+
+    async def _execute(self, command: Command) -> bool:
+        """Carry out one command; True means the session is over."""
+        match command:
+            case RequestTranscript(request=req):
+                assert self._tg is not None
+                self._tg.create_task(self._final_transcript(req))
+            case DiscardTurn():
+                self._turn = None
+                await self._emit("turn.discarded")
+            case StartReply(gen=gen, text=text, speech_end=speech_end, decided=decided):
+                self._start_reply(gen, text, speech_end, decided)
+                await self._emit("transcript.final", text=text, gen=gen)
+            case CancelReply(gen=gen):
+                await self._cancel_reply(gen)
+            case ClearPlayout(gen=gen):
+                self.playout.clear(gen)
+                await self._emit("clear", gen=gen)
+            case Close():
+                return True
+        return False
+
+    def _start_reply(
+        self, gen: int, text: str, speech_end: float | None, decided: float
+    ) -> None:
+        m = TurnMetrics(gen=gen, user_text=text, speech_end=speech_end, decided=decided)
+        if speech_end is not None:
+            m.speech_start = self._speech_start
+            if self._final is not None:
+                m.stt_final, m.stt_compute_s, _ = self._final
+        self._turn = None
+        self._final = None
+        self.turns.append(m)
+        self._metrics[gen] = m
+        self.history.append({"role": "user", "content": text})
+        assert self._tg is not None
+        self._reply = (gen, self._tg.create_task(self._run_reply(gen, m), name=f"reply-{gen}"))
+
+    async def _cancel_reply(self, gen: int | None = None) -> None:
+        if self._reply is None or (gen is not None and self._reply[0] != gen):
+            return
+        _, task = self._reply
+        self._reply = None
+        task.cancel()
+        await asyncio.wait({task})
+
+    # -- one reply --------------------------------------------------------------
+
+    async def _run_reply(self, gen: int, m: TurnMetrics) -> None:
+        parts: list[str] = []
+        m.context = [dict(msg) for msg in self.history]
+        await self._emit("reply.start", gen=gen)
+        try:
+            sentences: asyncio.Queue[str | None] = asyncio.Queue(8)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._generate(gen, m, sentences, parts))
+                tg.create_task(self._speak(gen, m, sentences))
+            while self.playout.pending(gen) > 0:
+                self._drained.clear()
+                await self._drained.wait()
+            m.reply_done = self.clock.now()
+            if m.status == "pending":
+                m.status = "completed"
+        except asyncio.CancelledError:
+            m.status = "interrupted"
+            raise
+        finally:
+            m.reply_text = "".join(parts).strip()
+            m.reply_samples = self.playout.played_samples(gen)
+            m.heard_text = self.playout.heard_text(gen)
+            self.playout.forget(gen)
+            content = m.heard_text if m.status == "interrupted" else m.reply_text
+            if m.status == "interrupted":
+                content = f"{content} [interrupted by the caller]".strip()
+            if content:
+                self.history.append({"role": "assistant", "content": content})
+            await self._emit_safely("reply.done", gen=gen, status=m.status, text=m.reply_text)
+            await self._emit_safely("metrics", turn=m.to_dict(self.t0) | {"context": None})
+        if self._reply is not None and self._reply[0] == gen:
+            self._reply = None
+        await self._control.put(ReplyFinished(self.clock.now(), gen))
+
+    async def _generate(
+        self, gen: int, m: TurnMetrics, out: asyncio.Queue[str | None], parts: list[str]
+    ) -> None:
+        splitter = SentenceSplitter()
+        messages: list[Message] = [dict(msg) for msg in self.history]
+        tools = self.engine.tools.schemas() or None
+        try:
+            for _ in range(self.config.max_tool_rounds + 1):
+                calls: list[ToolCall] = []
+                async for ev in self.engine.llm.stream(messages, tools):
+                    if isinstance(ev, TextDelta):
+                        if m.llm_first_token is None:
+                            m.llm_first_token = self.clock.now()
+                        parts.append(ev.text)
+                        await self._emit("reply.delta", gen=gen, text=ev.text)
+                        for sentence in splitter.feed(ev.text):
+                            await self._put_sentence(m, out, sentence)
+                    else:
+                        calls.append(ev)
+                if not calls:
+                    break
+                messages += await self._run_tools(gen, m, calls)
+        except LLMError as exc:
+            m.status = "llm_error"
+            m.error = str(exc)
+            self.errors.append(str(exc))
+            await self._emit("error", gen=gen, message=str(exc))
+        for sentence in splitter.flush():
+            await self._put_sentence(m, out, sentence)
+        await out.put(None)
+
+    async def _put_sentence(self, m: TurnMetrics, out: asyncio.Queue[str | None], s: str) -> None:
+        if m.first_sentence is None:
+            m.first_sentence = self.clock.now()
+        await out.put(s)
+
+    async def _run_tools(self, gen: int, m: TurnMetrics, calls: list[ToolCall]) -> list[Message]:
+        import json
+
+        msgs: list[Message] = [
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": c.id,
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
+                    }
+                    for c in calls
+                ],
+            }
+        ]
+        for call in calls:
+            tool = self.engine.tools.get(call.name)
+            m.tool_calls.append(call.name)
+            await self._emit("status", gen=gen, text=tool.status if tool else "Working on it…")
+            result = await self.engine.tools.run(call)
+            msgs.append({"role": "tool", "tool_call_id": call.id, "content": result})
+        return msgs
+
+    async def _speak(self, gen: int, m: TurnMetrics, sentences: asyncio.Queue[str | None]) -> None:
+        while (sentence := await sentences.get()) is not None:
+            pcm = await self.engine.run_tts(sentence)
+            if m.tts_first_audio is None:
+                m.tts_first_audio = self.clock.now()
+            while not self.playout.has_room():
+                self._room.clear()
+                await self._room.wait()
+            self.playout.push(gen, pcm, sentence)
+            self._audio_ready.set()
+
+    # -- playout ---------------------------------------------------------------
+
+    async def _playout_loop(self) -> None:
+        frame_s = FRAME_SAMPLES / SAMPLE_RATE
+        while True:
+            if self.playout.buffered == 0:
+                self._drained.set()
+                self._audio_ready.clear()
+                await self._audio_ready.wait()
+            t0 = self.clock.now()
+            k = 0
+            while (item := self.playout.pull()) is not None:
+                self._room.set()
+                gen, frame, _seg = item
+                if gen != self.machine.gen:
+                    continue  # a stale generation never reaches the caller
+                m = self._metrics.get(gen)
+                if m is not None and m.first_audio_out is None:
+                    m.first_audio_out = self.clock.now()
+                    await self._control.put(ReplyAudioStarted(m.first_audio_out, gen))
+                await self.output.send_audio(gen, frame)
+                k += 1
+                if self.config.paced:
+                    await self.clock.sleep_until(t0 + k * frame_s)
+                else:
+                    await asyncio.sleep(0)
+                if self.playout.pending(gen) == 0:
+                    self._drained.set()
+
+    # -- events -----------------------------------------------------------------
+
+    def _ms(self, t: float) -> float:
+        return round((t - self.t0) * 1000, 1)
+
+    async def _emit(self, kind: str, **fields: Any) -> None:
+        await self.output.send_event({"type": kind, "t_ms": self._ms(self.clock.now()), **fields})
+
+    async def _emit_safely(self, kind: str, **fields: Any) -> None:
+        """Emit from a ``finally`` that may run during cancellation; a failing output is logged."""
+        try:
+            await self._emit(kind, **fields)
+        except Exception as exc:  # the transport died; the session keeps its record
+            self.errors.append(f"could not send {kind}: {exc}")
+
+
+RunBlocking = Callable[..., Awaitable[Any]]

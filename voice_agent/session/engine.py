@@ -1,0 +1,95 @@
+"""The models a process loads once and shares across sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from voice_agent.audio.pcm import Pcm
+from voice_agent.llm.base import LLM
+from voice_agent.llm.tools import ToolRegistry
+from voice_agent.stt.base import STT, Transcript
+from voice_agent.tts.base import TTS
+
+
+class FrameClassifier(Protocol):
+    name: str
+
+    def is_speech(self, frame: Pcm) -> bool: ...
+
+
+@dataclass
+class EngineConfig:
+    """What to load. ``llm_base_url`` set → use that endpoint instead of the local server.
+
+    Environment (one line points the LLM elsewhere)::
+
+        VOICE_AGENT_LLM_BASE_URL=https://host/v1 VOICE_AGENT_LLM_MODEL=name \
+        VOICE_AGENT_LLM_API_KEY=... voice-agent replay file.wav
+    """
+
+    stt_model: str = "tiny-en"
+    stt_threads: int = 2
+    tts_voice: str = "joe-medium"
+    vad: str = "webrtc"
+    vad_aggressiveness: int = 2
+    llm_profile: str = "quality"
+    llm_threads: int = 2
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key: str = "not-needed"
+    llm_timeout_s: float = 30.0
+    llm_max_tokens: int = 160
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> EngineConfig:
+        env = os.environ
+        cfg = cls(
+            llm_base_url=env.get("VOICE_AGENT_LLM_BASE_URL") or None,
+            llm_model=env.get("VOICE_AGENT_LLM_MODEL") or None,
+            llm_api_key=env.get("VOICE_AGENT_LLM_API_KEY")
+            or env.get("OPENAI_API_KEY")
+            or "not-needed",
+        )
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(cfg, key, value)
+        return cfg
+
+
+@dataclass
+class Engine:
+    """Loaded models plus the worker threads that run them off the event loop.
+
+    STT and TTS each get one worker thread: passes of one model are
+    serialised, and the event loop never blocks on a model.
+    """
+
+    stt: STT
+    tts: TTS
+    llm: LLM
+    new_vad: Callable[[], FrameClassifier]
+    tools: ToolRegistry = field(default_factory=ToolRegistry)
+    stt_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="stt")
+    )
+    tts_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="tts")
+    )
+    info: dict[str, Any] = field(default_factory=dict)
+
+    async def run_stt(self, pcm: Pcm) -> Transcript:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.stt_executor, self.stt.transcribe, pcm)
+
+    async def run_tts(self, text: str) -> Pcm:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.tts_executor, self.tts.synthesize, text)
+
+    def shutdown(self) -> None:
+        self.stt_executor.shutdown(wait=False, cancel_futures=True)
+        self.tts_executor.shutdown(wait=False, cancel_futures=True)

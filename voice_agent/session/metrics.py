@@ -1,0 +1,86 @@
+"""Per-turn timelines. Times are clock seconds; reports show ms from the session start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# The stages in the order they happen, as printed in the timeline.
+STAGES = (
+    ("speech_end", "end of user speech (VAD)"),
+    ("decided", "end of turn decided"),
+    ("stt_final", "STT final ready"),
+    ("llm_first_token", "LLM first token"),
+    ("first_sentence", "first sentence"),
+    ("tts_first_audio", "TTS first audio"),
+    ("first_audio_out", "first audio out"),
+    ("reply_done", "reply audio done"),
+)
+
+
+@dataclass
+class TurnMetrics:
+    gen: int
+    user_text: str
+    speech_start: float | None = None
+    speech_end: float | None = None
+    decided: float | None = None
+    stt_final: float | None = None
+    stt_compute_s: float | None = None
+    llm_first_token: float | None = None
+    first_sentence: float | None = None
+    tts_first_audio: float | None = None
+    first_audio_out: float | None = None
+    reply_done: float | None = None
+    reply_text: str = ""
+    heard_text: str = ""
+    status: str = "pending"  # completed | interrupted | llm_error
+    error: str | None = None
+    tool_calls: list[str] = field(default_factory=list)
+    context: list[dict[str, Any]] = field(default_factory=list)
+    reply_samples: int = 0
+
+    @property
+    def voice_to_voice(self) -> float | None:
+        """End of the caller's speech → first agent audio out, in seconds."""
+        if self.speech_end is None or self.first_audio_out is None:
+            return None
+        return self.first_audio_out - self.speech_end
+
+    def ttfb(self) -> dict[str, float | None]:
+        """Each stage's time to first byte, in ms, from the event that starts it."""
+
+        def span(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None else round((b - a) * 1000, 1)
+
+        return {
+            "endpoint_ms": span(self.speech_end, self.decided),
+            "stt_final_ms": round(self.stt_compute_s * 1000, 1) if self.stt_compute_s else None,
+            "llm_first_token_ms": span(self.decided, self.llm_first_token),
+            "first_sentence_ms": span(self.decided, self.first_sentence),
+            "tts_first_audio_ms": span(self.first_sentence, self.tts_first_audio),
+            "playout_ms": span(self.tts_first_audio, self.first_audio_out),
+        }
+
+    def to_dict(self, t0: float) -> dict[str, Any]:
+        def rel(t: float | None) -> float | None:
+            return None if t is None else round((t - t0) * 1000, 1)
+
+        v2v = self.voice_to_voice
+        return {
+            "gen": self.gen,
+            "user_text": self.user_text,
+            "reply_text": self.reply_text,
+            "heard_text": self.heard_text,
+            "status": self.status,
+            "error": self.error,
+            "tool_calls": self.tool_calls,
+            "timeline_ms": {
+                "speech_start": rel(self.speech_start),
+                **{name: rel(getattr(self, name)) for name, _ in STAGES},
+            },
+            "voice_to_voice_ms": None if v2v is None else round(v2v * 1000, 1),
+            "ttfb_ms": self.ttfb(),
+            "reply_audio_ms": round(self.reply_samples / 16.0, 1),
+            "context": self.context,
+        }

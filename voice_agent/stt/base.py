@@ -1,0 +1,25 @@
+"""Speech-to-text interface. Implementations are blocking; the driver runs them in a thread."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from voice_agent.audio.pcm import Pcm
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    audio_samples: int
+    """How many 16 kHz samples were transcribed."""
+    compute_s: float
+    """Seconds the pass took."""
+
+
+class STT(Protocol):
+    name: str
+
+    def transcribe(self, pcm: Pcm) -> Transcript:
+        """Transcribe 16 kHz mono int16 audio (blocking; call from a worker thread)."""
+        ...
