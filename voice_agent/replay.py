@@ -110,8 +110,7 @@ async def replay(
             recorder.fed_samples += FRAME_SAMPLES
             k += 1
             if fast:
-                while not session._inbound.empty():
-                    await asyncio.sleep(0)
+                await session.input_processed()
         session.hangup()
         await run
     except BaseException:

@@ -67,7 +67,8 @@ class LocalLlamaServer:
             if died in done:
                 ready.cancel()
                 raise LLMError(
-                    f"llama-server exited with code {self.proc.returncode} while loading {path.name}",
+                    f"llama-server exited with code {self.proc.returncode} "
+                    f"while loading {path.name}",
                     f"see {self.log_path}",
                 )
             died.cancel()

@@ -72,14 +72,14 @@ class OpenAICompatLLM:
             kwargs["tools"] = tools
         try:
             async with asyncio.timeout(self.first_token_timeout):
-                response = await self._client.chat.completions.create(
+                response: openai.AsyncStream[Any] = await self._client.chat.completions.create(
                     model=self.model,
                     messages=messages,  # type: ignore[arg-type]
                     stream=True,
                     temperature=self.temperature,
                     max_tokens=self.max_tokens,
                     **kwargs,
-                )
+                )  # type: ignore[call-overload]
         except TimeoutError as exc:
             raise LLMError(
                 f"LLM at {self.base_url} did not answer within {self.first_token_timeout:.0f}s",
@@ -128,7 +128,9 @@ class OpenAICompatLLM:
                 "check the server's load and logs",
             ) from exc
         except openai.APIError as exc:
-            raise LLMError(f"LLM stream from {self.base_url} broke: {exc}", "check the server") from exc
+            raise LLMError(
+                f"LLM stream from {self.base_url} broke: {exc}", "check the server"
+            ) from exc
         finally:
             await response.close()
         for event in parser.finish():

@@ -142,11 +142,16 @@ class Session:
             except asyncio.QueueFull:
                 with contextlib.suppress(asyncio.QueueEmpty):
                     self._inbound.get_nowait()
+                    self._inbound.task_done()
                     self.dropped_frames += 1
 
     def end_input(self) -> None:
         """No more audio will come (the file ended or the caller hung up the stream)."""
         self.feed(None)  # type: ignore[arg-type]
+
+    async def input_processed(self) -> None:
+        """Wait until every chunk fed so far has been through the VAD."""
+        await self._inbound.join()
 
     def send_text(self, text: str) -> None:
         """Typed input: ends the caller's turn with ``text``."""
@@ -211,6 +216,7 @@ class Session:
         while True:
             chunk = await self._inbound.get()
             if chunk is None:
+                self._inbound.task_done()
                 return
             now = self.clock.now()
             carry = np.concatenate([carry, chunk]) if carry.size else chunk
@@ -239,6 +245,7 @@ class Session:
             carry = carry[n * FRAME_SAMPLES :]
             if hyst.state.value == "speaking":
                 self._maybe_partial()
+            self._inbound.task_done()
 
     async def _on_speech_start(self, at: float) -> None:
         if self._turn is None:
@@ -328,9 +335,7 @@ class Session:
                 return True
         return False
 
-    def _start_reply(
-        self, gen: int, text: str, speech_end: float | None, decided: float
-    ) -> None:
+    def _start_reply(self, gen: int, text: str, speech_end: float | None, decided: float) -> None:
         m = TurnMetrics(gen=gen, user_text=text, speech_end=speech_end, decided=decided)
         if speech_end is not None:
             m.speech_start = self._speech_start
@@ -356,6 +361,7 @@ class Session:
 
     async def _run_reply(self, gen: int, m: TurnMetrics) -> None:
         parts: list[str] = []
+        interrupted = False
         m.context = [dict(msg) for msg in self.history]
         await self._emit("reply.start", gen=gen)
         try:
@@ -370,16 +376,18 @@ class Session:
             if m.status == "pending":
                 m.status = "completed"
         except asyncio.CancelledError:
-            m.status = "interrupted"
+            interrupted = True
+            if m.status == "pending":
+                m.status = "interrupted"
             raise
         finally:
             m.reply_text = "".join(parts).strip()
             m.reply_samples = self.playout.played_samples(gen)
             m.heard_text = self.playout.heard_text(gen)
             self.playout.forget(gen)
-            content = m.heard_text if m.status == "interrupted" else m.reply_text
-            if m.status == "interrupted":
-                content = f"{content} [interrupted by the caller]".strip()
+            content = m.reply_text
+            if interrupted:
+                content = f"{m.heard_text} [interrupted by the caller]".strip()
             if content:
                 self.history.append({"role": "assistant", "content": content})
             await self._emit_safely("reply.done", gen=gen, status=m.status, text=m.reply_text)

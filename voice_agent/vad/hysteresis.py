@@ -50,8 +50,12 @@ class VadHysteresis:
         self._frame_index = 0
 
     @classmethod
-    def from_ms(cls, frame_ms: int, start_ms: int, stop_ms: int, rate: int = 16_000) -> VadHysteresis:
-        frames = lambda ms: max(1, -(-ms // frame_ms))  # noqa: E731 - ceil division
+    def from_ms(
+        cls, frame_ms: int, start_ms: int, stop_ms: int, rate: int = 16_000
+    ) -> VadHysteresis:
+        def frames(ms: int) -> int:
+            return max(1, -(-ms // frame_ms))  # ceil division
+
         return cls(rate * frame_ms // 1000, frames(start_ms), frames(stop_ms))
 
     def update(self, is_speech: bool) -> VadEvent | None:

@@ -58,7 +58,9 @@ class SileroVad:
             window = self._pending[:WINDOW]
             self._pending = self._pending[WINDOW:]
             x = np.concatenate([self._context, window])[None, :].astype(np.float32)
-            out, self._h, self._c = self._session.run(None, {"input": x, "h": self._h, "c": self._c})
+            out, self._h, self._c = self._session.run(
+                None, {"input": x, "h": self._h, "c": self._c}
+            )
             self._context = window[-CONTEXT:]
             self.probability = float(np.asarray(out).reshape(-1)[0])
         return self.probability >= self.threshold

@@ -1,0 +1,134 @@
+"""PCM, resampling, playout and audio-file helpers: exact values, no event loop."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from voice_agent.audio.files import load_audio, load_audio_16k, write_wav
+from voice_agent.audio.pcm import from_bytes, rms_dbfs, split_frames, to_float32, to_int16, to_mono
+from voice_agent.audio.playout import Playout
+from voice_agent.audio.resample import StreamResampler, resample
+from voice_agent.errors import AudioInputError
+
+
+def tone(freq: float, rate: int, seconds: float, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    return to_int16(amp * np.sin(2 * np.pi * freq * t))
+
+
+def dominant_hz(pcm: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(pcm.astype(np.float64)))
+    return float(np.argmax(spectrum) * rate / len(pcm))
+
+
+def test_bytes_roundtrip_and_odd_length() -> None:
+    pcm = np.array([0, 1, -1, 32767, -32768], dtype=np.int16)
+    assert from_bytes(pcm.tobytes()).tolist() == [0, 1, -1, 32767, -32768]
+    with pytest.raises(ValueError, match="even byte count, got 3"):
+        from_bytes(b"\x00\x01\x02")
+
+
+def test_float_conversion_clips() -> None:
+    assert to_int16(np.array([0.0, 0.5, 1.0, 2.0, -2.0])).tolist() == [
+        0,
+        16384,
+        32767,
+        32767,
+        -32768,
+    ]
+    assert to_float32(np.array([16384, -32768], dtype=np.int16)).tolist() == [0.5, -1.0]
+
+
+def test_rms_dbfs() -> None:
+    assert rms_dbfs(np.zeros(100, dtype=np.int16)) == -120.0
+    assert rms_dbfs(tone(1000, 16000, 1.0, amp=1.0)) == pytest.approx(-3.01, abs=0.05)
+
+
+def test_to_mono_select_and_mix() -> None:
+    stereo = np.array([[100, 300], [-100, -300]], dtype=np.int16)
+    assert to_mono(stereo, 0).tolist() == [100, -100]
+    assert to_mono(stereo, 1).tolist() == [300, -300]
+    assert to_mono(stereo, None).tolist() == [200, -200]
+    with pytest.raises(ValueError, match="out of range"):
+        to_mono(stereo, 2)
+
+
+def test_split_frames_pads_last() -> None:
+    frames = split_frames(np.ones(700, dtype=np.int16))
+    assert [len(f) for f in frames] == [320, 320, 320]
+    assert int(frames[2].sum()) == 60
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
+def test_resample_keeps_duration_and_pitch(rate: int) -> None:
+    out = resample(tone(440, rate, 1.0), rate, 16000)
+    assert abs(len(out) - 16000) <= 1
+    assert dominant_hz(out, 16000) == pytest.approx(440, abs=2)
+
+
+def test_stream_resampler_matches_whole_clip_length() -> None:
+    src = tone(1000, 48000, 1.0)
+    rs = StreamResampler(48000, 16000)
+    parts = [rs.process(src[i : i + 960]) for i in range(0, len(src), 960)] + [rs.flush()]
+    out = np.concatenate(parts)
+    assert abs(len(out) - 16000) <= 2
+    assert dominant_hz(out, 16000) == pytest.approx(1000, abs=2)
+    assert StreamResampler(16000, 16000).process(src[:10]) is not None
+
+
+def test_playout_frames_generations_and_heard_text() -> None:
+    p = Playout(frame_samples=320, capacity=10_000)
+    p.push(1, np.ones(640, dtype=np.int16), "One two.")
+    p.push(1, np.ones(500, dtype=np.int16), "Three four five six.")  # padded to 640
+    assert p.buffered == 1280
+    pulled = [p.pull() for _ in range(3)]
+    assert [(g, len(f)) for g, f, _ in pulled if True] == [(1, 320)] * 3
+    # 1.5 of 2 frames of the second sentence not yet sent: half its words were heard
+    assert p.heard_text(1) == "One two. Three four"
+    assert p.clear(1) == 320
+    assert p.pull() is None and p.buffered == 0
+    assert p.played_samples(1) == 960
+
+
+def test_playout_clear_keeps_newer_generation() -> None:
+    p = Playout(frame_samples=320)
+    p.push(1, np.ones(320, dtype=np.int16), "old")
+    p.push(2, np.ones(320, dtype=np.int16), "new")
+    assert p.clear(1) == 320
+    item = p.pull()
+    assert item is not None and item[0] == 2
+
+
+def test_load_audio_errors(tmp_path: Path) -> None:
+    with pytest.raises(AudioInputError, match="not found"):
+        load_audio(tmp_path / "missing.wav")
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    with pytest.raises(AudioInputError, match="empty"):
+        load_audio(empty)
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"RIFF\x00\x00garbage" * 10)
+    with pytest.raises(AudioInputError, match="cannot read junk.wav") as err:
+        load_audio(junk)
+    assert "use a WAV or FLAC file" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_load_audio_channels_and_rate(tmp_path: Path) -> None:
+    left, right = tone(300, 44100, 0.5), tone(1200, 44100, 0.5)
+    path = tmp_path / "st.wav"
+    write_wav(path, np.stack([left, right], axis=1), 44100)
+    pcm, rate = load_audio(path, channel=1)
+    assert rate == 44100 and pcm.tolist() == right.tolist()
+    out = load_audio_16k(path, channel=0)
+    assert abs(len(out) - 8000) <= 1
+    assert dominant_hz(out, 16000) == pytest.approx(300, abs=3)
+    with pytest.raises(AudioInputError, match="channel 5 out of range"):
+        load_audio(path, channel=5)
+
+
+def test_real_speech_file_loads() -> None:
+    pcm = load_audio_16k(Path(__file__).parents[1] / "samples" / "jfk.flac")
+    assert len(pcm) == pytest.approx(11 * 16000, abs=16000)
+    assert rms_dbfs(pcm) > -40

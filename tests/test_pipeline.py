@@ -1,0 +1,155 @@
+"""The whole embedded pipeline on real models: whisper tiny.en, piper, Qwen2.5-Coder-0.5B."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jiwer
+import numpy as np
+import pytest
+from conftest import JFK_REFERENCE, SHARED_AUDIO
+
+from voice_agent.audio.files import load_audio_16k
+from voice_agent.audio.pcm import rms_dbfs
+from voice_agent.core.clock import LoopClock
+from voice_agent.replay import format_turns, replay
+from voice_agent.text.speakable import speakable
+
+pytestmark = pytest.mark.models
+
+
+def normalize(text: str) -> str:
+    return jiwer.RemovePunctuation()(jiwer.ToLowerCase()(text)).strip()
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    return float(jiwer.wer(normalize(reference), normalize(hypothesis)))
+
+
+def word_overlap(reference: str, hypothesis: str) -> float:
+    """Share of the reference's words that appear in the hypothesis (multiset)."""
+    ref = normalize(reference).split()
+    hyp = normalize(hypothesis).split()
+    pool: dict[str, int] = {}
+    for w in hyp:
+        pool[w] = pool.get(w, 0) + 1
+    hits = 0
+    for w in ref:
+        if pool.get(w, 0) > 0:
+            hits += 1
+            pool[w] -= 1
+    return hits / max(1, len(ref))
+
+
+@pytest.fixture(scope="module")
+async def jfk_result(real_engine: Any, jfk_path: Path) -> Any:
+    return await replay(real_engine, load_audio_16k(jfk_path), LoopClock())
+
+
+async def test_jfk_transcript_within_10_percent_wer(jfk_result: Any) -> None:
+    turns = jfk_result.report["turns"]
+    assert len(turns) == 1, format_turns(jfk_result.report)
+    assert wer(JFK_REFERENCE, turns[0]["user_text"]) <= 0.10
+
+
+async def test_jfk_reply_is_spoken_and_not_silent(jfk_result: Any) -> None:
+    turn = jfk_result.report["turns"][0]
+    assert turn["status"] == "completed"
+    assert len(turn["reply_text"].split()) >= 2
+    audio = jfk_result.agent_audio(turn["gen"])
+    assert len(audio) >= 16000 * 0.5
+    assert rms_dbfs(audio) > -35.0
+    # the timeline is ordered and voice-to-voice is measured
+    tl = turn["timeline_ms"]
+    order = [
+        "speech_start",
+        "speech_end",
+        "decided",
+        "llm_first_token",
+        "first_sentence",
+        "tts_first_audio",
+        "first_audio_out",
+        "reply_done",
+    ]
+    values = [tl[k] for k in order]
+    assert all(v is not None for v in values), tl
+    assert values == sorted(values), tl
+    assert turn["voice_to_voice_ms"] == pytest.approx(
+        tl["first_audio_out"] - tl["speech_end"], abs=0.2
+    )
+    # the speech end the VAD saw is where the file's speech ends (10.5–11.1 s into jfk.flac)
+    assert 10_300 <= tl["speech_end"] <= 11_200
+
+
+async def test_agent_audio_transcribes_back_to_its_text(jfk_result: Any, real_engine: Any) -> None:
+    turn = jfk_result.report["turns"][0]
+    audio = jfk_result.agent_audio(turn["gen"])
+    heard = real_engine.stt.transcribe(audio).text
+    assert word_overlap(speakable(turn["reply_text"]), heard) >= 0.8, (turn["reply_text"], heard)
+
+
+async def test_conversation_wav_is_time_aligned(jfk_result: Any) -> None:
+    stereo = jfk_result.stereo()
+    assert stereo.ndim == 2 and stereo.shape[1] == 2
+    caller, agent = stereo[:, 0], stereo[:, 1]
+    first_agent = int(np.argmax(np.abs(agent) > 500)) / 16000
+    last_caller = int(len(caller) - np.argmax(np.abs(caller[::-1]) > 2000)) / 16000
+    turn = jfk_result.report["turns"][0]
+    # the agent starts speaking after the caller stops, at the measured latency (±60 ms)
+    assert first_agent > last_caller
+    expected = turn["timeline_ms"]["first_audio_out"] / 1000
+    assert first_agent == pytest.approx(expected, abs=0.25)
+
+
+async def test_two_utterances_two_turns_with_context(real_engine: Any) -> None:
+    left = load_audio_16k(SHARED_AUDIO / "stereo_diarization.wav", channel=0)
+    right = load_audio_16k(SHARED_AUDIO / "stereo_diarization.wav", channel=1)
+    gap = np.zeros(2 * 16000, dtype=np.int16)
+    pcm = np.concatenate([right[: int(3.2 * 16000)], gap, left])
+    result = await replay(real_engine, pcm, LoopClock(), fast=True)
+    turns = result.report["turns"]
+    assert len(turns) == 2, format_turns(result.report)
+    assert "horizon" in turns[0]["user_text"].lower()
+    assert "wizard" in turns[1]["user_text"].lower()
+    context = turns[1]["context"]
+    roles = [m["role"] for m in context]
+    assert roles[:3] == ["system", "user", "assistant"]
+    assert context[1]["content"] == turns[0]["user_text"]
+    assert context[2]["content"].startswith(turns[0]["heard_text"] or turns[0]["reply_text"])
+    assert context[-1] == {"role": "user", "content": turns[1]["user_text"]}
+
+
+async def test_dead_llm_endpoint_is_a_clear_error(stt_tts: Any) -> None:
+    import socket
+
+    from doubles import CollectingOutput
+
+    from voice_agent.llm.openai_compat import OpenAICompatLLM
+    from voice_agent.session.driver import Session
+    from voice_agent.session.engine import Engine
+    from voice_agent.vad.webrtc import WebRtcVad
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    stt, tts = stt_tts
+    llm = OpenAICompatLLM(f"http://127.0.0.1:{port}/v1", "none", first_token_timeout=5)
+    engine = Engine(stt=stt, tts=tts, llm=llm, new_vad=WebRtcVad)  # type: ignore[arg-type]
+    out = CollectingOutput()
+    session = Session(engine, out, LoopClock())
+    import asyncio
+
+    async with asyncio.timeout(20):
+        task = asyncio.create_task(session.run())
+        session.send_text("Hello?")
+        while not session.turns or session.turns[0].status == "pending":
+            await asyncio.sleep(0.05)
+        session.hangup()
+        await task
+    await llm.close()
+    turn = session.turns[0]
+    assert turn.status == "llm_error"
+    assert turn.error is not None and "cannot reach the LLM" in turn.error
+    errors = [e for e in out.events if e["type"] == "error"]
+    assert len(errors) == 1 and "VOICE_AGENT_LLM_BASE_URL" in errors[0]["message"]

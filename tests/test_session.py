@@ -1,0 +1,147 @@
+"""The session driver with a scripted LLM double and the real piper voice."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from doubles import CollectingOutput, ScriptedLLMDouble
+
+from voice_agent.core.clock import LoopClock
+from voice_agent.errors import LLMError
+from voice_agent.llm.base import ToolCall
+from voice_agent.llm.tools import Tool, ToolRegistry
+from voice_agent.session.driver import Session
+from voice_agent.session.engine import Engine
+from voice_agent.vad.webrtc import WebRtcVad
+
+pytestmark = pytest.mark.models
+
+
+def make_session(
+    stt_tts: Any, llm: ScriptedLLMDouble, tools: ToolRegistry | None = None
+) -> tuple[Session, CollectingOutput]:
+    stt, tts = stt_tts
+    engine = Engine(stt=stt, tts=tts, llm=llm, new_vad=WebRtcVad, tools=tools or ToolRegistry())
+    out = CollectingOutput()
+    return Session(engine, out, LoopClock()), out
+
+
+async def until(cond: Callable[[], bool], timeout: float = 20.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.01)
+
+
+async def test_reply_audio_is_paced_at_20ms_per_frame(stt_tts: Any) -> None:
+    llm = ScriptedLLMDouble([["Hello there, ", "this is a paced reply ", "for the test."]])
+    session, out = make_session(stt_tts, llm)
+    task = asyncio.create_task(session.run())
+    session.send_text("hi")
+    await until(lambda: bool(session.turns) and session.turns[0].status == "completed")
+    session.hangup()
+    await task
+    times = [t for t, _, _ in out.frames]
+    assert len(times) > 50
+    # sent by sample count against the clock: frame k leaves at t0 + 20 ms * k
+    # (one anchor per sentence: the playout re-anchors when the buffer runs dry)
+    gaps = np.diff(times)
+    assert np.median(gaps) == pytest.approx(0.020, abs=0.002)
+    assert float(np.max(gaps)) < 0.5
+    span = times[-1] - times[0]
+    assert span >= (len(times) - 1) * 0.020 * 0.98  # never faster than real time
+    m = session.turns[0]
+    assert m.reply_samples == sum(n for _, _, n in out.frames)
+    assert session.history[-1] == {"role": "assistant", "content": m.reply_text}
+    types = out.types()
+    assert types.index("reply.start") < types.index("reply.delta") < types.index("reply.done")
+
+
+async def test_llm_dying_mid_reply_keeps_the_partial_reply(stt_tts: Any) -> None:
+    boom = LLMError("LLM stream from http://x broke: connection reset", "check the server")
+    llm = ScriptedLLMDouble([["The answer is ", "forty two. ", "And also", boom]])
+    session, out = make_session(stt_tts, llm)
+    task = asyncio.create_task(session.run())
+    session.send_text("What is the answer?")
+    await until(lambda: bool(session.turns) and session.turns[0].reply_done is not None)
+    session.hangup()
+    await task
+    m = session.turns[0]
+    assert m.status == "llm_error"
+    assert m.reply_text == "The answer is forty two. And also"
+    assert session.history[-1] == {
+        "role": "assistant",
+        "content": "The answer is forty two. And also",
+    }
+    assert m.reply_samples > 16000 * 0.8  # both pieces were spoken
+    assert [e["message"] for e in out.events if e["type"] == "error"] == [str(boom)]
+
+
+async def test_new_turn_cancels_reply_and_history_keeps_only_what_was_heard(stt_tts: Any) -> None:
+    long_reply = [
+        f"This is sentence number {w}. "
+        for w in ("one", "two", "three", "four", "five", "six", "seven", "eight")
+    ]
+    llm = ScriptedLLMDouble([long_reply, ["Okay."]])
+    session, out = make_session(stt_tts, llm)
+    task = asyncio.create_task(session.run())
+    session.send_text("Tell me a long story.")
+    # let about 1.5 s of the reply play, then the caller says something else
+    await until(lambda: session.playout.played_samples(1) >= 24000)
+    session.send_text("Stop.")
+    await until(lambda: len(session.turns) == 2 and session.turns[1].status == "completed")
+    session.hangup()
+    await task
+    first = session.turns[0]
+    assert first.status == "interrupted"
+    heard = first.heard_text
+    assert heard and first.reply_text.startswith(heard.rsplit(" ", 1)[0])
+    assert len(heard) < len(first.reply_text)
+    assert session.history[2] == {
+        "role": "assistant",
+        "content": f"{heard} [interrupted by the caller]",
+    }
+    # the second request saw the truncated reply, not the full one
+    assert llm.requests[1][2]["content"].startswith(heard)
+    # nothing of generation 1 was sent after its clear event
+    clear_at = next(e["t_ms"] for e in out.events if e["type"] == "clear")
+    t0 = session.t0
+    assert all((t - t0) * 1000 <= clear_at + 1 for t, g, _ in out.frames if g == 1)
+    assert llm.closed_streams == 2
+
+
+async def test_tool_call_runs_tool_and_reports_status(stt_tts: Any) -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def lookup(args: dict[str, Any]) -> str:
+        seen.append(args)
+        return '{"status": "shipped"}'
+
+    tools = ToolRegistry(
+        [
+            Tool(
+                "lookup_order",
+                "Look up an order",
+                {"type": "object"},
+                lookup,
+                status="Looking up your order…",
+            )
+        ]
+    )
+    llm = ScriptedLLMDouble([[ToolCall("c1", "lookup_order", {"id": 7})], ["It has shipped."]])
+    session, out = make_session(stt_tts, llm, tools)
+    task = asyncio.create_task(session.run())
+    session.send_text("Where is order 7?")
+    await until(lambda: bool(session.turns) and session.turns[0].status == "completed")
+    session.hangup()
+    await task
+    assert seen == [{"id": 7}]
+    assert [e["text"] for e in out.events if e["type"] == "status"] == ["Looking up your order…"]
+    second = llm.requests[1]
+    assert second[-2]["tool_calls"][0]["function"]["name"] == "lookup_order"
+    assert second[-1] == {"role": "tool", "tool_call_id": "c1", "content": '{"status": "shipped"}'}
+    assert session.turns[0].reply_text == "It has shipped."
+    assert session.turns[0].tool_calls == ["lookup_order"]
