@@ -24,8 +24,8 @@ CASES = [
     ("decimal", ["Pi is 3", ".", "14 or so. Next."], ["Pi is 3.14 or so.", "Next."]),
     (
         "abbreviation",
-        ["Dr. Smith met Mr. Jones at 5 p.m. today. Bye."],
-        ["Dr. Smith met Mr. Jones at 5 p.m. today.", "Bye."],
+        ["Hi. Dr. Smith met Mr. Jones at 5 p.m. today. Bye."],
+        ["Hi.", "Dr. Smith met Mr. Jones at 5 p.m. today.", "Bye."],
     ),
     (
         "e.g. and U.S.",
@@ -76,8 +76,8 @@ CASES = [
             "thirteen fourteen fifteen sixteen."
         ],
         [
-            "one two three four five six seven eight nine ten eleven twelve thirteen fourteen",
-            "fifteen sixteen.",
+            "one two three four five six seven eight",
+            "nine ten eleven twelve thirteen fourteen fifteen sixteen.",
         ],
     ),
 ]

@@ -72,14 +72,15 @@ class OpenAICompatLLM:
             kwargs["tools"] = tools
         try:
             async with asyncio.timeout(self.first_token_timeout):
-                response: openai.AsyncStream[Any] = await self._client.chat.completions.create(
+                response = await self._client.chat.completions.create(
                     model=self.model,
                     messages=messages,  # type: ignore[arg-type]
                     stream=True,
                     temperature=self.temperature,
                     max_tokens=self.max_tokens,
                     **kwargs,
-                )  # type: ignore[call-overload]
+                )
+                assert isinstance(response, openai.AsyncStream)
         except TimeoutError as exc:
             raise LLMError(
                 f"LLM at {self.base_url} did not answer within {self.first_token_timeout:.0f}s",

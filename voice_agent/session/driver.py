@@ -79,7 +79,7 @@ class Output(Protocol):
 class SessionConfig:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     vad_start_ms: int = 60
-    vad_stop_ms: int = 200
+    vad_stop_ms: int = 120
     min_silence_s: float = 0.3
     max_silence_s: float = 0.9
     preroll_ms: int = 300
@@ -118,7 +118,7 @@ class Session:
         self._audio_ready = asyncio.Event()
         self._room = asyncio.Event()
         self._drained = asyncio.Event()
-        self._stt_lock = asyncio.Lock()
+        self._partial_running = False
         self._tg: asyncio.TaskGroup | None = None
         self._reply: tuple[int, asyncio.Task[None]] | None = None
         self._metrics: dict[int, TurnMetrics] = {}
@@ -263,7 +263,7 @@ class Session:
 
     def _maybe_partial(self) -> None:
         cfg = self.config
-        if self._turn is None or self._stt_lock.locked() or self._tg is None:
+        if self._turn is None or self._partial_running or self._tg is None:
             return
         n = len(self._turn) * FRAME_SAMPLES
         if n - self._partial_at < cfg.partial_interval_s * SAMPLE_RATE:
@@ -272,15 +272,17 @@ class Session:
         self._tg.create_task(self._partial(self._turn_audio()))
 
     async def _partial(self, pcm: Pcm) -> None:
-        async with self._stt_lock:
-            result = await self.engine.run_stt(pcm)
+        self._partial_running = True
+        try:
+            result = await self.engine.run_stt(pcm, partial=True)
+        finally:
+            self._partial_running = False
         if result.text and self.machine.user.value == "speaking":
             await self._emit("transcript.partial", text=result.text)
 
     async def _final_transcript(self, request: int) -> None:
         pcm = self._turn_audio()
-        async with self._stt_lock:
-            result = await self.engine.run_stt(pcm)
+        result = await self.engine.run_stt(pcm)
         now = self.clock.now()
         self._final = (now, result.compute_s, result.text)
         await self._control.put(TranscriptReady(now, request, result.text))

@@ -65,8 +65,8 @@ class EngineConfig:
 class Engine:
     """Loaded models plus the worker threads that run them off the event loop.
 
-    STT and TTS each get one worker thread: passes of one model are
-    serialised, and the event loop never blocks on a model.
+    STT (final and partial passes) and TTS each get their own worker thread,
+    and the event loop never blocks on a model.
     """
 
     stt: STT
@@ -77,14 +77,20 @@ class Engine:
     stt_executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="stt")
     )
+    partial_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="stt-partial")
+    )
     tts_executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="tts")
     )
     info: dict[str, Any] = field(default_factory=dict)
 
-    async def run_stt(self, pcm: Pcm) -> Transcript:
+    async def run_stt(self, pcm: Pcm, partial: bool = False) -> Transcript:
+        """Final passes and partial passes have a worker thread each, so a partial
+        pass that is still running never delays the final one."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.stt_executor, self.stt.transcribe, pcm)
+        pool = self.partial_executor if partial else self.stt_executor
+        return await loop.run_in_executor(pool, self.stt.transcribe, pcm)
 
     async def run_tts(self, text: str) -> Pcm:
         loop = asyncio.get_running_loop()
@@ -92,4 +98,5 @@ class Engine:
 
     def shutdown(self) -> None:
         self.stt_executor.shutdown(wait=False, cancel_futures=True)
+        self.partial_executor.shutdown(wait=False, cancel_futures=True)
         self.tts_executor.shutdown(wait=False, cancel_futures=True)

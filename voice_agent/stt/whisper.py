@@ -12,7 +12,7 @@ from voice_agent.stt.base import Transcript
 
 
 class WhisperSTT:
-    """Loads a CTranslate2 whisper directory once; :meth:`transcribe` is thread-safe per call.
+    """Loads a CTranslate2 whisper directory once; two threads may transcribe at once.
 
     Each pass re-transcribes the whole buffer it is given (streaming is done by
     the driver calling it on a growing buffer for partials, then once for the
@@ -32,8 +32,13 @@ class WhisperSTT:
         self.beam_size = beam_size
         english_only = model.endswith("-en") or model.endswith(".en")
         self.language = "en" if english_only else language
+        # two workers: a partial pass in flight never blocks the final pass
         self._model = WhisperModel(
-            str(self.directory), device="cpu", compute_type=compute_type, cpu_threads=threads
+            str(self.directory),
+            device="cpu",
+            compute_type=compute_type,
+            cpu_threads=threads,
+            num_workers=2,
         )
 
     def transcribe(self, pcm: Pcm) -> Transcript:

@@ -28,7 +28,7 @@ class SentenceSplitter:
     def __init__(
         self,
         first_min_words: int = 3,
-        first_max_words: int = 14,
+        first_max_words: int = 8,
         max_words: int = 40,
     ) -> None:
         self.first_min_words = first_min_words

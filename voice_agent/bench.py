@@ -1,0 +1,220 @@
+"""``voice-agent bench``: voice-to-voice latency over real and synthetic utterances.
+
+Each utterance runs in a fresh session, streamed in real time, so the
+figures are what a caller would get. Voice-to-voice is measured from the
+true end of speech in the file (found from the clean signal's energy, not
+from the VAD) to the first agent audio sample sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import resource
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jiwer
+import numpy as np
+
+from voice_agent.audio.files import load_audio_16k
+from voice_agent.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE, Pcm, rms_dbfs
+from voice_agent.core.clock import LoopClock
+from voice_agent.errors import VoiceAgentError
+from voice_agent.llm.local import peak_rss_kb
+from voice_agent.session.engine import Engine, EngineConfig
+
+SHARED_AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+
+ESPEAK_LINES = [
+    "What is the capital of France?",
+    "Can you recommend a good book for a long flight?",
+    "How many minutes are there in one day?",
+]
+PIPER_LINES = [
+    "Tell me a fun fact about octopuses.",
+    "What should I cook for dinner tonight?",
+    "Is it going to rain tomorrow in Seattle?",
+]
+
+
+@dataclass
+class Utterance:
+    name: str
+    source: str
+    reference: str
+    pcm: Pcm
+
+
+def speech_end(pcm: Pcm, floor_db: float = 35.0) -> int:
+    """Sample index where speech ends.
+
+    That is the end of the last 20 ms frame within ``floor_db`` of the loudest frame.
+    """
+    n = len(pcm) // FRAME_SAMPLES
+    levels = [rms_dbfs(pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]) for i in range(n)]
+    if not levels:
+        return 0
+    peak = max(levels)
+    last = max(i for i, lv in enumerate(levels) if lv >= peak - floor_db)
+    return (last + 1) * FRAME_SAMPLES
+
+
+def _espeak(text: str) -> Pcm:
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise VoiceAgentError("espeak-ng is not installed", "apt-get install espeak-ng")
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "u.wav"
+        subprocess.run([exe, "-v", "en-us", "-s", "165", "-w", str(wav), text], check=True)
+        return load_audio_16k(wav)
+
+
+def utterances(engine: Engine) -> list[Utterance]:
+    jfk = SHARED_AUDIO / "jfk.flac"
+    jfk = jfk if jfk.exists() else SAMPLES / "jfk.flac"
+    out = [
+        Utterance(
+            "jfk",
+            "recorded",
+            "And so my fellow Americans, ask not what your country can do for you, "
+            "ask what you can do for your country.",
+            load_audio_16k(jfk),
+        )
+    ]
+    stereo = SHARED_AUDIO / "stereo_diarization.wav"
+    if stereo.exists():
+        out.append(
+            Utterance(
+                "diarization-left",
+                "recorded",
+                "He began a confused complaint against the wizard, "
+                "who had vanished behind the curtain on the left.",
+                load_audio_16k(stereo, channel=0),
+            )
+        )
+        out.append(
+            Utterance(
+                "diarization-right",
+                "recorded",
+                "The horizon seems extremely distant.",
+                load_audio_16k(stereo, channel=1),
+            )
+        )
+    for i, line in enumerate(ESPEAK_LINES, 1):
+        out.append(Utterance(f"espeak-{i}", "espeak-ng", line, _espeak(line)))
+    for i, line in enumerate(PIPER_LINES, 1):
+        out.append(Utterance(f"piper-{i}", "piper", line, engine.tts.synthesize(line)))
+    return out
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 1) if values else None
+
+
+def _norm(text: str) -> str:
+    """Lower case, punctuation removed (apostrophes kept), single spaces."""
+    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
+
+
+async def run_bench(args: argparse.Namespace, cfg: EngineConfig, log: Callable[[str], None]) -> int:
+    import json
+
+    from voice_agent.replay import replay
+    from voice_agent.runtime import open_engine
+
+    async with open_engine(cfg, log) as engine:
+        items = utterances(engine)[: args.limit] if args.limit else utterances(engine)
+        rows: list[dict[str, Any]] = []
+        for u in items:
+            lead = np.zeros(SAMPLE_RATE // 2, dtype=np.int16)
+            pcm = np.concatenate([lead, u.pcm])
+            end = speech_end(pcm)
+            result = await replay(engine, pcm, LoopClock(), speech_end_samples=[end])
+            turns = result.report["turns"]
+            transcript = " ".join(t["user_text"] for t in turns)
+            first = turns[0] if turns else None
+            row = {
+                "name": u.name,
+                "source": u.source,
+                "seconds": round(len(u.pcm) / SAMPLE_RATE, 2),
+                "reference": u.reference,
+                "transcript": transcript,
+                "wer": round(float(jiwer.wer(_norm(u.reference), _norm(transcript))), 3),
+                "turns": len(turns),
+                "reply": first["reply_text"] if first else "",
+                "voice_to_voice_ms": first.get("voice_to_voice_true_ms") if first else None,
+                "voice_to_voice_vad_ms": first["voice_to_voice_ms"] if first else None,
+                "ttfb_ms": first["ttfb_ms"] if first else {},
+            }
+            rows.append(row)
+            log(
+                f"{u.name:<18} v2v {row['voice_to_voice_ms']} ms  WER {row['wer']:.2f}  "
+                f"“{transcript}” → “{row['reply']}”"
+            )
+        llm_rss = peak_rss_kb(engine.info.get("llm_pid"))
+    v2v = [r["voice_to_voice_ms"] for r in rows if r["voice_to_voice_ms"] is not None]
+    stages: dict[str, dict[str, float | None]] = {}
+    for key in rows[0]["ttfb_ms"] if rows and rows[0]["ttfb_ms"] else []:
+        vals = [r["ttfb_ms"][key] for r in rows if r["ttfb_ms"].get(key) is not None]
+        stages[key] = {"p50": _pct(vals, 50), "p95": _pct(vals, 95)}
+    refs = [_norm(r["reference"]) for r in rows]
+    hyps = [_norm(r["transcript"]) for r in rows]
+    summary = {
+        "utterances": len(rows),
+        "answered": len(v2v),
+        "voice_to_voice_ms": {"p50": _pct(v2v, 50), "p95": _pct(v2v, 95),
+                              "min": min(v2v, default=None), "max": max(v2v, default=None)},
+        "ttfb_ms": stages,
+        "stt_wer": round(float(jiwer.wer(refs, hyps)), 3) if rows else None,
+        "peak_rss_mb": {
+            "voice_agent": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "llm_server": None if llm_rss is None else round(llm_rss / 1024, 1),
+        },
+        "machine": {
+            "cores": os.cpu_count(),
+            "cpu": _cpu_name(),
+            "python": platform.python_version(),
+        },
+        "engine": engine.info | {"llm_pid": None},
+    }  # fmt: skip
+    report = {"summary": summary, "utterances": rows}
+    args.json.write_text(json.dumps(report, indent=2))
+    print(_format_summary(summary))
+    log(f"figures written to {args.json}")
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _format_summary(s: dict[str, Any]) -> str:
+    v = s["voice_to_voice_ms"]
+    lines = [
+        f"voice-agent bench: {s['answered']}/{s['utterances']} utterances answered "
+        f"on {s['machine']['cores']} cores ({s['machine']['cpu']})",
+        f"  voice-to-voice   p50 {v['p50']} ms   p95 {v['p95']} ms   "
+        f"(min {v['min']}, max {v['max']})",
+    ]
+    for stage, q in s["ttfb_ms"].items():
+        lines.append(f"  {stage:<18} p50 {q['p50']}   p95 {q['p95']}")
+    rss = s["peak_rss_mb"]
+    lines.append(f"  STT WER          {s['stt_wer']}")
+    lines.append(f"  peak RSS         voice-agent {rss['voice_agent']} MB, "
+                 f"llm server {rss['llm_server']} MB")  # fmt: skip
+    return "\n".join(lines)
