@@ -23,7 +23,7 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--stt-model", default=None, help="tiny-en (default), base, or a CTranslate2 dir"
     )
-    g.add_argument("--vad", choices=["webrtc", "silero"], default=None)
+    g.add_argument("--vad", choices=["webrtc", "silero", "webrtc+silero"], default=None)
     g.add_argument(
         "--llm-profile",
         default=None,

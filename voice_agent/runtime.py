@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
+from voice_agent.audio.pcm import Pcm
 from voice_agent.llm.local import LocalLlamaServer
 from voice_agent.llm.openai_compat import OpenAICompatLLM
 from voice_agent.session.engine import Engine, EngineConfig, FrameClassifier
@@ -30,12 +31,33 @@ def _vad_factory(cfg: EngineConfig) -> Callable[[], FrameClassifier]:
         from voice_agent.vad.webrtc import WebRtcVad
 
         return lambda: WebRtcVad(cfg.vad_aggressiveness)
-    if cfg.vad == "silero":
+    if cfg.vad in ("silero", "webrtc+silero"):
         from voice_agent.vad.silero import SileroSession, SileroVad
+        from voice_agent.vad.webrtc import WebRtcVad
 
         model = SileroSession()
-        return lambda: SileroVad(model)
-    raise ValueError(f"unknown VAD {cfg.vad!r}: choose webrtc or silero")
+        if cfg.vad == "silero":
+            return lambda: SileroVad(model)
+        return lambda: BothVad(WebRtcVad(cfg.vad_aggressiveness), SileroVad(model))
+    raise ValueError(f"unknown VAD {cfg.vad!r}: choose webrtc, silero or webrtc+silero")
+
+
+class BothVad:
+    """Speech only where webrtcvad and Silero agree.
+
+    webrtcvad alone takes steady background noise (a crowd, a fan) for speech;
+    Silero rejects it. Both see every frame, so their states stay current.
+    """
+
+    name = "webrtc+silero"
+
+    def __init__(self, a: FrameClassifier, b: FrameClassifier) -> None:
+        self._a, self._b = a, b
+
+    def is_speech(self, frame: Pcm) -> bool:
+        a = self._a.is_speech(frame)
+        b = self._b.is_speech(frame)
+        return a and b
 
 
 @contextlib.asynccontextmanager
