@@ -141,7 +141,9 @@ async def run_bench(args: argparse.Namespace, cfg: EngineConfig, log: Callable[[
             result = await replay(engine, pcm, LoopClock(), speech_end_samples=[end])
             turns = result.report["turns"]
             transcript = " ".join(t["user_text"] for t in turns)
-            first = turns[0] if turns else None
+            # the reply that answers the utterance is the last turn's (a long pause
+            # inside the utterance can end an earlier turn, which is reported too)
+            first = turns[-1] if turns else None
             row = {
                 "name": u.name,
                 "source": u.source,

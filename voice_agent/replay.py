@@ -131,12 +131,16 @@ def build_report(result: ReplayResult, speech_end_samples: list[int] | None) -> 
     report["engine"] = s.engine.info
     report["input_seconds"] = round(len(result.caller) / SAMPLE_RATE, 2)
     if speech_end_samples and not result.fast:
-        for turn, end in zip(s.turns, speech_end_samples, strict=False):
-            if turn.first_audio_out is None:
-                continue
+        # each true end of speech belongs to the first turn the VAD ended after it
+        for end in speech_end_samples:
             true_end = result.t_start + end / SAMPLE_RATE
-            v2v = round((turn.first_audio_out - true_end) * 1000, 1)
-            report["turns"][s.turns.index(turn)]["voice_to_voice_true_ms"] = v2v
+            for i, turn in enumerate(s.turns):
+                if turn.speech_end is None or turn.speech_end < true_end - 0.5:
+                    continue
+                if turn.first_audio_out is not None:
+                    v2v = round((turn.first_audio_out - true_end) * 1000, 1)
+                    report["turns"][i]["voice_to_voice_true_ms"] = v2v
+                break
     return report
 
 

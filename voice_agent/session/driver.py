@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -80,8 +80,13 @@ class SessionConfig:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     vad_start_ms: int = 60
     vad_stop_ms: int = 120
-    min_silence_s: float = 0.3
-    max_silence_s: float = 0.9
+    # A turn whose transcript reads as finished ends after min_silence_s of
+    # silence, any other after max_silence_s. Whisper often puts a full stop at
+    # a mid-sentence pause (jfk.flac: "…can do for you." at a 540 ms pause), so
+    # min_silence_s stays above common pauses; on 2 cores the final STT pass
+    # (~550 ms after the VAD's 120 ms) takes longer than this anyway.
+    min_silence_s: float = 0.6
+    max_silence_s: float = 1.0
     preroll_ms: int = 300
     max_turn_s: float = 28.0
     partial_interval_s: float = 0.8
@@ -435,8 +440,6 @@ class Session:
         await out.put(s)
 
     async def _run_tools(self, gen: int, m: TurnMetrics, calls: list[ToolCall]) -> list[Message]:
-        import json
-
         msgs: list[Message] = [
             {
                 "role": "assistant",
@@ -513,6 +516,3 @@ class Session:
             await self._emit(kind, **fields)
         except Exception as exc:  # the transport died; the session keeps its record
             self.errors.append(f"could not send {kind}: {exc}")
-
-
-RunBlocking = Callable[..., Awaitable[Any]]

@@ -153,7 +153,7 @@ def looks_finished(text: str) -> bool:
 
 
 class TurnMachine:
-    def __init__(self, min_silence_s: float = 0.3, max_silence_s: float = 0.9) -> None:
+    def __init__(self, min_silence_s: float = 0.6, max_silence_s: float = 1.0) -> None:
         if not 0 <= min_silence_s <= max_silence_s:
             raise ValueError("need 0 <= min_silence_s <= max_silence_s")
         self.min_silence_s = min_silence_s
