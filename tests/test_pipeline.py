@@ -155,3 +155,12 @@ async def test_dead_llm_endpoint_is_a_clear_error(stt_tts: Any) -> None:
     assert turn.error is not None and "cannot reach the LLM" in turn.error
     errors = [e for e in out.events if e["type"] == "error"]
     assert len(errors) == 1 and "VOICE_AGENT_LLM_BASE_URL" in errors[0]["message"]
+
+
+async def test_whisper_base_is_selectable(jfk_path: Path) -> None:
+    from voice_agent.stt.whisper import WhisperSTT
+
+    base = WhisperSTT("base")
+    assert base.language == "en" and base.directory.name == "base"
+    text = base.transcribe(load_audio_16k(jfk_path)).text
+    assert wer(JFK_REFERENCE, text) <= 0.10, text
