@@ -164,3 +164,16 @@ async def test_whisper_base_is_selectable(jfk_path: Path) -> None:
     assert base.language == "en" and base.directory.name == "base"
     text = base.transcribe(load_audio_16k(jfk_path)).text
     assert wer(JFK_REFERENCE, text) <= 0.10, text
+
+
+async def test_tight_and_full_windows_agree_on_real_speech(
+    real_engine: Any, jfk_path: Path
+) -> None:
+    from voice_agent.stt.whisper import WhisperSTT
+
+    pcm = load_audio_16k(jfk_path)
+    full = WhisperSTT("tiny-en", window="full").transcribe(pcm)
+    tight = real_engine.stt.transcribe(pcm)
+    assert real_engine.stt.window == "tight"
+    assert normalize(tight.text) == normalize(full.text)
+    assert tight.compute_s < full.compute_s
