@@ -145,3 +145,31 @@ async def test_tool_call_runs_tool_and_reports_status(stt_tts: Any) -> None:
     assert second[-1] == {"role": "tool", "tool_call_id": "c1", "content": '{"status": "shipped"}'}
     assert session.turns[0].reply_text == "It has shipped."
     assert session.turns[0].tool_calls == ["lookup_order"]
+
+
+async def test_preemptive_reply_dropped_at_a_mid_sentence_pause_leaves_no_trace(
+    stt_tts: Any, jfk_path: Any
+) -> None:
+    """jfk.flac pauses ~0.5 s after "…can do for you": a reply is prepared there and dropped."""
+    from voice_agent.audio.files import load_audio_16k
+    from voice_agent.replay import replay
+
+    llm = ScriptedLLMDouble([[f"Reply {i}."] for i in range(1, 6)])
+    stt, tts = stt_tts
+    engine = Engine(stt=stt, tts=tts, llm=llm, new_vad=WebRtcVad)
+    result = await replay(engine, load_audio_16k(jfk_path), LoopClock(), fast=True)
+    session = result.session
+    assert len(session.turns) == 1
+    (turn,) = session.turns
+    assert turn.status == "completed" and "ask what you can do" in turn.user_text
+    # one or more replies were prepared and dropped at pauses before the one that played
+    assert len(llm.requests) >= 2 and llm.closed_streams == len(llm.requests)
+    assert turn.reply_text == f"Reply {len(llm.requests)}."
+    assert [m["role"] for m in session.history] == ["system", "user", "assistant"]
+    played = {gen for _, gen, _ in result.recorder.frames}
+    assert played == {turn.gen}
+    finals = [e for e in result.recorder.events if e["type"] == "transcript.final"]
+    assert [e["gen"] for e in finals] == [turn.gen]
+    assert not [
+        e for e in result.recorder.events if e["type"] == "reply.delta" and e["gen"] != turn.gen
+    ]

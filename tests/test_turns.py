@@ -7,8 +7,10 @@ from voice_agent.session.turns import (
     CancelReply,
     ClearPlayout,
     Close,
+    CommitReply,
     DiscardTurn,
     Hangup,
+    PrepareReply,
     ReplyAudioStarted,
     ReplyFinished,
     RequestTranscript,
@@ -25,7 +27,12 @@ from voice_agent.session.turns import (
 
 
 def machine() -> TurnMachine:
-    return TurnMachine(min_silence_s=0.3, max_silence_s=0.9)
+    """Without preemptive replies: the reply starts when the turn is over."""
+    return TurnMachine(min_silence_s=0.3, max_silence_s=0.9, preemptive=False)
+
+
+def preemptive() -> TurnMachine:
+    return TurnMachine(min_silence_s=0.3, max_silence_s=0.9, preemptive=True)
 
 
 def test_finished_sentence_ends_turn_at_min_silence() -> None:
@@ -155,3 +162,76 @@ def test_looks_finished(text: str, finished: bool) -> None:
 def test_bad_silence_config() -> None:
     with pytest.raises(ValueError):
         TurnMachine(min_silence_s=1.0, max_silence_s=0.5)
+
+
+# -- preemptive replies ------------------------------------------------------
+
+
+def test_preemptive_reply_is_prepared_at_transcript_and_committed_at_end_of_turn() -> None:
+    m = preemptive()
+    m.handle(SpeechStarted(t=0.1, at=0.0))
+    assert m.handle(SpeechStopped(t=2.12, at=2.0)) == [RequestTranscript(1)]
+    assert m.handle(TranscriptReady(t=2.15, request=1, text="What time is it?")) == [
+        PrepareReply(1, "What time is it?", speech_end=2.0)
+    ]
+    assert (m.gen, m.prepared, m.agent) == (0, 1, AgentState.IDLE)  # held, not playing
+    assert m.next_deadline() == pytest.approx(2.3)
+    assert m.handle(Tick(2.3)) == [CommitReply(1, decided=2.3)]
+    assert (m.gen, m.prepared, m.agent) == (1, None, AgentState.THINKING)
+    assert m.handle(ReplyAudioStarted(t=2.31, gen=1)) == []
+    assert m.agent is AgentState.SPEAKING
+
+
+def test_preemptive_reply_is_dropped_when_the_caller_goes_on() -> None:
+    m = preemptive()
+    m.handle(SpeechStarted(t=0.1, at=0.0))
+    m.handle(SpeechStopped(t=2.12, at=2.0))
+    m.handle(TranscriptReady(t=2.15, request=1, text="ask not what your country can do for you."))
+    assert m.handle(SpeechStarted(t=2.6, at=2.54)) == [CancelReply(1)]
+    assert (m.gen, m.prepared, m.user) == (0, None, UserState.SPEAKING)
+    assert m.handle(Tick(2.9)) == []  # the old deadline is gone
+    m.handle(SpeechStopped(t=5.12, at=5.0))
+    assert m.handle(TranscriptReady(t=5.2, request=2, text="The whole turn.")) == [
+        PrepareReply(2, "The whole turn.", speech_end=5.0)
+    ]
+    assert m.handle(Tick(5.3)) == [CommitReply(2, decided=5.3)]
+
+
+def test_late_transcript_prepares_and_commits_at_once() -> None:
+    m = preemptive()
+    m.handle(SpeechStarted(t=0.1, at=0.0))
+    m.handle(SpeechStopped(t=2.12, at=2.0))
+    assert m.handle(TranscriptReady(t=2.5, request=1, text="Hello.")) == [
+        PrepareReply(1, "Hello.", speech_end=2.0),
+        CommitReply(1, decided=2.5),
+    ]
+
+
+def test_no_preemption_while_a_reply_is_live() -> None:
+    m = preemptive()
+    m.handle(TextInput(t=1.0, text="first"))
+    m.handle(ReplyAudioStarted(t=1.5, gen=1))
+    m.handle(SpeechStarted(t=2.0, at=1.9))
+    m.handle(SpeechStopped(t=3.12, at=3.0))
+    assert m.handle(TranscriptReady(t=3.2, request=1, text="Second.")) == []
+    assert m.handle(Tick(3.3)) == [
+        CancelReply(1),
+        ClearPlayout(1),
+        StartReply(2, "Second.", speech_end=3.0, decided=3.3),
+    ]
+
+
+def test_typed_text_and_hangup_drop_a_prepared_reply() -> None:
+    m = preemptive()
+    m.handle(SpeechStarted(t=0.1, at=0.0))
+    m.handle(SpeechStopped(t=2.12, at=2.0))
+    m.handle(TranscriptReady(t=2.15, request=1, text="Hi."))
+    assert m.handle(TextInput(t=2.2, text="typed")) == [
+        CancelReply(1),
+        StartReply(2, "typed", speech_end=None, decided=2.2),
+    ]
+    m2 = preemptive()
+    m2.handle(SpeechStarted(t=0.1, at=0.0))
+    m2.handle(SpeechStopped(t=2.12, at=2.0))
+    m2.handle(TranscriptReady(t=2.15, request=1, text="Hi."))
+    assert m2.handle(Hangup(t=2.2)) == [CancelReply(1), Close()]

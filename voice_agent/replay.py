@@ -157,10 +157,12 @@ def format_turns(report: dict[str, Any]) -> str:
             lines.append(f"  error: {turn['error']}")
         tl = turn["timeline_ms"]
         base = tl.get("speech_end")
-        for name, label in STAGES:
-            value = tl.get(name)
-            if value is None:
-                continue
+        # in time order: a preemptive reply is generated before the end of turn is decided
+        stages = sorted(
+            ((tl[name], label) for name, label in STAGES if tl.get(name) is not None),
+            key=lambda item: item[0],
+        )
+        for value, label in stages:
             delta = "" if base is None else f"  (+{value - base:7.1f})"
             lines.append(f"  {label:<26} {value:9.1f} ms{delta}")
         v2v = turn["voice_to_voice_ms"]

@@ -91,6 +91,13 @@ class Playout:
         self._buffered -= dropped
         return dropped
 
+    def head_gen(self) -> int | None:
+        """Generation of the next frame :meth:`pull` would return."""
+        for seg in self._queue:
+            if seg.played < seg.total:
+                return seg.gen
+        return None
+
     def pending(self, gen: int) -> int:
         """Samples of ``gen`` still queued."""
         return sum(s.total - s.played for s in self._queue if s.gen == gen)

@@ -38,9 +38,11 @@ from voice_agent.session.turns import (
     ClearPlayout,
     Close,
     Command,
+    CommitReply,
     DiscardTurn,
     Event,
     Hangup,
+    PrepareReply,
     ReplyAudioStarted,
     ReplyFinished,
     RequestTranscript,
@@ -94,6 +96,8 @@ class SessionConfig:
     playout_capacity_s: float = 20.0
     paced: bool = True
     max_tool_rounds: int = 3
+    preemptive: bool = True
+    """Start the reply when the pause's transcript arrives; play it once the turn is over."""
 
 
 class Session:
@@ -110,7 +114,7 @@ class Session:
         self.output = output
         self.clock = clock
         self.config = cfg = config or SessionConfig()
-        self.machine = TurnMachine(cfg.min_silence_s, cfg.max_silence_s)
+        self.machine = TurnMachine(cfg.min_silence_s, cfg.max_silence_s, cfg.preemptive)
         self.playout = Playout(capacity=int(cfg.playout_capacity_s * SAMPLE_RATE))
         self.history: list[Message] = [{"role": "system", "content": cfg.system_prompt}]
         self.turns: list[TurnMetrics] = []
@@ -126,6 +130,8 @@ class Session:
         self._partial_running = False
         self._tg: asyncio.TaskGroup | None = None
         self._reply: tuple[int, asyncio.Task[None]] | None = None
+        self._held: int | None = None  # a prepared reply whose audio waits for CommitReply
+        self._commit = asyncio.Event()
         self._metrics: dict[int, TurnMetrics] = {}
         # Turn audio: frames since the current turn's speech onset (with pre-roll).
         self._turn: list[Pcm] | None = None
@@ -333,6 +339,11 @@ class Session:
             case StartReply(gen=gen, text=text, speech_end=speech_end, decided=decided):
                 self._start_reply(gen, text, speech_end, decided)
                 await self._emit("transcript.final", text=text, gen=gen)
+                await self._emit("reply.start", gen=gen)
+            case PrepareReply(gen=gen, text=text, speech_end=speech_end):
+                self._start_reply(gen, text, speech_end, None)
+            case CommitReply(gen=gen, decided=decided):
+                await self._commit_reply(gen, decided)
             case CancelReply(gen=gen):
                 await self._cancel_reply(gen)
             case ClearPlayout(gen=gen):
@@ -342,19 +353,46 @@ class Session:
                 return True
         return False
 
-    def _start_reply(self, gen: int, text: str, speech_end: float | None, decided: float) -> None:
+    def _start_reply(
+        self, gen: int, text: str, speech_end: float | None, decided: float | None
+    ) -> None:
+        """Start reply ``gen``; with ``decided`` None it is prepared: its audio is held."""
         m = TurnMetrics(gen=gen, user_text=text, speech_end=speech_end, decided=decided)
         if speech_end is not None:
             m.speech_start = self._speech_start
             if self._final is not None:
                 m.stt_final, m.stt_compute_s, _ = self._final
+        user = {"role": "user", "content": text}
+        messages = [*self.history, user]
+        if decided is None:
+            self._held = gen
+            self._commit.clear()
+        else:
+            m.committed = True
+            self._turn = None
+            self._final = None
+            self.turns.append(m)
+            self.history.append(user)
+        self._metrics[gen] = m
+        assert self._tg is not None
+        task = self._tg.create_task(self._run_reply(gen, m, messages), name=f"reply-{gen}")
+        self._reply = (gen, task)
+
+    async def _commit_reply(self, gen: int, decided: float) -> None:
+        m = self._metrics[gen]
+        m.decided = decided
+        m.committed = True
         self._turn = None
         self._final = None
         self.turns.append(m)
-        self._metrics[gen] = m
-        self.history.append({"role": "user", "content": text})
-        assert self._tg is not None
-        self._reply = (gen, self._tg.create_task(self._run_reply(gen, m), name=f"reply-{gen}"))
+        self.history.append({"role": "user", "content": m.user_text})
+        self._held = None
+        self._commit.set()
+        self._audio_ready.set()
+        await self._emit("transcript.final", text=m.user_text, gen=gen)
+        await self._emit("reply.start", gen=gen)
+        if m.parts:
+            await self._emit("reply.delta", gen=gen, text="".join(m.parts))
 
     async def _cancel_reply(self, gen: int | None = None) -> None:
         if self._reply is None or (gen is not None and self._reply[0] != gen):
@@ -366,16 +404,17 @@ class Session:
 
     # -- one reply --------------------------------------------------------------
 
-    async def _run_reply(self, gen: int, m: TurnMetrics) -> None:
-        parts: list[str] = []
+    async def _run_reply(self, gen: int, m: TurnMetrics, messages: list[Message]) -> None:
+        parts = m.parts
         interrupted = False
-        m.context = [dict(msg) for msg in self.history]
-        await self._emit("reply.start", gen=gen)
+        m.context = [dict(msg) for msg in messages]
         try:
             sentences: asyncio.Queue[str | None] = asyncio.Queue(8)
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._generate(gen, m, sentences, parts))
+                tg.create_task(self._generate(gen, m, sentences, messages))
                 tg.create_task(self._speak(gen, m, sentences))
+            if not m.committed:
+                await self._commit.wait()
             while self.playout.pending(gen) > 0:
                 self._drained.clear()
                 await self._drained.wait()
@@ -391,23 +430,34 @@ class Session:
             m.reply_text = "".join(parts).strip()
             m.reply_samples = self.playout.played_samples(gen)
             m.heard_text = self.playout.heard_text(gen)
+            if m.committed:
+                await self._record_reply(gen, m, interrupted)
+            else:  # a prepared reply the caller never heard leaves no trace
+                self.playout.clear(gen)
+                self._metrics.pop(gen, None)
+                if self._held == gen:
+                    self._held = None
             self.playout.forget(gen)
-            content = m.reply_text
-            if interrupted:
-                content = f"{m.heard_text} [interrupted by the caller]".strip()
-            if content:
-                self.history.append({"role": "assistant", "content": content})
-            await self._emit_safely("reply.done", gen=gen, status=m.status, text=m.reply_text)
-            await self._emit_safely("metrics", turn=m.to_dict(self.t0) | {"context": None})
         if self._reply is not None and self._reply[0] == gen:
             self._reply = None
         await self._control.put(ReplyFinished(self.clock.now(), gen))
 
+    async def _record_reply(self, gen: int, m: TurnMetrics, interrupted: bool) -> None:
+        """History and events for a reply the caller heard (all of it, or part of it)."""
+        content = m.reply_text
+        if interrupted:
+            content = f"{m.heard_text} [interrupted by the caller]".strip()
+        if content:
+            self.history.append({"role": "assistant", "content": content})
+        await self._emit_safely("reply.done", gen=gen, status=m.status, text=m.reply_text)
+        await self._emit_safely("metrics", turn=m.to_dict(self.t0) | {"context": None})
+
     async def _generate(
-        self, gen: int, m: TurnMetrics, out: asyncio.Queue[str | None], parts: list[str]
+        self, gen: int, m: TurnMetrics, out: asyncio.Queue[str | None], context: list[Message]
     ) -> None:
         splitter = SentenceSplitter()
-        messages: list[Message] = [dict(msg) for msg in self.history]
+        messages = [dict(msg) for msg in context]
+        m.llm_request = self.clock.now()
         tools = self.engine.tools.schemas() or None
         try:
             for _ in range(self.config.max_tool_rounds + 1):
@@ -416,8 +466,9 @@ class Session:
                     if isinstance(ev, TextDelta):
                         if m.llm_first_token is None:
                             m.llm_first_token = self.clock.now()
-                        parts.append(ev.text)
-                        await self._emit("reply.delta", gen=gen, text=ev.text)
+                        m.parts.append(ev.text)
+                        if m.committed:
+                            await self._emit("reply.delta", gen=gen, text=ev.text)
                         for sentence in splitter.feed(ev.text):
                             await self._put_sentence(m, out, sentence)
                     else:
@@ -478,13 +529,14 @@ class Session:
     async def _playout_loop(self) -> None:
         frame_s = FRAME_SAMPLES / SAMPLE_RATE
         while True:
-            if self.playout.buffered == 0:
+            if self.playout.buffered == 0 or self._head_held():
                 self._drained.set()
                 self._audio_ready.clear()
                 await self._audio_ready.wait()
+                continue
             t0 = self.clock.now()
             k = 0
-            while (item := self.playout.pull()) is not None:
+            while not self._head_held() and (item := self.playout.pull()) is not None:
                 self._room.set()
                 gen, frame, _seg = item
                 if gen != self.machine.gen:
@@ -501,6 +553,9 @@ class Session:
                     await asyncio.sleep(0)
                 if self.playout.pending(gen) == 0:
                     self._drained.set()
+
+    def _head_held(self) -> bool:
+        return self._held is not None and self.playout.head_gen() == self._held
 
     # -- events -----------------------------------------------------------------
 

@@ -10,6 +10,7 @@ STAGES = (
     ("speech_end", "end of user speech (VAD)"),
     ("decided", "end of turn decided"),
     ("stt_final", "STT final ready"),
+    ("llm_request", "LLM request sent"),
     ("llm_first_token", "LLM first token"),
     ("first_sentence", "first sentence"),
     ("tts_first_audio", "TTS first audio"),
@@ -26,6 +27,7 @@ class TurnMetrics:
     speech_end: float | None = None
     decided: float | None = None
     stt_final: float | None = None
+    llm_request: float | None = None
     stt_compute_s: float | None = None
     llm_first_token: float | None = None
     first_sentence: float | None = None
@@ -39,6 +41,9 @@ class TurnMetrics:
     tool_calls: list[str] = field(default_factory=list)
     context: list[dict[str, Any]] = field(default_factory=list)
     reply_samples: int = 0
+    committed: bool = False
+    """False while the reply is prepared ahead of the end of turn (its audio held)."""
+    parts: list[str] = field(default_factory=list)
 
     @property
     def voice_to_voice(self) -> float | None:
@@ -56,10 +61,11 @@ class TurnMetrics:
         return {
             "endpoint_ms": span(self.speech_end, self.decided),
             "stt_final_ms": round(self.stt_compute_s * 1000, 1) if self.stt_compute_s else None,
-            "llm_first_token_ms": span(self.decided, self.llm_first_token),
-            "first_sentence_ms": span(self.decided, self.first_sentence),
+            "llm_first_token_ms": span(self.llm_request, self.llm_first_token),
+            "first_sentence_ms": span(self.llm_request, self.first_sentence),
             "tts_first_audio_ms": span(self.first_sentence, self.tts_first_audio),
             "playout_ms": span(self.tts_first_audio, self.first_audio_out),
+            "held_for_end_of_turn_ms": span(self.tts_first_audio, self.decided),
         }
 
     def to_dict(self, t0: float) -> dict[str, Any]:
@@ -77,6 +83,7 @@ class TurnMetrics:
             "tool_calls": self.tool_calls,
             "timeline_ms": {
                 "speech_start": rel(self.speech_start),
+                "llm_request": rel(self.llm_request),
                 **{name: rel(getattr(self, name)) for name, _ in STAGES},
             },
             "voice_to_voice_ms": None if v2v is None else round(v2v * 1000, 1),

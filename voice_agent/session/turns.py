@@ -12,9 +12,16 @@ passed; otherwise the turn ends at ``max_silence_s`` of silence. Speech that
 resumes first continues the same turn. A turn whose transcript is empty
 (noise) is dropped.
 
+Preemptive replies: when the transcript of a pause arrives and the agent
+is idle, the machine does not wait for the end of turn to start the reply:
+it sends ``PrepareReply`` at once, so the LLM and TTS work while the silence
+is still being timed. The prepared reply's audio is held until
+``CommitReply`` (the turn is over); if the caller speaks again first,
+``CancelReply`` drops it and nobody hears anything.
+
 A new turn while a reply is still live cancels that reply: ``CancelReply``
-and ``ClearPlayout`` for the old generation, then ``StartReply`` for
-``gen + 1``. Interrupting *during* the caller's speech (barge-in) belongs to
+and ``ClearPlayout`` for the old generation, then ``StartReply`` for the
+next generation. Interrupting *during* the caller's speech (barge-in) belongs to
 the duplex policy built on top of this.
 
 Deadlines are data: :meth:`next_deadline` says when the driver must call
@@ -127,6 +134,21 @@ class StartReply:
 
 
 @dataclass(frozen=True)
+class PrepareReply:
+    gen: int
+    text: str
+    speech_end: float
+    """Start generating now; hold the audio until CommitReply (or drop it on CancelReply)."""
+
+
+@dataclass(frozen=True)
+class CommitReply:
+    gen: int
+    decided: float
+    """The turn is over: the prepared reply may play."""
+
+
+@dataclass(frozen=True)
 class CancelReply:
     gen: int
 
@@ -141,7 +163,16 @@ class Close:
     pass
 
 
-Command = RequestTranscript | DiscardTurn | StartReply | CancelReply | ClearPlayout | Close
+Command = (
+    RequestTranscript
+    | DiscardTurn
+    | StartReply
+    | PrepareReply
+    | CommitReply
+    | CancelReply
+    | ClearPlayout
+    | Close
+)
 
 _FINAL_PUNCT = (".", "?", "!", "…")
 
@@ -153,14 +184,21 @@ def looks_finished(text: str) -> bool:
 
 
 class TurnMachine:
-    def __init__(self, min_silence_s: float = 0.6, max_silence_s: float = 1.0) -> None:
+    def __init__(
+        self, min_silence_s: float = 0.6, max_silence_s: float = 1.0, preemptive: bool = True
+    ) -> None:
         if not 0 <= min_silence_s <= max_silence_s:
             raise ValueError("need 0 <= min_silence_s <= max_silence_s")
         self.min_silence_s = min_silence_s
         self.max_silence_s = max_silence_s
+        self.preemptive = preemptive
         self.user = UserState.QUIET
         self.agent = AgentState.IDLE
         self.gen = 0
+        """The generation that may play (the last committed or started reply)."""
+        self.prepared: int | None = None
+        """A reply being generated ahead of the end of turn, its audio held."""
+        self._last_gen = 0
         self.closed = False
         self._request = 0
         self._pause_at: float | None = None
@@ -175,11 +213,12 @@ class TurnMachine:
             return []
         match event:
             case SpeechStarted():
+                cmds = self._drop_prepared()
                 if self.user is UserState.PAUSED:
                     self._text = None
                     self._deadline = None
                 self.user = UserState.SPEAKING
-                return []
+                return cmds
             case SpeechStopped(at=at):
                 if self.user is not UserState.SPEAKING:
                     return []
@@ -194,9 +233,11 @@ class TurnMachine:
                     return []
                 return self._on_transcript(t, text.strip())
             case TextInput(t=t, text=text):
+                if not text.strip():
+                    return []
                 self._deadline = None
                 self.user = UserState.QUIET
-                return self._end_turn(t, text.strip(), speech_end=None)
+                return self._drop_prepared() + self._end_turn(t, text.strip(), speech_end=None)
             case ReplyAudioStarted(gen=gen):
                 if gen == self.gen and self.agent is AgentState.THINKING:
                     self.agent = AgentState.SPEAKING
@@ -210,7 +251,7 @@ class TurnMachine:
             case Hangup():
                 self.closed = True
                 self._deadline = None
-                cmds: list[Command] = []
+                cmds = self._drop_prepared()
                 if self.agent is not AgentState.IDLE:
                     cmds += [CancelReply(self.gen), ClearPlayout(self.gen)]
                     self.agent = AgentState.IDLE
@@ -226,9 +267,14 @@ class TurnMachine:
         self._text = text
         wait = self.min_silence_s if looks_finished(text) else self.max_silence_s
         self._deadline = self._pause_at + wait
+        cmds: list[Command] = []
+        if self.preemptive and self.agent is AgentState.IDLE:
+            self._last_gen += 1
+            self.prepared = self._last_gen
+            cmds.append(PrepareReply(self.prepared, text, speech_end=self._pause_at))
         if t >= self._deadline:
-            return self._finish(t)
-        return []
+            cmds += self._finish(t)
+        return cmds
 
     def _on_tick(self, t: float) -> list[Command]:
         if self._deadline is None or t < self._deadline:
@@ -246,7 +292,17 @@ class TurnMachine:
         self.user = UserState.QUIET
         self._deadline = None
         self._text = None
+        if self.prepared is not None:
+            self.gen, self.prepared = self.prepared, None
+            self.agent = AgentState.THINKING
+            return [CommitReply(self.gen, decided=t)]
         return self._end_turn(t, text, speech_end)
+
+    def _drop_prepared(self) -> list[Command]:
+        if self.prepared is None:
+            return []
+        gen, self.prepared = self.prepared, None
+        return [CancelReply(gen)]
 
     def _end_turn(self, t: float, text: str, speech_end: float | None) -> list[Command]:
         if not text:
@@ -254,7 +310,8 @@ class TurnMachine:
         cmds: list[Command] = []
         if self.agent is not AgentState.IDLE:
             cmds += [CancelReply(self.gen), ClearPlayout(self.gen)]
-        self.gen += 1
+        self._last_gen += 1
+        self.gen = self._last_gen
         self.agent = AgentState.THINKING
         cmds.append(StartReply(self.gen, text, speech_end=speech_end, decided=t))
         return cmds
