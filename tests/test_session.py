@@ -164,6 +164,7 @@ async def test_preemptive_reply_dropped_at_a_mid_sentence_pause_leaves_no_trace(
     assert turn.status == "completed" and "ask what you can do" in turn.user_text
     # one or more replies were prepared and dropped at pauses before the one that played
     assert len(llm.requests) >= 2 and llm.closed_streams == len(llm.requests)
+    assert session.prepared_dropped == len(llm.requests) - 1
     assert turn.reply_text == f"Reply {len(llm.requests)}."
     assert [m["role"] for m in session.history] == ["system", "user", "assistant"]
     played = {gen for _, gen, _ in result.recorder.frames}

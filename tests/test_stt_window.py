@@ -2,7 +2,7 @@
 
 import pytest
 
-from voice_agent.stt.whisper import looks_repeated
+from voice_agent.stt.whisper import drop_repeated_opening, looks_repeated
 
 
 @pytest.mark.parametrize(
@@ -23,3 +23,23 @@ from voice_agent.stt.whisper import looks_repeated
 )
 def test_looks_repeated(text: str, repeated: bool) -> None:
     assert looks_repeated(text) is repeated
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        (
+            "What should I cook for dinner tonight? What should I",
+            "What should I cook for dinner tonight?",
+        ),
+        ("Is it going to rain? Is it going to rain?", "Is it going to rain?"),
+        ("no no no", "no no no"),
+        (
+            "He said what should I do, what should I do",
+            "He said what should I do, what should I do",
+        ),
+        ("Tell me more. Tell me about it.", "Tell me more. Tell me about it."),
+    ],
+)
+def test_drop_repeated_opening(text: str, kept: str) -> None:
+    assert drop_repeated_opening(text) == kept

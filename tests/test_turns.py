@@ -31,8 +31,8 @@ def machine() -> TurnMachine:
     return TurnMachine(min_silence_s=0.3, max_silence_s=0.9, preemptive=False)
 
 
-def preemptive() -> TurnMachine:
-    return TurnMachine(min_silence_s=0.3, max_silence_s=0.9, preemptive=True)
+def preemptive(prepare_after_s: float = 0.0) -> TurnMachine:
+    return TurnMachine(0.3, 0.9, preemptive=True, prepare_after_s=prepare_after_s)
 
 
 def test_finished_sentence_ends_turn_at_min_silence() -> None:
@@ -235,3 +235,32 @@ def test_typed_text_and_hangup_drop_a_prepared_reply() -> None:
     m2.handle(SpeechStopped(t=2.12, at=2.0))
     m2.handle(TranscriptReady(t=2.15, request=1, text="Hi."))
     assert m2.handle(Hangup(t=2.2)) == [CancelReply(1), Close()]
+
+
+def test_preparing_waits_until_the_pause_is_long_enough() -> None:
+    m = preemptive(prepare_after_s=0.25)
+    m.handle(SpeechStarted(t=0.1, at=0.0))
+    m.handle(SpeechStopped(t=2.12, at=2.0))
+    assert m.handle(TranscriptReady(t=2.15, request=1, text="What time is it?")) == []
+    assert m.next_deadline() == pytest.approx(2.25)
+    assert m.handle(Tick(2.24)) == []
+    assert m.handle(Tick(2.25)) == [PrepareReply(1, "What time is it?", speech_end=2.0)]
+    assert m.next_deadline() == pytest.approx(2.3)
+    assert m.handle(Tick(2.3)) == [CommitReply(1, decided=2.3)]
+
+
+def test_speech_before_the_prepare_time_prepares_nothing() -> None:
+    m = preemptive(prepare_after_s=0.25)
+    m.handle(SpeechStarted(t=0.1, at=0.0))
+    m.handle(SpeechStopped(t=2.12, at=2.0))
+    m.handle(TranscriptReady(t=2.15, request=1, text="What"))
+    assert m.handle(SpeechStarted(t=2.2, at=2.18)) == []
+    assert m.next_deadline() is None and m.prepared is None
+
+
+def test_turn_ending_before_the_prepare_time_starts_the_reply_directly() -> None:
+    m = TurnMachine(0.1, 0.9, preemptive=True, prepare_after_s=0.25)
+    m.handle(SpeechStarted(t=0.1, at=0.0))
+    m.handle(SpeechStopped(t=2.05, at=2.0))
+    assert m.handle(TranscriptReady(t=2.06, request=1, text="Hi.")) == []
+    assert m.handle(Tick(2.1)) == [StartReply(1, "Hi.", speech_end=2.0, decided=2.1)]

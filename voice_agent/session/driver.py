@@ -97,7 +97,9 @@ class SessionConfig:
     paced: bool = True
     max_tool_rounds: int = 3
     preemptive: bool = True
-    """Start the reply when the pause's transcript arrives; play it once the turn is over."""
+    """Start the reply during the pause, once its transcript is in and the pause has lasted
+    ``prepare_after_s``; play it once the turn is over."""
+    prepare_after_s: float = 0.25
 
 
 class Session:
@@ -114,7 +116,9 @@ class Session:
         self.output = output
         self.clock = clock
         self.config = cfg = config or SessionConfig()
-        self.machine = TurnMachine(cfg.min_silence_s, cfg.max_silence_s, cfg.preemptive)
+        self.machine = TurnMachine(
+            cfg.min_silence_s, cfg.max_silence_s, cfg.preemptive, cfg.prepare_after_s
+        )
         self.playout = Playout(capacity=int(cfg.playout_capacity_s * SAMPLE_RATE))
         self.history: list[Message] = [{"role": "system", "content": cfg.system_prompt}]
         self.turns: list[TurnMetrics] = []
@@ -122,6 +126,7 @@ class Session:
         self.t0 = 0.0
         self.samples_in = 0
         self.dropped_frames = 0
+        self.prepared_dropped = 0
         self._inbound: asyncio.Queue[Pcm | None] = asyncio.Queue(cfg.inbound_queue_frames)
         self._control: asyncio.Queue[Event] = asyncio.Queue(256)
         self._audio_ready = asyncio.Event()
@@ -204,6 +209,7 @@ class Session:
             "history": self.history,
             "errors": self.errors,
             "dropped_input_frames": self.dropped_frames,
+            "preemptive_replies_dropped": self.prepared_dropped,
         }
 
     # -- inbound --------------------------------------------------------------
@@ -433,6 +439,7 @@ class Session:
             if m.committed:
                 await self._record_reply(gen, m, interrupted)
             else:  # a prepared reply the caller never heard leaves no trace
+                self.prepared_dropped += 1
                 self.playout.clear(gen)
                 self._metrics.pop(gen, None)
                 if self._held == gen:

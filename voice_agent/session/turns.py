@@ -185,13 +185,18 @@ def looks_finished(text: str) -> bool:
 
 class TurnMachine:
     def __init__(
-        self, min_silence_s: float = 0.6, max_silence_s: float = 1.0, preemptive: bool = True
+        self,
+        min_silence_s: float = 0.6,
+        max_silence_s: float = 1.0,
+        preemptive: bool = True,
+        prepare_after_s: float = 0.25,
     ) -> None:
         if not 0 <= min_silence_s <= max_silence_s:
             raise ValueError("need 0 <= min_silence_s <= max_silence_s")
         self.min_silence_s = min_silence_s
         self.max_silence_s = max_silence_s
         self.preemptive = preemptive
+        self.prepare_after_s = prepare_after_s
         self.user = UserState.QUIET
         self.agent = AgentState.IDLE
         self.gen = 0
@@ -204,9 +209,11 @@ class TurnMachine:
         self._pause_at: float | None = None
         self._text: str | None = None
         self._deadline: float | None = None
+        self._prepare_at: float | None = None
 
     def next_deadline(self) -> float | None:
-        return self._deadline
+        times = [t for t in (self._deadline, self._prepare_at) if t is not None]
+        return min(times) if times else None
 
     def handle(self, event: Event) -> list[Command]:
         if self.closed:
@@ -217,6 +224,7 @@ class TurnMachine:
                 if self.user is UserState.PAUSED:
                     self._text = None
                     self._deadline = None
+                    self._prepare_at = None
                 self.user = UserState.SPEAKING
                 return cmds
             case SpeechStopped(at=at):
@@ -236,6 +244,7 @@ class TurnMachine:
                 if not text.strip():
                     return []
                 self._deadline = None
+                self._prepare_at = None
                 self.user = UserState.QUIET
                 return self._drop_prepared() + self._end_turn(t, text.strip(), speech_end=None)
             case ReplyAudioStarted(gen=gen):
@@ -251,6 +260,7 @@ class TurnMachine:
             case Hangup():
                 self.closed = True
                 self._deadline = None
+                self._prepare_at = None
                 cmds = self._drop_prepared()
                 if self.agent is not AgentState.IDLE:
                     cmds += [CancelReply(self.gen), ClearPlayout(self.gen)]
@@ -263,22 +273,36 @@ class TurnMachine:
         if not text:
             self.user = UserState.QUIET
             self._deadline = None
+            self._prepare_at = None
             return [DiscardTurn()]
         self._text = text
         wait = self.min_silence_s if looks_finished(text) else self.max_silence_s
         self._deadline = self._pause_at + wait
         cmds: list[Command] = []
         if self.preemptive and self.agent is AgentState.IDLE:
-            self._last_gen += 1
-            self.prepared = self._last_gen
-            cmds.append(PrepareReply(self.prepared, text, speech_end=self._pause_at))
+            self._prepare_at = self._pause_at + self.prepare_after_s
+            cmds += self._maybe_prepare(t)
         if t >= self._deadline:
             cmds += self._finish(t)
         return cmds
 
-    def _on_tick(self, t: float) -> list[Command]:
-        if self._deadline is None or t < self._deadline:
+    def _maybe_prepare(self, t: float) -> list[Command]:
+        """Prepare once the pause has lasted ``prepare_after_s``: gaps between words are
+        shorter, and a reply started and dropped still costs the LLM its prompt reading."""
+        if self._prepare_at is None or t < self._prepare_at or self._text is None:
             return []
+        self._prepare_at = None
+        assert self._pause_at is not None
+        self._last_gen += 1
+        self.prepared = self._last_gen
+        return [PrepareReply(self.prepared, self._text, speech_end=self._pause_at)]
+
+    def _on_tick(self, t: float) -> list[Command]:
+        prepared = self._maybe_prepare(t) if self.user is UserState.PAUSED else []
+        if self._deadline is None or t < self._deadline:
+            return prepared
+        if prepared:
+            return prepared + self._finish(t)
         if self.user is UserState.PAUSED:
             if self._text is None:
                 self._deadline = None  # the transcript is late; the turn ends when it arrives
@@ -291,6 +315,7 @@ class TurnMachine:
         text, speech_end = self._text or "", self._pause_at
         self.user = UserState.QUIET
         self._deadline = None
+        self._prepare_at = None
         self._text = None
         if self.prepared is not None:
             self.gen, self.prepared = self.prepared, None

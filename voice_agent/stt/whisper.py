@@ -29,8 +29,10 @@ class WhisperSTT:
     is most of a pass and its cost grows with the window (tiny.en on 2
     threads: ~320 ms for 30 s, ~55 ms for 12 s). A short window makes the
     decoder prone to repeating itself, so the number of tokens is capped by
-    the audio's duration, and a pass that runs into the cap or repeats itself
-    is done again on the full window. ``window="full"`` uses faster-whisper's own
+    the audio's duration; a transcript that starts over ("What should I cook
+    for dinner tonight? What should I") is cut where it starts over; and a
+    pass that runs into the cap or still repeats itself is done again on the
+    full window. ``window="full"`` uses faster-whisper's own
     ``transcribe``.
     """
 
@@ -77,6 +79,8 @@ class WhisperSTT:
             text = self._transcribe_full(audio)
         else:
             text, hit_cap = self._decode(audio, tight=True)
+            if not hit_cap:
+                text = drop_repeated_opening(text)
             if hit_cap or looks_repeated(text):
                 self.full_window_retries += 1
                 text, _ = self._decode(audio, tight=False)
@@ -119,14 +123,27 @@ class WhisperSTT:
         return " ".join(s.text.strip() for s in segments).strip()
 
 
+def _words(text: str) -> list[str]:
+    return ["".join(c for c in w.lower() if c.isalnum()) for w in text.split()]
+
+
+def drop_repeated_opening(text: str, n: int = 3) -> str:
+    """Cut a transcript where it repeats its own first ``n`` words after a sentence end."""
+    raw = text.split()
+    words = _words(text)
+    for i in range(n, len(words) - n + 1):
+        if words[i : i + n] == words[:n] and raw[i - 1].endswith((".", "?", "!")):
+            return " ".join(raw[:i])
+    return text
+
+
 def looks_repeated(text: str, n: int = 3) -> bool:
     """Does a transcript repeat its own opening words, or any 4 words, later on?
 
     The typical failure of a short encoder window: "What should I cook for
     dinner tonight? What should I".
     """
-    words = ["".join(c for c in w.lower() if c.isalnum()) for w in text.split()]
-    words = [w for w in words if w]
+    words = [w for w in _words(text) if w]
     if len(words) < 2 * n:
         return False
     head = words[:n]
