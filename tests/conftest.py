@@ -41,3 +41,41 @@ async def real_engine() -> AsyncIterator[object]:
     cfg = EngineConfig(llm_profile="fast", llm_max_tokens=80)
     async with open_engine(cfg, log=lambda _m: None) as engine:
         yield engine
+
+
+async def start_server(app: object, sndbuf: int | None = None) -> tuple[object, str, object]:
+    """Run ``app`` on uvicorn on a free 127.0.0.1 port; returns (server, host:port, task).
+
+    ``sndbuf`` fixes the kernel send buffer of accepted connections (they inherit it from
+    the listening socket), so a client that stops reading blocks the server in a second
+    rather than after the kernel has buffered megabytes.
+    """
+    import asyncio
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if sndbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    limit = app.state.va.config.max_message_bytes  # type: ignore[attr-defined]
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", ws_max_size=limit)  # type: ignore[arg-type]
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    return server, f"127.0.0.1:{port}", task
+
+
+@pytest_asyncio.fixture(scope="session")
+async def real_server(real_engine: object) -> AsyncIterator[str]:
+    """A real server on 127.0.0.1 over the embedded models; yields host:port."""
+    from voice_agent.server import create_app
+
+    server, addr, task = await start_server(create_app(engine=real_engine))  # type: ignore[arg-type]
+    yield addr
+    server.should_exit = True  # type: ignore[attr-defined]
+    await task  # type: ignore[misc]

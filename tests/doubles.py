@@ -22,8 +22,14 @@ class ScriptedLLMDouble:
 
     name = "scripted-llm-double"
 
-    def __init__(self, replies: list[list[Step]], token_delay_s: float = 0.01) -> None:
+    def __init__(
+        self,
+        replies: list[list[Step]],
+        token_delay_s: float = 0.01,
+        default: list[Step] | None = None,
+    ) -> None:
         self.replies = list(replies)
+        self.default = default or ["(no more scripted replies)"]
         self.token_delay_s = token_delay_s
         self.requests: list[list[Message]] = []
         self.closed_streams = 0
@@ -32,7 +38,7 @@ class ScriptedLLMDouble:
         self, messages: list[Message], tools: list[dict[str, Any]] | None = None
     ) -> AsyncIterator[LLMEvent]:
         self.requests.append([dict(m) for m in messages])
-        steps = self.replies.pop(0) if self.replies else ["(no more scripted replies)"]
+        steps = self.replies.pop(0) if self.replies else self.default
         try:
             for step in steps:
                 await asyncio.sleep(self.token_delay_s)

@@ -10,6 +10,7 @@ from voice_agent.session.turns import (
     CommitReply,
     DiscardTurn,
     Hangup,
+    Interrupt,
     PrepareReply,
     ReplyAudioStarted,
     ReplyFinished,
@@ -264,3 +265,16 @@ def test_turn_ending_before_the_prepare_time_starts_the_reply_directly() -> None
     m.handle(SpeechStopped(t=2.05, at=2.0))
     assert m.handle(TranscriptReady(t=2.06, request=1, text="Hi.")) == []
     assert m.handle(Tick(2.1)) == [StartReply(1, "Hi.", speech_end=2.0, decided=2.1)]
+
+
+def test_interrupt_cancels_the_live_reply_only() -> None:
+    m = machine()
+    assert m.handle(Interrupt(t=0.5)) == []
+    m.handle(TextInput(t=1.0, text="hi"))
+    m.handle(ReplyAudioStarted(t=1.2, gen=1))
+    assert m.handle(Interrupt(t=1.5)) == [CancelReply(1), ClearPlayout(1)]
+    assert (m.agent, m.gen) == (AgentState.IDLE, 1)
+    m.handle(ReplyFinished(t=1.6, gen=1))
+    assert m.handle(TextInput(t=2.0, text="again")) == [
+        StartReply(2, "again", speech_end=None, decided=2.0)
+    ]

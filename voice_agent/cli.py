@@ -84,6 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-silence", type=int, default=None, help="ms of silence ending any turn")
     _engine_args(r)
 
+    v = sub.add_parser("serve", help="run the voice agent server (WebSocket + browser page)")
+    v.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--max-message-bytes", type=int, default=64 * 1024)
+    v.add_argument("--max-sessions", type=int, default=16)
+    v.add_argument(
+        "--drain-grace", type=float, default=20.0, help="seconds live replies get on SIGTERM"
+    )
+    _engine_args(v)
+
     b = sub.add_parser("bench", help="latency benchmark over real and synthetic utterances")
     b.add_argument("--json", type=Path, default=Path("bench.json"), help="write figures here")
     b.add_argument("--limit", type=int, default=None, help="run only the first N utterances")
@@ -119,6 +129,30 @@ async def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from voice_agent.server import DrainingServer, ServerConfig, create_app
+
+    config = ServerConfig(
+        max_message_bytes=args.max_message_bytes,
+        max_sessions=args.max_sessions,
+        drain_grace_s=args.drain_grace,
+    )
+    app = create_app(_engine_config(args), config)
+    uv = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        ws_max_size=args.max_message_bytes,
+        log_level="info",
+        lifespan="on",
+    )
+    _log(f"serving on http://{args.host}:{args.port} (models load in the background)")
+    await DrainingServer(uv, app.state.va).serve()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -135,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "replay":
             return asyncio.run(_replay(args))
+        if args.command == "serve":
+            return asyncio.run(_serve(args))
         if args.command == "bench":
             from voice_agent.bench import run_bench
 

@@ -42,6 +42,7 @@ from voice_agent.session.turns import (
     DiscardTurn,
     Event,
     Hangup,
+    Interrupt,
     PrepareReply,
     ReplyAudioStarted,
     ReplyFinished,
@@ -127,6 +128,7 @@ class Session:
         self.samples_in = 0
         self.dropped_frames = 0
         self.prepared_dropped = 0
+        self.closing = False
         self._inbound: asyncio.Queue[Pcm | None] = asyncio.Queue(cfg.inbound_queue_frames)
         self._control: asyncio.Queue[Event] = asyncio.Queue(256)
         self._audio_ready = asyncio.Event()
@@ -174,7 +176,29 @@ class Session:
         self._control.put_nowait(TextInput(self.clock.now(), text))
 
     def hangup(self) -> None:
-        self._control.put_nowait(Hangup(self.clock.now()))
+        """End the session (once): the live reply is cancelled, what was heard is kept."""
+        if not self.closing:
+            self.closing = True
+            self._control.put_nowait(Hangup(self.clock.now()))
+
+    @property
+    def idle(self) -> bool:
+        """No reply is being prepared, generated or played."""
+        return (
+            self.machine.agent.value == "idle"
+            and self.machine.prepared is None
+            and self.playout.buffered == 0
+        )
+
+    def interrupt(self) -> None:
+        """Stop the agent's current reply (what was heard stays in the history)."""
+        self._control.put_nowait(Interrupt(self.clock.now()))
+
+    def playout_ack(self, gen: int, samples: int) -> None:
+        """The client reports ``samples`` (16 kHz) of generation ``gen`` actually played."""
+        m = self._metrics.get(gen)
+        if m is not None and samples > m.client_played_samples:
+            m.client_played_samples = samples
 
     @property
     def busy(self) -> bool:
@@ -425,6 +449,7 @@ class Session:
                 self._drained.clear()
                 await self._drained.wait()
             m.reply_done = self.clock.now()
+            await self._emit("reply.audio.end", gen=gen, samples=self.playout.played_samples(gen))
             if m.status == "pending":
                 m.status = "completed"
         except asyncio.CancelledError:
@@ -552,6 +577,7 @@ class Session:
                 if m is not None and m.first_audio_out is None:
                     m.first_audio_out = self.clock.now()
                     await self._control.put(ReplyAudioStarted(m.first_audio_out, gen))
+                    await self._emit("reply.audio.start", gen=gen)
                 await self.output.send_audio(gen, frame)
                 k += 1
                 if self.config.paced:

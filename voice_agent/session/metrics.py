@@ -41,6 +41,8 @@ class TurnMetrics:
     tool_calls: list[str] = field(default_factory=list)
     context: list[dict[str, Any]] = field(default_factory=list)
     reply_samples: int = 0
+    client_played_samples: int = 0
+    """The client's own report of what it played (16 kHz samples), 0 if it never said."""
     committed: bool = False
     """False while the reply is prepared ahead of the end of turn (its audio held)."""
     parts: list[str] = field(default_factory=list)
@@ -89,5 +91,6 @@ class TurnMetrics:
             "voice_to_voice_ms": None if v2v is None else round(v2v * 1000, 1),
             "ttfb_ms": self.ttfb(),
             "reply_audio_ms": round(self.reply_samples / 16.0, 1),
+            "client_played_ms": round(self.client_played_samples / 16.0, 1),
             "context": self.context,
         }

@@ -94,6 +94,13 @@ class Tick:
 
 
 @dataclass(frozen=True)
+class Interrupt:
+    """The client asked the agent to stop talking (a push-to-interrupt button)."""
+
+    t: float
+
+
+@dataclass(frozen=True)
 class Hangup:
     t: float
 
@@ -106,6 +113,7 @@ Event = (
     | ReplyAudioStarted
     | ReplyFinished
     | Tick
+    | Interrupt
     | Hangup
 )
 
@@ -257,6 +265,12 @@ class TurnMachine:
                 return []
             case Tick(t=t):
                 return self._on_tick(t)
+            case Interrupt():
+                cmds = self._drop_prepared()
+                if self.agent is not AgentState.IDLE:
+                    cmds += [CancelReply(self.gen), ClearPlayout(self.gen)]
+                    self.agent = AgentState.IDLE
+                return cmds
             case Hangup():
                 self.closed = True
                 self._deadline = None

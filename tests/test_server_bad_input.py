@@ -1,0 +1,203 @@
+"""Bad input over the WebSocket: a documented close code or error event, and the server
+keeps serving other sessions. Real server on 127.0.0.1, scripted LLM double, real piper."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import websockets
+from conftest import start_server
+from doubles import ScriptedLLMDouble
+
+from voice_agent.server import ServerConfig, create_app
+from voice_agent.session.engine import Engine
+from voice_agent.vad.webrtc import WebRtcVad
+
+pytestmark = pytest.mark.models
+
+LIMIT = 16 * 1024
+LONG_REPLY = ["This is a long reply that goes on and on. "] * 40
+
+
+LLM = ScriptedLLMDouble([], token_delay_s=0.005, default=["Okay, got it."])
+
+
+@pytest_asyncio.fixture(scope="module")
+async def addr(stt_tts: Any) -> AsyncIterator[str]:
+    stt, tts = stt_tts
+    engine = Engine(stt=stt, tts=tts, llm=LLM, new_vad=WebRtcVad)
+    cfg = ServerConfig(
+        max_message_bytes=LIMIT, send_queue=32, send_timeout_s=1.0, start_timeout_s=2.0
+    )
+    app = create_app(engine=engine, config=cfg)
+    server, address, task = await start_server(app, sndbuf=8192)
+    yield address
+    server.should_exit = True  # type: ignore[attr-defined]
+    await task  # type: ignore[misc]
+
+
+async def start(addr: str, **fields: Any) -> Any:
+    ws = await websockets.connect(f"ws://{addr}/v1/voice/ws", max_size=None)
+    await ws.send(json.dumps({"type": "session.start", "sample_rate": 16000} | fields))
+    return ws
+
+
+async def next_event(ws: Any, kind: str, timeout: float = 20.0) -> dict[str, Any]:
+    async with asyncio.timeout(timeout):
+        while True:
+            msg = await ws.recv()
+            if isinstance(msg, str) and (event := json.loads(msg))["type"] == kind:
+                return event
+
+
+async def closed_with(ws: Any, timeout: float = 10.0) -> tuple[int | None, str]:
+    async with asyncio.timeout(timeout):
+        try:
+            while True:
+                await ws.recv()
+        except websockets.ConnectionClosed:
+            pass
+    return ws.close_code, ws.close_reason
+
+
+async def still_serving(addr: str) -> None:
+    """Another session works end to end: typed text in, reply audio and reply.done out."""
+    ws = await start(addr)
+    try:
+        await ws.send(json.dumps({"type": "text", "text": "hello"}))
+        got_audio = False
+        async with asyncio.timeout(20):
+            while True:
+                msg = await ws.recv()
+                if isinstance(msg, bytes):
+                    got_audio = True
+                elif json.loads(msg)["type"] == "reply.done":
+                    break
+        assert got_audio
+    finally:
+        await ws.close()
+
+
+async def test_binary_before_session_start(addr: str) -> None:
+    async with websockets.connect(f"ws://{addr}/v1/voice/ws") as ws:
+        await ws.send(b"\x00\x00" * 160)
+        code, reason = await closed_with(ws)
+    assert (code, reason) == (4400, "binary audio before session.start")
+    await still_serving(addr)
+
+
+@pytest.mark.parametrize(
+    ("start_msg", "code", "reason_part"),
+    [
+        ("{not json", 4400, "session.start is not valid JSON"),
+        ('{"type": "hello"}', 4400, "first message must be a session.start"),
+        ('{"type": "session.start", "sample_rate": 12345}', 4415, "unsupported sample_rate 12345"),
+        (
+            '{"type": "session.start", "sample_rate": 16000, "output_sample_rate": 7}',
+            4415,
+            "unsupported output_sample_rate 7",
+        ),
+        (
+            '{"type": "session.start", "sample_rate": 16000, "encoding": "opus"}',
+            4400,
+            "unsupported encoding 'opus'",
+        ),
+    ],
+)
+async def test_bad_session_start(addr: str, start_msg: str, code: int, reason_part: str) -> None:
+    async with websockets.connect(f"ws://{addr}/v1/voice/ws") as ws:
+        await ws.send(start_msg)
+        got_code, reason = await closed_with(ws)
+    assert got_code == code and reason_part in reason
+
+
+async def test_no_session_start_times_out(addr: str) -> None:
+    async with websockets.connect(f"ws://{addr}/v1/voice/ws") as ws:
+        code, reason = await closed_with(ws, timeout=6)
+    assert code == 4400 and "no session.start" in reason
+
+
+async def test_odd_length_pcm_and_invalid_json_are_errors_not_the_end(addr: str) -> None:
+    ws = await start(addr)
+    try:
+        await next_event(ws, "session.started")
+        await ws.send(b"\x01\x02\x03")
+        err = await next_event(ws, "error")
+        assert err["code"] == "bad_audio" and "even byte count, got 3" in err["message"]
+        await ws.send("{this is not json")
+        err = await next_event(ws, "error")
+        assert err["code"] == "bad_message" and err["message"].startswith("invalid JSON")
+        await ws.send(json.dumps({"type": "playout", "gen": "x"}))
+        err = await next_event(ws, "error")
+        assert err["message"] == "playout needs integer 'gen' and 'samples'"
+        await ws.send(json.dumps({"type": "dance"}))
+        err = await next_event(ws, "error")
+        assert err["message"] == "unknown message type 'dance'"
+        # the session is still alive
+        await ws.send(json.dumps({"type": "text", "text": "hi"}))
+        done = await next_event(ws, "reply.done")
+        assert done["status"] == "completed" and done["text"] == "Okay, got it."
+    finally:
+        await ws.close()
+
+
+async def test_oversized_message_closes_1009(addr: str) -> None:
+    ws = await start(addr)
+    try:
+        await next_event(ws, "session.started")
+        await ws.send(b"\x00" * (LIMIT + 2))
+        code, _ = await closed_with(ws)
+    finally:
+        await ws.close()
+    assert code == 1009
+    await still_serving(addr)
+
+
+async def test_client_that_stops_reading_is_closed_4408(addr: str) -> None:
+    LLM.replies.append(LONG_REPLY)
+    # a small receive buffer so the client's socket fills fast; the client never reads
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    host, port = addr.split(":")
+    sock.connect((host, int(port)))
+    ws = await websockets.connect(f"ws://{addr}/v1/voice/ws", sock=sock, max_queue=1, max_size=None)
+    try:
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "session.start",
+                    "sample_rate": 16000,
+                    "output_sample_rate": 48000,
+                    "session_id": "slow",
+                }
+            )
+        )
+        await ws.send(json.dumps({"type": "text", "text": "talk for a long time"}))
+        for _ in range(40):
+            await asyncio.sleep(0.5)
+            status = await asyncio.to_thread(_report, addr, "slow")
+            if status.get("live") is False:
+                break
+        report = await asyncio.to_thread(_report, addr, "slow")
+    finally:
+        await ws.close()
+    assert report["live"] is False
+    assert report["close_code"] == 4408 and "client" in report["close_reason"]
+    await still_serving(addr)
+
+
+def _report(addr: str, sid: str) -> dict[str, Any]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{addr}/v1/sessions/{sid}", timeout=5) as r:
+            return dict(json.loads(r.read()))
+    except urllib.error.HTTPError:
+        return {}

@@ -1,0 +1,335 @@
+"""The ASGI app: health, the browser page, and the WebSocket voice endpoint.
+
+One app per process; models load once in the background while the server
+already answers ``/healthz`` and ``/readyz``. Each WebSocket is one
+:class:`~voice_agent.session.driver.Session`; the transport only frames,
+resamples and enforces limits (docs/protocol.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from voice_agent.core.clock import LoopClock
+from voice_agent.session.driver import Session, SessionConfig
+from voice_agent.session.engine import Engine, EngineConfig
+from voice_agent.transports.websocket import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL,
+    CLOSE_NORMAL,
+    CLOSE_PROTOCOL,
+    CLOSE_SLOW_CLIENT,
+    CLOSE_TRY_LATER,
+    InboundAudio,
+    ProtocolError,
+    SlowClient,
+    WebSocketOutput,
+    parse_client_message,
+    parse_start,
+)
+
+WEB_CLIENT = Path(__file__).resolve().parent.parent / "web_client"
+
+
+@dataclass
+class ServerConfig:
+    max_message_bytes: int = 64 * 1024
+    max_sessions: int = 16
+    start_timeout_s: float = 10.0
+    drain_grace_s: float = 20.0
+    send_queue: int = 1000
+    send_timeout_s: float = 5.0
+    kept_reports: int = 200
+
+
+@dataclass
+class ServerState:
+    config: ServerConfig
+    session_config: SessionConfig
+    engine: Engine | None = None
+    stage: str = "starting"
+    error: str | None = None
+    draining: bool = False
+    sessions: dict[str, Session] = field(default_factory=dict)
+    reports: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
+
+    def progress(self, message: str) -> None:
+        self.stage = message
+        print(f"[voice-agent] {message}", flush=True)
+
+    def keep_report(self, sid: str, report: dict[str, Any]) -> None:
+        self.reports[sid] = report
+        while len(self.reports) > self.config.kept_reports:
+            self.reports.popitem(last=False)
+
+    async def drain(self) -> None:
+        """Refuse new sessions; let live ones finish their current reply, up to the grace period."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.drain_grace_s
+        while self.sessions and loop.time() < deadline:
+            for session in list(self.sessions.values()):
+                if session.idle and not session.closing:
+                    session.hangup()
+            await asyncio.sleep(0.05)
+        for session in list(self.sessions.values()):
+            if not session.closing:
+                session.hangup()
+
+
+EngineOpener = Callable[
+    [EngineConfig, Callable[[str], None]], contextlib.AbstractAsyncContextManager[Engine]
+]
+
+
+def create_app(
+    engine_config: EngineConfig | None = None,
+    config: ServerConfig | None = None,
+    session_config: SessionConfig | None = None,
+    engine: Engine | None = None,
+    opener: EngineOpener | None = None,
+) -> Starlette:
+    """The app. Pass ``engine`` to serve already-loaded models (tests); otherwise the models
+    named by ``engine_config`` load in the background at startup."""
+    state = ServerState(config or ServerConfig(), session_config or SessionConfig())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if engine is not None:
+            state.engine, state.stage = engine, "ready"
+            yield
+            return
+        from voice_agent.runtime import open_engine
+
+        stop = asyncio.Event()
+
+        async def load() -> None:
+            try:
+                async with (opener or open_engine)(
+                    engine_config or EngineConfig(), state.progress
+                ) as e:
+                    state.engine = e
+                    await stop.wait()
+            except Exception as exc:  # reported on /readyz; the process stays up for /healthz
+                state.error = str(exc)
+                state.progress(f"error: {exc}")
+
+        task = asyncio.create_task(load())
+        try:
+            yield
+        finally:
+            await state.drain()
+            stop.set()
+            await task
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse(
+            {"status": "ok", "ready": state.engine is not None, "stage": state.stage}
+        )
+
+    async def readyz(request: Request) -> Response:
+        ready = state.engine is not None and not state.draining
+        body = {
+            "ready": ready,
+            "stage": state.stage,
+            "error": state.error,
+            "draining": state.draining,
+            "sessions": len(state.sessions),
+            "models": state.engine.info if state.engine else None,
+        }
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    async def index(request: Request) -> Response:
+        return FileResponse(WEB_CLIENT / "index.html")
+
+    async def session_report(request: Request) -> Response:
+        sid = request.path_params["sid"]
+        if sid in state.sessions:
+            return JSONResponse({"live": True} | state.sessions[sid].report())
+        if sid in state.reports:
+            return JSONResponse({"live": False} | state.reports[sid])
+        return JSONResponse({"error": f"no session {sid!r}"}, status_code=404)
+
+    async def voice_ws(ws: WebSocket) -> None:
+        await ws.accept()
+        refusal = _refusal(state)
+        if refusal:
+            await ws.close(CLOSE_TRY_LATER, refusal)
+            return
+        try:
+            async with asyncio.timeout(state.config.start_timeout_s):
+                first = await ws.receive()
+        except TimeoutError:
+            await ws.close(CLOSE_PROTOCOL, "no session.start within the start timeout")
+            return
+        if first["type"] == "websocket.disconnect":
+            return
+        if first.get("text") is None:
+            await ws.close(CLOSE_PROTOCOL, "binary audio before session.start")
+            return
+        try:
+            opts = parse_start(first["text"])
+        except ProtocolError as exc:
+            await ws.close(exc.code, exc.reason)
+            return
+        assert state.engine is not None
+        sid = opts.session_id or uuid.uuid4().hex[:12]
+        if sid in state.sessions:
+            await ws.close(CLOSE_PROTOCOL, f"session {sid} is already live")
+            return
+        output = WebSocketOutput(
+            ws.send_text,
+            ws.send_bytes,
+            opts.output_sample_rate,
+            max_queue=state.config.send_queue,
+            send_timeout_s=state.config.send_timeout_s,
+        )
+        session = Session(state.engine, output, LoopClock(), state.session_config)
+        state.sessions[sid] = session
+        code, reason = CLOSE_NORMAL, "session ended"
+        try:
+            async with asyncio.TaskGroup() as tg:
+                writer = tg.create_task(output.writer())
+                run = tg.create_task(session.run())
+                await output.send_event(
+                    {
+                        "type": "session.started",
+                        "session_id": sid,
+                        "sample_rate": opts.sample_rate,
+                        "output_sample_rate": opts.output_sample_rate,
+                        "max_message_bytes": state.config.max_message_bytes,
+                    }
+                )
+                reader = tg.create_task(
+                    _read_client(ws, session, output, InboundAudio(opts.sample_rate), opts)
+                )
+                await asyncio.wait({reader, run}, return_when=asyncio.FIRST_COMPLETED)
+                if state.draining and run.done():
+                    code, reason = CLOSE_GOING_AWAY, "server is shutting down"
+                session.hangup()
+                await run
+                reader.cancel()
+                await output.flush()
+                writer.cancel()
+        except* SlowClient as group:
+            code, reason = CLOSE_SLOW_CLIENT, str(_leaf(group))
+        except* WebSocketDisconnect:
+            code, reason = CLOSE_GOING_AWAY, "client went away"
+        except* Exception as group:
+            code, reason = CLOSE_INTERNAL, f"internal error: {_leaf(group)!r}"
+        finally:
+            state.sessions.pop(sid, None)
+            state.keep_report(sid, session.report() | {"close_code": code, "close_reason": reason})
+            if ws.application_state != WebSocketState.DISCONNECTED and (
+                ws.client_state != WebSocketState.DISCONNECTED
+            ):
+                with contextlib.suppress(Exception):
+                    await ws.close(code, reason)
+
+    routes = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/", index),
+        Route("/v1/sessions/{sid}", session_report),
+        WebSocketRoute("/v1/voice/ws", voice_ws),
+    ]
+    if WEB_CLIENT.is_dir():
+        routes.append(Mount("/static", StaticFiles(directory=WEB_CLIENT), name="static"))
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.va = state
+    return app
+
+
+def _leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The first real exception inside (possibly nested) exception groups."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _refusal(state: ServerState) -> str | None:
+    if state.draining:
+        return "server is shutting down"
+    if state.engine is None:
+        return f"models are not loaded yet ({state.error or state.stage})"
+    if len(state.sessions) >= state.config.max_sessions:
+        return f"too many sessions (limit {state.config.max_sessions})"
+    return None
+
+
+async def _read_client(
+    ws: WebSocket, session: Session, output: WebSocketOutput, inbound: InboundAudio, opts: Any
+) -> None:
+    """Client messages → session. Returns when the client ends the session or goes away."""
+    while True:
+        msg = await ws.receive()
+        if msg["type"] == "websocket.disconnect":
+            return
+        data = msg.get("bytes")
+        if data is not None:
+            try:
+                session.feed(inbound.convert(data))
+            except ValueError as exc:
+                await output.send_event(
+                    {
+                        "type": "error",
+                        "code": "bad_audio",
+                        "message": f"{exc}; the frame was dropped",
+                    }
+                )
+            continue
+        try:
+            ctl = parse_client_message(msg.get("text") or "")
+        except ValueError as exc:
+            await output.send_event({"type": "error", "code": "bad_message", "message": str(exc)})
+            continue
+        match ctl["type"]:
+            case "playout":
+                samples_16k = ctl["samples"] * 16000 // opts.output_sample_rate
+                session.playout_ack(ctl["gen"], samples_16k)
+            case "text":
+                session.send_text(ctl["text"])
+            case "interrupt":
+                session.interrupt()
+            case "session.end":
+                return
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, with a graceful first SIGTERM/SIGINT: refuse new sessions, let live replies
+    finish (up to the grace period), then exit. A second signal exits at once."""
+
+    def __init__(self, config: Any, state: ServerState) -> None:
+        super().__init__(config)
+        self.va_state = state
+        self._draining = False
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self._draining:
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        self.va_state.draining = True
+        self.va_state.progress("draining: new sessions are refused")
+        loop = asyncio.get_event_loop()
+        loop.call_soon_threadsafe(lambda: loop.create_task(self._drain_then_exit()))
+
+    async def _drain_then_exit(self) -> None:
+        await self.va_state.drain()
+        self.should_exit = True
