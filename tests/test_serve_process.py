@@ -1,0 +1,96 @@
+"""`voice-agent serve` as a real process: health while loading, and a SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+
+pytestmark = pytest.mark.models
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def get(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+async def test_sigterm_refuses_new_sessions_and_lets_the_live_reply_finish() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = f"127.0.0.1:{port}"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voice_agent.cli", "serve", "--port", str(port),
+        "--llm-profile", "fast", "--drain-grace", "30",
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )  # fmt: skip
+    try:
+        # /healthz answers while the models load; /readyz says 503 until they are loaded
+        seen_loading = False
+        async with asyncio.timeout(120):
+            while True:
+                try:
+                    status, body = await asyncio.to_thread(get, f"http://{base}/readyz")
+                except (urllib.error.URLError, ConnectionError):
+                    await asyncio.sleep(0.1)
+                    continue
+                if status == 503:
+                    seen_loading = True
+                    assert body["ready"] is False and body["stage"]
+                    hstatus, health = await asyncio.to_thread(get, f"http://{base}/healthz")
+                    assert hstatus == 200 and health["ready"] is False
+                if status == 200:
+                    break
+                await asyncio.sleep(0.1)
+        assert seen_loading
+        ws = await websockets.connect(f"ws://{base}/v1/voice/ws")
+        await ws.send(json.dumps({"type": "session.start", "sample_rate": 16000}))
+        await ws.send(json.dumps({"type": "text", "text": "Tell me a short story about a cat."}))
+        events: list[dict[str, Any]] = []
+        async with asyncio.timeout(60):
+            while not any(e["type"] == "reply.audio.start" for e in events):
+                msg = await ws.recv()
+                if isinstance(msg, str):
+                    events.append(json.loads(msg))
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        status, body = await asyncio.to_thread(get, f"http://{base}/readyz")
+        assert status == 503 and body["draining"] is True
+        async with websockets.connect(f"ws://{base}/v1/voice/ws") as late:
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(late.recv(), 5)
+            assert (late.close_code, late.close_reason) == (1013, "server is shutting down")
+        # the live session finishes its reply, then the server says goodbye
+        async with asyncio.timeout(60):
+            try:
+                while True:
+                    msg = await ws.recv()
+                    if isinstance(msg, str):
+                        events.append(json.loads(msg))
+            except websockets.ConnectionClosed:
+                pass
+        done = [e for e in events if e["type"] == "reply.done"]
+        assert done and done[0]["status"] == "completed"
+        assert ws.close_code == 1001 and ws.close_reason == "server is shutting down"
+        async with asyncio.timeout(30):
+            code = await proc.wait()
+        assert code == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
