@@ -70,12 +70,19 @@ async def start_server(app: object, sndbuf: int | None = None) -> tuple[object, 
     return server, f"127.0.0.1:{port}", task
 
 
+APPS: dict[str, object] = {}
+
+
 @pytest_asyncio.fixture(scope="session")
 async def real_server(real_engine: object) -> AsyncIterator[str]:
-    """A real server on 127.0.0.1 over the embedded models; yields host:port."""
+    """A real server on 127.0.0.1 over the embedded models; yields host:port.
+
+    The app is in ``APPS[host:port]`` for tests that reach into the server's state."""
     from voice_agent.server import create_app
 
-    server, addr, task = await start_server(create_app(engine=real_engine))  # type: ignore[arg-type]
+    app = create_app(engine=real_engine)  # type: ignore[arg-type]
+    server, addr, task = await start_server(app)
+    APPS[addr] = app
     yield addr
     server.should_exit = True  # type: ignore[attr-defined]
     await task  # type: ignore[misc]
