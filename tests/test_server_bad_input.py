@@ -201,3 +201,30 @@ def _report(addr: str, sid: str) -> dict[str, Any]:
             return dict(json.loads(r.read()))
     except urllib.error.HTTPError:
         return {}
+
+
+async def test_interrupt_stops_the_reply_and_clears_it(addr: str) -> None:
+    LLM.replies.append(LONG_REPLY)
+    ws = await start(addr)
+    try:
+        await next_event(ws, "session.started")
+        await ws.send(json.dumps({"type": "text", "text": "talk for a long time"}))
+        started = await next_event(ws, "reply.audio.start")
+        await ws.send(json.dumps({"type": "interrupt"}))
+        done = await next_event(ws, "reply.done")
+        clear = await next_event(ws, "clear")
+        # nothing of that generation arrives after the clear
+        late = []
+        try:
+            async with asyncio.timeout(0.5):
+                while True:
+                    msg = await ws.recv()
+                    if isinstance(msg, bytes) and int.from_bytes(msg[:4], "little") == clear["gen"]:
+                        late.append(msg)
+        except TimeoutError:
+            pass
+    finally:
+        await ws.close()
+    assert done["gen"] == started["gen"] == clear["gen"]
+    assert done["status"] == "interrupted"
+    assert late == []

@@ -9,6 +9,7 @@ from the VAD) to the first agent audio sample sent.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform
 import re
@@ -220,3 +221,100 @@ def _format_summary(s: dict[str, Any]) -> str:
     lines.append(f"  peak RSS         voice-agent {rss['voice_agent']} MB, "
                  f"llm server {rss['llm_server']} MB")  # fmt: skip
     return "\n".join(lines)
+
+
+async def run_server_bench(args: argparse.Namespace, log: Callable[[str], None]) -> int:
+    """The same utterances, streamed in real time to a running server over its WebSocket.
+
+    Reports voice-to-voice as the client sees it (true end of speech → first agent audio
+    frame received) beside the server's own figure (→ first frame sent by the session),
+    so the transport's share is visible. Both run from the same true end of speech; the
+    server's times are mapped onto the client's clock through ``session.started``.
+    """
+    import json
+    from types import SimpleNamespace
+
+    from voice_agent.tts.piper import PiperTTS
+
+    url = args.server if "://" in args.server else f"ws://{args.server}"
+    if not url.rstrip("/").endswith("/v1/voice/ws"):
+        url = url.rstrip("/") + "/v1/voice/ws"
+    items = utterances(SimpleNamespace(tts=PiperTTS()))  # type: ignore[arg-type]
+    items = items[: args.limit] if args.limit else items
+    rows: list[dict[str, Any]] = []
+    for u in items:
+        pcm = np.concatenate([np.zeros(SAMPLE_RATE // 2, dtype=np.int16), u.pcm])
+        row = await _bench_one_over_ws(url, pcm, speech_end(pcm))
+        row = {"name": u.name} | row
+        rows.append(row)
+        log(f"{u.name:<18} client {row.get('client_v2v_ms')} ms, "
+            f"server {row.get('server_v2v_ms')} ms")  # fmt: skip
+    summary: dict[str, Any] = {"server": url, "utterances": len(rows)}
+    for key in ("client_v2v_ms", "server_v2v_ms", "transport_ms"):
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        summary[key] = {"p50": _pct(vals, 50), "p95": _pct(vals, 95)}
+    summary["machine"] = {"cores": os.cpu_count(), "cpu": _cpu_name()}
+    args.json.write_text(json.dumps({"summary": summary, "utterances": rows}, indent=2))
+    c, s_, t = summary["client_v2v_ms"], summary["server_v2v_ms"], summary["transport_ms"]
+    print(
+        f"voice-agent bench --server {url}: {len(rows)} utterances\n"
+        f"  voice-to-voice seen by the client  p50 {c['p50']} ms   p95 {c['p95']} ms\n"
+        f"  voice-to-voice inside the server   p50 {s_['p50']} ms   p95 {s_['p95']} ms\n"
+        f"  transport (sent → received)        p50 {t['p50']} ms   p95 {t['p95']} ms"
+    )
+    log(f"figures written to {args.json}")
+    return 0
+
+
+async def _bench_one_over_ws(url: str, pcm: Pcm, end: int) -> dict[str, Any]:
+    """Stream one utterance in real time; time the reply that completes."""
+    import json
+
+    import websockets
+
+    loop = asyncio.get_running_loop()
+    frames = [pcm[i : i + FRAME_SAMPLES] for i in range(0, len(pcm), FRAME_SAMPLES)]
+    tail = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+    events: list[dict[str, Any]] = []
+    first_audio: dict[int, float] = {}
+    done = asyncio.Event()
+    async with websockets.connect(url, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "session.start", "sample_rate": SAMPLE_RATE}))
+        started = json.loads(await ws.recv())
+        offset = loop.time() - started["t_ms"] / 1000  # server session time 0 on our clock
+        t0 = loop.time()
+
+        async def send() -> None:
+            k = 0
+            while not done.is_set() and k < len(frames) + 3000:  # ≤ 60 s of trailing silence
+                await ws.send((frames[k] if k < len(frames) else tail).tobytes())
+                k += 1
+                await asyncio.sleep(max(0.0, t0 + k * FRAME_SAMPLES / SAMPLE_RATE - loop.time()))
+
+        sender = asyncio.create_task(send())
+        try:
+            async with asyncio.timeout(90):
+                async for msg in ws:
+                    if isinstance(msg, bytes):
+                        first_audio.setdefault(int.from_bytes(msg[:4], "little"), loop.time())
+                        continue
+                    event = json.loads(msg)
+                    events.append(event)
+                    if event["type"] == "metrics" and event["turn"]["status"] == "completed":
+                        break
+        finally:
+            done.set()
+            await sender
+        await ws.send(json.dumps({"type": "session.end"}))
+    metrics = [e["turn"] for e in events if e["type"] == "metrics"]
+    turn = metrics[-1] if metrics else None
+    row: dict[str, Any] = {"transcript": turn["user_text"] if turn else ""}
+    if turn and turn["timeline_ms"]["first_audio_out"] is not None:
+        true_end = t0 + end / SAMPLE_RATE
+        sent = offset + turn["timeline_ms"]["first_audio_out"] / 1000
+        received = first_audio.get(turn["gen"])
+        row["server_v2v_ms"] = round((sent - true_end) * 1000, 1)
+        if received is not None:
+            row["client_v2v_ms"] = round((received - true_end) * 1000, 1)
+            row["transport_ms"] = round((received - sent) * 1000, 1)
+    return row

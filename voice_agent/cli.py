@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="latency benchmark over real and synthetic utterances")
     b.add_argument("--json", type=Path, default=Path("bench.json"), help="write figures here")
     b.add_argument("--limit", type=int, default=None, help="run only the first N utterances")
+    b.add_argument(
+        "--server",
+        default=None,
+        help="bench a running server over its WebSocket (host:port or ws URL)",
+    )
     _engine_args(b)
     return parser
 
@@ -172,8 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             return asyncio.run(_serve(args))
         if args.command == "bench":
-            from voice_agent.bench import run_bench
+            from voice_agent.bench import run_bench, run_server_bench
 
+            if args.server:
+                return asyncio.run(run_server_bench(args, _log))
             return asyncio.run(run_bench(args, _engine_config(args), _log))
     except VoiceAgentError as exc:
         print(f"voice-agent: error: {exc}", file=sys.stderr)

@@ -206,14 +206,12 @@ def create_app(
             async with asyncio.TaskGroup() as tg:
                 writer = tg.create_task(output.writer())
                 run = tg.create_task(session.run())
-                await output.send_event(
-                    {
-                        "type": "session.started",
-                        "session_id": sid,
-                        "sample_rate": opts.sample_rate,
-                        "output_sample_rate": opts.output_sample_rate,
-                        "max_message_bytes": state.config.max_message_bytes,
-                    }
+                await session.emit(
+                    "session.started",
+                    session_id=sid,
+                    sample_rate=opts.sample_rate,
+                    output_sample_rate=opts.output_sample_rate,
+                    max_message_bytes=state.config.max_message_bytes,
                 )
                 reader = tg.create_task(
                     _read_client(ws, session, output, InboundAudio(opts.sample_rate), opts)

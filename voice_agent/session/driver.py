@@ -124,7 +124,7 @@ class Session:
         self.history: list[Message] = [{"role": "system", "content": cfg.system_prompt}]
         self.turns: list[TurnMetrics] = []
         self.errors: list[str] = []
-        self.t0 = 0.0
+        self.t0 = clock.now()
         self.samples_in = 0
         self.dropped_frames = 0
         self.prepared_dropped = 0
@@ -214,7 +214,6 @@ class Session:
 
     async def run(self) -> None:
         """Run until :meth:`hangup`. Cancelling it tears everything down."""
-        self.t0 = self.clock.now()
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
@@ -594,6 +593,10 @@ class Session:
 
     def _ms(self, t: float) -> float:
         return round((t - self.t0) * 1000, 1)
+
+    async def emit(self, kind: str, **fields: Any) -> None:
+        """Send an event stamped with the session's clock (for transports' own events)."""
+        await self._emit(kind, **fields)
 
     async def _emit(self, kind: str, **fields: Any) -> None:
         await self.output.send_event({"type": kind, "t_ms": self._ms(self.clock.now()), **fields})
