@@ -297,16 +297,22 @@ async def _read_client(
         except ValueError as exc:
             await output.send_event({"type": "error", "code": "bad_message", "message": str(exc)})
             continue
-        match ctl["type"]:
-            case "playout":
-                samples_16k = ctl["samples"] * 16000 // opts.output_sample_rate
-                session.playout_ack(ctl["gen"], samples_16k)
-            case "text":
-                session.send_text(ctl["text"])
-            case "interrupt":
-                session.interrupt()
-            case "session.end":
-                return
+        try:
+            match ctl["type"]:
+                case "playout":
+                    samples_16k = ctl["samples"] * 16000 // opts.output_sample_rate
+                    session.playout_ack(ctl["gen"], samples_16k)
+                case "text":
+                    session.send_text(ctl["text"])
+                case "interrupt":
+                    session.interrupt()
+                case "session.end":
+                    return
+        except asyncio.QueueFull:
+            await output.send_event(
+                {"type": "error", "code": "busy", "message": "too many messages at once; "
+                 f"{ctl['type']} was dropped"}
+            )  # fmt: skip
 
 
 class DrainingServer(uvicorn.Server):
