@@ -66,3 +66,28 @@ class CollectingOutput:
 
     def types(self) -> list[str]:
         return [e["type"] for e in self.events]
+
+
+class AutoAdvanceClockDouble:
+    """A fake clock for one consumer: ``sleep_until`` jumps time to the deadline.
+
+    Time only moves when something sleeps, so a 10-minute stream runs in
+    milliseconds and every timestamp is exact.
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.t = start
+        self.sleeps = 0
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep_until(self, deadline: float) -> None:
+        self.sleeps += 1
+        if deadline > self.t:
+            self.t = deadline
+        await asyncio.sleep(0)
+
+    def stall(self, seconds: float) -> None:
+        """The consumer was busy elsewhere: time passed without a sleep."""
+        self.t += seconds

@@ -60,7 +60,9 @@ async def test_sigterm_refuses_new_sessions_and_lets_the_live_reply_finish() -> 
         assert seen_loading
         ws = await websockets.connect(f"ws://{base}/v1/voice/ws")
         await ws.send(json.dumps({"type": "session.start", "sample_rate": 16000}))
-        await ws.send(json.dumps({"type": "text", "text": "Say hello to me in one short sentence."}))
+        await ws.send(
+            json.dumps({"type": "text", "text": "Say hello to me in one short sentence."})
+        )
         events: list[dict[str, Any]] = []
         async with asyncio.timeout(60):
             while not any(e["type"] == "reply.audio.start" for e in events):

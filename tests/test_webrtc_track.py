@@ -1,0 +1,93 @@
+"""The paced outbound WebRTC track on a fake clock: exact times, no drift, no bursts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from doubles import AutoAdvanceClockDouble
+
+from voice_agent.transports.webrtc import RTC_FRAME, PacedAudioTrack, WebRtcOutput
+
+
+def tone_frame(value: int) -> np.ndarray:
+    return np.full(RTC_FRAME, value, dtype=np.int16)
+
+
+async def test_ten_minutes_of_frames_keep_exact_pace_and_pts() -> None:
+    clock = AutoAdvanceClockDouble(start=1000.0)
+    track = PacedAudioTrack(clock)
+    n = 10 * 60 * 50  # 10 minutes of 20 ms frames
+    times = np.empty(n)
+    pts = np.empty(n, dtype=np.int64)
+    for k in range(n):
+        frame = await track.recv()
+        times[k] = clock.now()
+        pts[k] = frame.pts
+        assert k or (frame.sample_rate, frame.samples, frame.format.name) == (48000, 960, "s16")
+    # frame k leaves at t0 + k * 20 ms: computed from the sample count, so no drift builds up
+    expected = 1000.0 + np.arange(n) * 0.02
+    assert np.max(np.abs(times - expected)) < 1e-6
+    assert times[-1] - times[0] == pytest.approx((n - 1) * 0.02, abs=1e-6)
+    assert np.array_equal(pts, np.arange(n) * 960)
+    assert track.resyncs == 0
+
+
+async def test_silence_when_idle_then_queued_audio_in_order() -> None:
+    track = PacedAudioTrack(AutoAdvanceClockDouble())
+    idle = await track.recv()
+    assert not idle.to_ndarray().any()
+    track.push(1, tone_frame(100))
+    track.push(1, tone_frame(200))
+    values = [int((await track.recv()).to_ndarray()[0, 0]) for _ in range(3)]
+    assert values == [100, 200, 0]
+    assert track.sent == {1: 1920}
+
+
+async def test_a_cleared_generation_stops_at_the_next_frame() -> None:
+    track = PacedAudioTrack(AutoAdvanceClockDouble())
+    for _ in range(10):
+        track.push(3, tone_frame(300))
+    await track.recv()
+    assert track.clear(3) == 9
+    track.push(3, tone_frame(300))  # a late frame of the cleared generation is refused
+    track.push(4, tone_frame(400))
+    assert int((await track.recv()).to_ndarray()[0, 0]) == 400
+    assert track.sent == {3: 960, 4: 960}
+
+
+async def test_a_stalled_reader_resyncs_instead_of_bursting() -> None:
+    clock = AutoAdvanceClockDouble(start=0.0)
+    track = PacedAudioTrack(clock, resync_s=0.2)
+    for _ in range(5):
+        await track.recv()
+    clock.stall(1.0)  # the encoder was busy for a second
+    t_before = clock.now()
+    await track.recv()
+    times = []
+    for _ in range(5):
+        await track.recv()
+        times.append(clock.now())
+    assert track.resyncs == 1
+    # after the stall, frames are again 20 ms apart: no catch-up burst
+    assert np.allclose(np.diff([t_before, *times]), 0.02)
+
+
+async def test_queue_is_bounded() -> None:
+    track = PacedAudioTrack(AutoAdvanceClockDouble(), max_frames=4)
+    for i in range(6):
+        track.push(1, tone_frame(i))
+    assert (track.queued_frames, track.dropped) == (4, 2)
+    assert int((await track.recv()).to_ndarray()[0, 0]) == 2
+
+
+async def test_output_resamples_16k_frames_into_48k_track_frames_and_clears() -> None:
+    track = PacedAudioTrack(AutoAdvanceClockDouble())
+    out = WebRtcOutput(track)
+    t = np.arange(320 * 50) / 16000
+    pcm = (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16)
+    for i in range(50):  # one second of 20 ms session frames
+        await out.send_audio(7, pcm[i * 320 : (i + 1) * 320])
+    assert 47 <= track.queued_frames <= 50  # the resampler holds back a few ms
+    await out.send_event({"type": "clear", "gen": 7})
+    assert track.queued_frames == 0
+    assert out._pending and '"clear"' in out._pending[-1]  # waits for the data channel

@@ -1,0 +1,133 @@
+"""WebRTC transport pieces (aiortc): the paced outbound audio track and the session output.
+
+Outbound audio is paced by sample count against the injected clock, as aiortc's
+own tracks are: frame ``k`` carries ``pts = k * 960`` (time base 1/48000) and is
+released at ``t0 + k * 20 ms``, so the pace never drifts and never runs ahead of
+real time. When nothing is queued the track sends silence. A cleared generation
+stops at the next frame. What the track has sent is the playout position.
+"""
+
+from __future__ import annotations
+
+import fractions
+import json
+from collections import deque
+from typing import Any
+
+import av
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from voice_agent.audio.pcm import SAMPLE_RATE, Pcm
+from voice_agent.audio.resample import StreamResampler
+from voice_agent.core.clock import Clock
+
+RTC_RATE = 48_000
+RTC_FRAME = RTC_RATE // 50  # 960 samples = 20 ms
+TIME_BASE = fractions.Fraction(1, RTC_RATE)
+
+
+class PacedAudioTrack(MediaStreamTrack):
+    """A 48 kHz mono s16 track fed with :meth:`push` and read by aiortc with :meth:`recv`.
+
+    ``max_frames`` bounds the queue; when it is full the oldest frame is dropped
+    and counted in ``dropped``. If the reader stalls (more than ``resync_s``
+    late), the schedule is moved forward instead of bursting to catch up.
+    """
+
+    kind = "audio"
+
+    def __init__(self, clock: Clock, max_frames: int = 100, resync_s: float = 0.2) -> None:
+        super().__init__()
+        self.clock = clock
+        self.max_frames = max_frames
+        self.resync_s = resync_s
+        self._queue: deque[tuple[int, Pcm]] = deque()
+        self._silence = np.zeros(RTC_FRAME, dtype=np.int16)
+        self._t0: float | None = None
+        self._k = 0
+        self.sent: dict[int, int] = {}
+        """Samples (48 kHz) of each generation actually handed to the encoder."""
+        self.dropped = 0
+        self.resyncs = 0
+        self.cleared_below = 0
+
+    def push(self, gen: int, frame: Pcm) -> None:
+        """Queue one 960-sample frame of generation ``gen``."""
+        if gen < self.cleared_below:
+            return
+        if len(self._queue) >= self.max_frames:
+            self._queue.popleft()
+            self.dropped += 1
+        self._queue.append((gen, frame))
+
+    def clear(self, gen: int) -> int:
+        """Drop queued audio of generations ``<= gen``; returns frames dropped."""
+        self.cleared_below = max(self.cleared_below, gen + 1)
+        before = len(self._queue)
+        self._queue = deque(item for item in self._queue if item[0] > gen)
+        return before - len(self._queue)
+
+    @property
+    def queued_frames(self) -> int:
+        return len(self._queue)
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = self.clock.now()
+        if self._t0 is None:
+            self._t0 = now
+        deadline = self._t0 + self._k * RTC_FRAME / RTC_RATE
+        if now - deadline > self.resync_s:
+            self._t0 = now - self._k * RTC_FRAME / RTC_RATE  # late: move on, don't burst
+            self.resyncs += 1
+        else:
+            await self.clock.sleep_until(deadline)
+        if self._queue:
+            gen, pcm = self._queue.popleft()
+            self.sent[gen] = self.sent.get(gen, 0) + len(pcm)
+        else:
+            pcm = self._silence
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = RTC_RATE
+        frame.pts = self._k * RTC_FRAME
+        frame.time_base = TIME_BASE
+        self._k += 1
+        return frame
+
+
+class WebRtcOutput:
+    """Session :class:`Output` for a peer: audio into a :class:`PacedAudioTrack`, events as
+    JSON on a data channel (once it is open; earlier events wait in a bounded list)."""
+
+    def __init__(self, track: PacedAudioTrack, max_pending_events: int = 200) -> None:
+        self.track = track
+        self.channel: Any = None
+        self._resampler = StreamResampler(SAMPLE_RATE, RTC_RATE)
+        self._carry: dict[int, Pcm] = {}
+        self._pending: deque[str] = deque(maxlen=max_pending_events)
+
+    def attach(self, channel: Any) -> None:
+        self.channel = channel
+        while self._pending:
+            channel.send(self._pending.popleft())
+
+    async def send_audio(self, gen: int, pcm: Pcm) -> None:
+        out = self._resampler.process(pcm)
+        buf = np.concatenate([self._carry.pop(gen, np.zeros(0, dtype=np.int16)), out])
+        n = len(buf) // RTC_FRAME
+        for i in range(n):
+            self.track.push(gen, buf[i * RTC_FRAME : (i + 1) * RTC_FRAME])
+        if len(buf) > n * RTC_FRAME:
+            self._carry = {gen: buf[n * RTC_FRAME :]}
+
+    async def send_event(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "clear":
+            self.track.clear(int(event["gen"]))
+            self._carry.clear()
+        text = json.dumps(event)
+        if self.channel is not None and self.channel.readyState == "open":
+            self.channel.send(text)
+        else:
+            self._pending.append(text)
