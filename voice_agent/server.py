@@ -50,6 +50,10 @@ WEB_CLIENT = Path(__file__).resolve().parent.parent / "web_client"
 class ServerConfig:
     max_message_bytes: int = 64 * 1024
     max_sessions: int = 16
+    max_peers: int = 8
+    """Concurrent WebRTC peer connections."""
+    ice_servers: list[str] = field(default_factory=list)
+    """STUN/TURN URLs for WebRTC; none by default, so no outside server is contacted."""
     start_timeout_s: float = 10.0
     drain_grace_s: float = 20.0
     send_queue: int = 1000
@@ -66,6 +70,7 @@ class ServerState:
     error: str | None = None
     draining: bool = False
     sessions: dict[str, Session] = field(default_factory=dict)
+    peers: dict[str, Any] = field(default_factory=dict)
     reports: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
 
     def progress(self, message: str) -> None:
@@ -112,7 +117,10 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if engine is not None:
             state.engine, state.stage = engine, "ready"
-            yield
+            try:
+                yield
+            finally:
+                await _close_peers(state)
             return
         from voice_agent.runtime import open_engine
 
@@ -134,6 +142,7 @@ def create_app(
             yield
         finally:
             await state.drain()
+            await _close_peers(state)
             stop.set()
             await task
 
@@ -239,8 +248,18 @@ def create_app(
                 with contextlib.suppress(Exception):
                     await ws.close(code, reason)
 
+    async def webrtc_offer(request: Request) -> Response:
+        from voice_agent.transports.webrtc import OfferError
+
+        try:
+            answer = await _answer_offer(state, request)
+        except OfferError as exc:
+            return JSONResponse({"error": exc.message}, status_code=exc.status)
+        return JSONResponse(answer)
+
     routes = [
         Route("/healthz", healthz),
+        Route("/v1/voice/webrtc/offer", webrtc_offer, methods=["POST"]),
         Route("/readyz", readyz),
         Route("/", index),
         Route("/v1/sessions/{sid}", session_report),
@@ -297,22 +316,140 @@ async def _read_client(
         except ValueError as exc:
             await output.send_event({"type": "error", "code": "bad_message", "message": str(exc)})
             continue
+        if not await _dispatch(session, output, ctl, opts.output_sample_rate):
+            return
+
+
+async def _dispatch(session: Session, output: Any, ctl: dict[str, Any], out_rate: int) -> bool:
+    """Carry out one client control message; False when the client ends the session."""
+    try:
+        match ctl["type"]:
+            case "playout":
+                session.playout_ack(ctl["gen"], ctl["samples"] * 16000 // out_rate)
+            case "text":
+                session.send_text(ctl["text"])
+            case "interrupt":
+                session.interrupt()
+            case "session.end":
+                return False
+    except asyncio.QueueFull:
+        await output.send_event(
+            {"type": "error", "code": "busy",
+             "message": f"too many messages at once; {ctl['type']} was dropped"}
+        )  # fmt: skip
+    return True
+
+
+async def _answer_offer(state: ServerState, request: Request) -> dict[str, Any]:
+    """WebRTC signaling: an SDP offer in, an SDP answer out, a session started."""
+    from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+
+    from voice_agent.transports.webrtc import (
+        RTC_RATE,
+        OfferError,
+        PacedAudioTrack,
+        WebRtcOutput,
+        check_offer,
+        inbound_audio,
+    )
+
+    refusal = _refusal(state)
+    if refusal:
+        raise OfferError(503, refusal)
+    if len(state.peers) >= state.config.max_peers:
+        raise OfferError(429, f"too many peer connections (limit {state.config.max_peers})")
+    try:
+        body = await request.json()
+    except Exception as exc:
+        raise OfferError(400, f"the body is not valid JSON: {exc}") from exc
+    sdp = check_offer(body)
+    assert state.engine is not None
+    sid = uuid.uuid4().hex[:12]
+    ice = [RTCIceServer(urls=url) for url in state.config.ice_servers]
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
+    clock = LoopClock()
+    track = PacedAudioTrack(clock)
+    output = WebRtcOutput(track)
+    session = Session(state.engine, output, clock, state.session_config)
+    tasks: list[asyncio.Task[Any]] = []
+
+    @pc.on("datachannel")
+    def on_datachannel(channel: Any) -> None:
+        output.attach(channel)
+
+        @channel.on("message")  # type: ignore[untyped-decorator]
+        def on_message(message: Any) -> None:
+            tasks.append(asyncio.ensure_future(_on_channel_message(session, output, message)))
+
+    @pc.on("track")
+    def on_track(remote: Any) -> None:
+        if remote.kind == "audio":
+            tasks.append(asyncio.ensure_future(inbound_audio(remote, session.feed)))
+
+    @pc.on("connectionstatechange")
+    async def on_state() -> None:
+        if pc.connectionState in ("failed", "closed"):
+            session.hangup()
+
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+    except Exception as exc:
+        await pc.close()
+        text = str(exc) or type(exc).__name__
+        if "send parameters" in text:
+            raise OfferError(400, "unsupported codec: offer Opus (or PCMU/PCMA) audio") from exc
+        raise OfferError(400, f"malformed SDP: {text}") from exc
+    pc.addTrack(track)
+    await pc.setLocalDescription(await pc.createAnswer())
+
+    async def run() -> None:
         try:
-            match ctl["type"]:
-                case "playout":
-                    samples_16k = ctl["samples"] * 16000 // opts.output_sample_rate
-                    session.playout_ack(ctl["gen"], samples_16k)
-                case "text":
-                    session.send_text(ctl["text"])
-                case "interrupt":
-                    session.interrupt()
-                case "session.end":
-                    return
-        except asyncio.QueueFull:
-            await output.send_event(
-                {"type": "error", "code": "busy", "message": "too many messages at once; "
-                 f"{ctl['type']} was dropped"}
+            await session.emit(
+                "session.started", session_id=sid, sample_rate=RTC_RATE,
+                output_sample_rate=RTC_RATE, transport="webrtc",
             )  # fmt: skip
+            await session.run()
+        finally:
+            for task in tasks:
+                task.cancel()
+            track.stop()
+            await pc.close()
+            state.peers.pop(sid, None)
+            state.sessions.pop(sid, None)
+            state.keep_report(sid, session.report() | {"transport": "webrtc"})
+
+    state.sessions[sid] = session
+    state.peers[sid] = (pc, asyncio.create_task(run(), name=f"webrtc-{sid}"))
+    local = pc.localDescription
+    return {"sdp": local.sdp, "type": local.type, "session_id": sid}
+
+
+async def _on_channel_message(session: Session, output: Any, message: Any) -> None:
+    if not isinstance(message, str):
+        await output.send_event(
+            {"type": "error", "code": "bad_message", "message": "send audio on the media track"}
+        )
+        return
+    try:
+        ctl = parse_client_message(message)
+    except ValueError as exc:
+        await output.send_event({"type": "error", "code": "bad_message", "message": str(exc)})
+        return
+    from voice_agent.transports.webrtc import RTC_RATE
+
+    if not await _dispatch(session, output, ctl, RTC_RATE):
+        session.hangup()
+
+
+async def _close_peers(state: ServerState) -> None:
+    """Hang up every WebRTC session and wait for its peer connection to close."""
+    for sid, (_pc, task) in list(state.peers.items()):
+        session = state.sessions.get(sid)
+        if session is not None:
+            session.hangup()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                await task
 
 
 class DrainingServer(uvicorn.Server):

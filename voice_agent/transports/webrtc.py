@@ -131,3 +131,40 @@ class WebRtcOutput:
             self.channel.send(text)
         else:
             self._pending.append(text)
+
+
+class OfferError(Exception):
+    """A signaling request that cannot be answered: an HTTP status and a message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def check_offer(body: Any) -> str:
+    """The SDP of a well-formed offer request, or :class:`OfferError` (400)."""
+    if not isinstance(body, dict):
+        raise OfferError(400, "the body must be a JSON object with 'sdp' and 'type'")
+    sdp, kind = body.get("sdp"), body.get("type", "offer")
+    if kind != "offer":
+        raise OfferError(400, f"expected type 'offer', got {kind!r}")
+    if not isinstance(sdp, str) or not sdp.strip().startswith("v=0"):
+        raise OfferError(
+            400, "malformed SDP: 'sdp' must be a session description starting with v=0"
+        )
+    if "\nm=audio " not in sdp.replace("\r\n", "\n"):
+        raise OfferError(400, "the offer has no audio: add an audio track (sendrecv)")
+    return sdp
+
+
+async def inbound_audio(track: Any, feed: Any) -> None:
+    """Remote Opus audio (decoded by aiortc) → av's resampler → 16 kHz int16 → ``feed``."""
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+    while True:
+        try:
+            frame = await track.recv()
+        except MediaStreamError:
+            return
+        for out in resampler.resample(frame):
+            feed(out.to_ndarray().reshape(-1).astype(np.int16))

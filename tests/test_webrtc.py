@@ -1,0 +1,216 @@
+"""WebRTC against a real server on 127.0.0.1: an aiortc client peer plays jfk.flac and
+hears the reply; bad offers get a 4xx with a message."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from test_pipeline import word_overlap
+
+from voice_agent.audio.files import load_audio
+from voice_agent.audio.pcm import rms_dbfs
+from voice_agent.audio.resample import resample
+
+pytestmark = pytest.mark.models
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Keep ICE on 127.0.0.1 (aioice leaves loopback out of its host candidates)."""
+    import aioice.ice
+
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+    yield
+
+
+class FileTrack(MediaStreamTrack):
+    """Plays 48 kHz PCM in real-time 20 ms frames, then silence."""
+
+    kind = "audio"
+
+    def __init__(self, pcm: np.ndarray) -> None:
+        super().__init__()
+        self.pcm = pcm
+        self.k = 0
+        self.t0: float | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        loop = asyncio.get_running_loop()
+        if self.t0 is None:
+            self.t0 = loop.time()
+        await asyncio.sleep(max(0.0, self.t0 + self.k * 0.02 - loop.time()))
+        chunk = self.pcm[self.k * 960 : (self.k + 1) * 960]
+        if len(chunk) < 960:
+            chunk = np.concatenate([chunk, np.zeros(960 - len(chunk), dtype=np.int16)])
+        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 48000, self.k * 960
+        frame.time_base = fractions.Fraction(1, 48000)
+        self.k += 1
+        return frame
+
+
+def post(url: str, body: Any) -> tuple[int, dict[str, Any]]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=15) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+async def test_aiortc_peer_speaks_jfk_and_hears_the_reply(
+    real_server: str, real_engine: Any, jfk_path: Path
+) -> None:
+    pcm, rate = load_audio(jfk_path)
+    pcm = np.concatenate([resample(pcm, rate, 48000), np.zeros(48000 * 20, dtype=np.int16)])
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    channel = pc.createDataChannel("events")
+    events: list[dict[str, Any]] = []
+    received: list[np.ndarray] = []
+    pulls: list[asyncio.Future[None]] = []
+    pc.addTrack(FileTrack(pcm))
+
+    @pc.on("track")
+    def on_track(track: Any) -> None:
+        async def pull() -> None:
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
+            while True:
+                try:
+                    frame = await track.recv()
+                except MediaStreamError:
+                    return
+                for f in resampler.resample(frame):
+                    received.append(f.to_ndarray().reshape(-1).copy())
+
+        pulls.append(asyncio.ensure_future(pull()))
+
+    @channel.on("message")
+    def on_message(message: str) -> None:
+        events.append(json.loads(message))
+
+    await pc.setLocalDescription(await pc.createOffer())
+    status, answer = await asyncio.to_thread(
+        post, f"http://{real_server}/v1/voice/webrtc/offer",
+        {"sdp": pc.localDescription.sdp, "type": "offer"},
+    )  # fmt: skip
+    assert status == 200, answer
+    await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                finals = [e for e in events if e["type"] == "transcript.final"]
+                done = [
+                    e for e in events if e["type"] == "reply.done" and e["status"] == "completed"
+                ]
+                if (
+                    finals
+                    and "your country" in finals[-1]["text"].lower()
+                    and done
+                    and (done[-1]["gen"] == finals[-1]["gen"])
+                ):
+                    break
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # the last frames in flight
+        sid = answer["session_id"]
+        channel.send(json.dumps({"type": "session.end"}))
+        await asyncio.sleep(0.3)
+    finally:
+        await pc.close()
+    assert events[0]["type"] == "session.started" and events[0]["session_id"] == sid
+    reply = done[-1]["text"]
+    audio = np.concatenate(received)
+    # keep the agent's speech: the track sends silence between replies
+    voiced = audio[np.abs(audio) > 0]
+    assert len(voiced) > 16000 * 0.5 and rms_dbfs(voiced) > -35
+    from voice_agent.stt.whisper import WhisperSTT
+
+    stt = WhisperSTT("tiny-en", window="full")
+    # the reply that completed is the last speech heard: transcribe the tail of what was received
+    tail = audio[-(16000 * 28) :]
+    heard = stt.transcribe(tail).text
+    assert word_overlap(reply, heard) >= 0.8, (reply, heard)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"not json", 400, "the body is not valid JSON"),
+        ({"sdp": "hello", "type": "offer"}, 400, "malformed SDP"),
+        (
+            {
+                "sdp": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\n"
+                "garbage line\r\n",
+                "type": "offer",
+            },
+            400,
+            "malformed SDP",
+        ),
+        ({"sdp": "v=0\r\n", "type": "answer"}, 400, "expected type 'offer'"),
+    ],
+)
+async def test_bad_offers_get_400(real_server: str, body: Any, status: int, message: str) -> None:
+    code, reply = await asyncio.to_thread(post, f"http://{real_server}/v1/voice/webrtc/offer", body)
+    assert code == status and message in reply["error"]
+
+
+async def _offer(with_audio: bool, codec_rewrite: bool = False) -> str:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.createDataChannel("events")
+    if with_audio:
+        pc.addTransceiver("audio", direction="sendrecv")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    if codec_rewrite:  # only a codec the server does not speak
+        lines = []
+        for line in sdp.split("\r\n"):
+            if line.startswith("m=audio"):
+                parts = line.split(" ")
+                line = " ".join([*parts[:3], "96"])
+            elif line.startswith(("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:")) and not line.startswith(
+                ("a=rtpmap:96", "a=fmtp:96", "a=rtcp-fb:96")
+            ):
+                continue
+            elif line.startswith("a=rtpmap:96"):
+                line = "a=rtpmap:96 AMR/8000"
+            lines.append(line)
+        sdp = "\r\n".join(lines)
+    return sdp
+
+
+async def test_offer_without_audio_and_unsupported_codec(real_server: str) -> None:
+    url = f"http://{real_server}/v1/voice/webrtc/offer"
+    code, reply = await asyncio.to_thread(post, url, {"sdp": await _offer(False), "type": "offer"})
+    assert code == 400 and reply["error"].startswith("the offer has no audio")
+    sdp = await _offer(True, codec_rewrite=True)
+    code, reply = await asyncio.to_thread(post, url, {"sdp": sdp, "type": "offer"})
+    assert code == 400 and reply["error"].startswith("unsupported codec"), reply
+
+
+async def test_too_many_peers_get_429(real_server: str) -> None:
+    from conftest import APPS
+
+    state = APPS[real_server].state.va  # type: ignore[attr-defined]
+    limit = state.config.max_peers
+    state.config.max_peers = len(state.peers)  # no room for one more
+    try:
+        code, reply = await asyncio.to_thread(
+            post, f"http://{real_server}/v1/voice/webrtc/offer",
+            {"sdp": await _offer(True), "type": "offer"},
+        )  # fmt: skip
+    finally:
+        state.config.max_peers = limit
+    assert code == 429 and reply["error"].startswith("too many peer connections")
