@@ -61,6 +61,11 @@ class FileTrack(MediaStreamTrack):
         return frame
 
 
+def _get(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return dict(json.loads(r.read()))
+
+
 def post(url: str, body: Any) -> tuple[int, dict[str, Any]]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
@@ -130,6 +135,15 @@ async def test_aiortc_peer_speaks_jfk_and_hears_the_reply(
     finally:
         await pc.close()
     assert events[0]["type"] == "session.started" and events[0]["session_id"] == sid
+    # the playout position of a WebRTC caller is what the paced track sent
+    async with asyncio.timeout(10):
+        while True:
+            report = await asyncio.to_thread(_get, f"http://{real_server}/v1/sessions/{sid}")
+            if report.get("live") is False:
+                break
+            await asyncio.sleep(0.2)
+    turn = next(t for t in report["turns"] if t["gen"] == done[-1]["gen"])
+    assert turn["client_played_ms"] == pytest.approx(turn["reply_audio_ms"], abs=200)
     reply = done[-1]["text"]
     audio = np.concatenate(received)
     # keep the agent's speech: the track sends silence between replies

@@ -143,6 +143,8 @@ async def _serve(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_bytes,
         max_sessions=args.max_sessions,
         drain_grace_s=args.drain_grace,
+        ice_servers=args.ice_server,
+        max_peers=args.max_peers,
     )
     app = create_app(_engine_config(args), config)
     uv = uvicorn.Config(

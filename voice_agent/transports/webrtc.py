@@ -12,6 +12,7 @@ from __future__ import annotations
 import fractions
 import json
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import av
@@ -37,8 +38,16 @@ class PacedAudioTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, clock: Clock, max_frames: int = 100, resync_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        max_frames: int = 100,
+        resync_s: float = 0.2,
+        on_sent: Callable[[int, int], None] | None = None,
+    ) -> None:
         super().__init__()
+        self.on_sent = on_sent
+        """Called with (gen, samples of gen sent so far, 48 kHz) after each frame of a reply."""
         self.clock = clock
         self.max_frames = max_frames
         self.resync_s = resync_s
@@ -87,6 +96,8 @@ class PacedAudioTrack(MediaStreamTrack):
         if self._queue:
             gen, pcm = self._queue.popleft()
             self.sent[gen] = self.sent.get(gen, 0) + len(pcm)
+            if self.on_sent is not None:
+                self.on_sent(gen, self.sent[gen])
         else:
             pcm = self._silence
         frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
