@@ -27,6 +27,7 @@ import numpy as np
 
 from voice_agent.audio.files import load_audio_16k
 from voice_agent.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE, Pcm, rms_dbfs
+from voice_agent.audio.resample import resample
 from voice_agent.core.clock import LoopClock
 from voice_agent.errors import VoiceAgentError
 from voice_agent.llm.local import peak_rss_kb
@@ -318,3 +319,204 @@ async def _bench_one_over_ws(url: str, pcm: Pcm, end: int) -> dict[str, Any]:
             row["client_v2v_ms"] = round((received - true_end) * 1000, 1)
             row["transport_ms"] = round((received - sent) * 1000, 1)
     return row
+
+
+def loopback_ice_only() -> None:
+    """Restrict aioice's host candidates to 127.0.0.1 (aiortc has no option for it), so a
+    benchmark between two local peers never sends a packet to any other address."""
+    import aioice.ice
+
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+
+
+async def measure_pacing(seconds: float) -> dict[str, float]:
+    """Real-time pacing of the outbound WebRTC track: inter-frame send intervals."""
+    from voice_agent.core.clock import LoopClock
+    from voice_agent.transports.webrtc import PacedAudioTrack
+
+    loop = asyncio.get_running_loop()
+    track = PacedAudioTrack(LoopClock())
+    times = []
+    start = loop.time()
+    while loop.time() - start < seconds:
+        await track.recv()
+        times.append(loop.time())
+    gaps = np.diff(times) * 1000
+    drift = (times[-1] - times[0]) * 1000 - (len(times) - 1) * 20.0
+    return {
+        "frames": len(times),
+        "interval_p50_ms": round(float(np.percentile(gaps, 50)), 3),
+        "jitter_p99_ms": round(float(np.percentile(np.abs(gaps - 20.0), 99)), 3),
+        "max_interval_ms": round(float(gaps.max()), 3),
+        "drift_ms": round(float(drift), 3),
+    }
+
+
+async def _bench_one_over_webrtc(base: str, pcm: Pcm, end: int) -> dict[str, Any]:
+    """One utterance through an aiortc client peer; v2v to the first agent sound received."""
+    import fractions
+    import json
+    import urllib.request
+
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+    loop = asyncio.get_running_loop()
+    pcm48 = resample(pcm, SAMPLE_RATE, 48000)
+    t0_box: list[float] = []
+
+    class Source(MediaStreamTrack):
+        kind = "audio"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.k = 0
+
+        async def recv(self) -> Any:
+            import av
+
+            if not t0_box:
+                t0_box.append(loop.time())
+            await asyncio.sleep(max(0.0, t0_box[0] + self.k * 0.02 - loop.time()))
+            chunk = pcm48[self.k * 960 : (self.k + 1) * 960]
+            if len(chunk) < 960:
+                chunk = np.concatenate([chunk, np.zeros(960 - len(chunk), dtype=np.int16)])
+            frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+            frame.sample_rate, frame.pts = 48000, self.k * 960
+            frame.time_base = fractions.Fraction(1, 48000)
+            self.k += 1
+            return frame
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    channel = pc.createDataChannel("events")
+    events: list[tuple[float, dict[str, Any]]] = []
+    sound: list[float] = []  # arrival times of received frames with agent speech
+    pulls: list[asyncio.Future[None]] = []
+    pc.addTrack(Source())
+
+    @pc.on("track")
+    def on_track(track: Any) -> None:
+        async def pull() -> None:
+            while True:
+                try:
+                    frame = await track.recv()
+                except MediaStreamError:
+                    return
+                if np.abs(frame.to_ndarray()).max() > 300:
+                    sound.append(loop.time())
+
+        pulls.append(asyncio.ensure_future(pull()))
+
+    @channel.on("message")
+    def on_message(message: str) -> None:
+        events.append((loop.time(), json.loads(message)))
+
+    await pc.setLocalDescription(await pc.createOffer())
+    body = json.dumps({"sdp": pc.localDescription.sdp, "type": "offer"}).encode()
+    req = urllib.request.Request(
+        f"http://{base}/v1/voice/webrtc/offer",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
+    answer = json.loads(
+        await asyncio.to_thread(lambda: urllib.request.urlopen(req, timeout=15).read())
+    )
+    await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+    turn: dict[str, Any] | None = None
+    try:
+        async with asyncio.timeout(90):
+            while turn is None:
+                done = [e["turn"] for _, e in events if e["type"] == "metrics"
+                        and e["turn"]["status"] == "completed"]  # fmt: skip
+                turn = done[-1] if done else None
+                await asyncio.sleep(0.05)
+        channel.send(json.dumps({"type": "session.end"}))
+        await asyncio.sleep(0.2)
+    finally:
+        await pc.close()
+        for p in pulls:
+            p.cancel()
+    started_at, started = next((t, e) for t, e in events if e["type"] == "session.started")
+    offset = started_at - started["t_ms"] / 1000
+    t0 = t0_box[0]
+    true_end = t0 + end / SAMPLE_RATE
+    row: dict[str, Any] = {"transcript": turn["user_text"]}
+    if turn["timeline_ms"]["first_audio_out"] is not None:
+        sent = offset + turn["timeline_ms"]["first_audio_out"] / 1000
+        heard = [t for t in sound if t >= sent - 0.005]
+        row["server_v2v_ms"] = round((sent - true_end) * 1000, 1)
+        if heard:
+            row["client_v2v_ms"] = round((heard[0] - true_end) * 1000, 1)
+            row["transport_ms"] = round((heard[0] - sent) * 1000, 1)
+    return row
+
+
+async def run_transport_bench(
+    args: argparse.Namespace, cfg: EngineConfig, log: Callable[[str], None]
+) -> int:
+    """WebSocket and WebRTC side by side against an in-process server on 127.0.0.1, plus
+    60 s of real-time pacing of the outbound WebRTC track."""
+    import json
+
+    import uvicorn
+
+    from voice_agent.runtime import open_engine
+    from voice_agent.server import create_app
+
+    loopback_ice_only()
+    log(f"measuring outbound pacing for {args.pacing_s:.0f} s…")
+    pacing = await measure_pacing(args.pacing_s)
+    log(f"pacing: {pacing}")
+    async with open_engine(cfg, log) as engine:
+        import socket
+
+        app = create_app(engine=engine)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        base = f"127.0.0.1:{sock.getsockname()[1]}"
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            await asyncio.sleep(0.01)
+        items = utterances(engine)
+        items = items[: args.limit] if args.limit else items
+        rows: list[dict[str, Any]] = []
+        try:
+            for u in items:
+                pcm = np.concatenate([np.zeros(SAMPLE_RATE // 2, dtype=np.int16), u.pcm])
+                end = speech_end(pcm)
+                ws_row = await _bench_one_over_ws(f"ws://{base}/v1/voice/ws", pcm, end)
+                rtc_row = await _bench_one_over_webrtc(base, pcm, end)
+                rows.append({"name": u.name, "websocket": ws_row, "webrtc": rtc_row})
+                log(f"{u.name:<18} WS client {ws_row.get('client_v2v_ms')} ms, "
+                    f"WebRTC client {rtc_row.get('client_v2v_ms')} ms")  # fmt: skip
+        finally:
+            server.should_exit = True
+            await serving
+    summary: dict[str, Any] = {
+        "pacing": pacing,
+        "machine": {"cores": os.cpu_count(), "cpu": _cpu_name()},
+    }
+    for transport in ("websocket", "webrtc"):
+        summary[transport] = {}
+        for key in ("client_v2v_ms", "server_v2v_ms", "transport_ms"):
+            vals = [r[transport][key] for r in rows if r[transport].get(key) is not None]
+            summary[transport][key] = {"p50": _pct(vals, 50), "p95": _pct(vals, 95)}
+    args.json.write_text(json.dumps({"summary": summary, "utterances": rows}, indent=2))
+    lines = [f"voice-agent bench --transports: {len(rows)} utterances, in-process server on {base}"]
+    for transport in ("websocket", "webrtc"):
+        c, srv, tr = (
+            summary[transport][k] for k in ("client_v2v_ms", "server_v2v_ms", "transport_ms")
+        )
+        lines.append(
+            f"  {transport:<9} client v2v p50 {c['p50']} p95 {c['p95']}"
+            f" | server p50 {srv['p50']} | transport p50 {tr['p50']} ms"
+        )
+    lines.append(
+        f"  WebRTC outbound pacing over {pacing['frames']} frames: "
+        f"jitter p99 {pacing['jitter_p99_ms']} ms, max interval {pacing['max_interval_ms']} ms, "
+        f"drift {pacing['drift_ms']} ms"
+    )
+    print("\n".join(lines))
+    log(f"figures written to {args.json}")
+    return 0

@@ -102,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="bench a running server over its WebSocket (host:port or ws URL)",
     )
+    b.add_argument(
+        "--transports",
+        action="store_true",
+        help="WebSocket and WebRTC side by side (in-process server on 127.0.0.1), and pacing",
+    )
+    b.add_argument(
+        "--pacing-s", type=float, default=60.0, help="seconds of real-time pacing to measure"
+    )
     _engine_args(b)
     return parser
 
@@ -179,8 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             return asyncio.run(_serve(args))
         if args.command == "bench":
-            from voice_agent.bench import run_bench, run_server_bench
+            from voice_agent.bench import run_bench, run_server_bench, run_transport_bench
 
+            if args.transports:
+                return asyncio.run(run_transport_bench(args, _engine_config(args), _log))
             if args.server:
                 return asyncio.run(run_server_bench(args, _log))
             return asyncio.run(run_bench(args, _engine_config(args), _log))
