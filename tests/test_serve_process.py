@@ -44,6 +44,12 @@ async def test_sigterm_refuses_new_sessions_and_lets_the_live_reply_finish() -> 
         seen_loading = False
         async with asyncio.timeout(120):
             while True:
+                if proc.returncode is not None:
+                    assert proc.stdout is not None
+                    output = (await proc.stdout.read()).decode(errors="replace")
+                    pytest.fail(
+                        f"voice-agent serve exited with {proc.returncode}:\n{output[-2000:]}"
+                    )
                 try:
                     status, body = await asyncio.to_thread(get, f"http://{base}/readyz")
                 except (urllib.error.URLError, ConnectionError):

@@ -92,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument(
         "--drain-grace", type=float, default=20.0, help="seconds live replies get on SIGTERM"
     )
+    v.add_argument(
+        "--ice-server",
+        action="append",
+        default=[],
+        help="STUN/TURN URL for WebRTC (repeatable); none by default",
+    )
+    v.add_argument("--max-peers", type=int, default=8, help="concurrent WebRTC peer connections")
     _engine_args(v)
 
     b = sub.add_parser("bench", help="latency benchmark over real and synthetic utterances")
