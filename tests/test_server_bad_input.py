@@ -228,3 +228,29 @@ async def test_interrupt_stops_the_reply_and_clears_it(addr: str) -> None:
     assert done["gen"] == started["gen"] == clear["gen"]
     assert done["status"] == "interrupted"
     assert late == []
+
+
+async def test_a_client_that_stops_sending_mid_turn_still_gets_its_turn_ended(
+    addr: str, jfk_path: Any
+) -> None:
+    """Speech, then nothing at all (no trailing silence): the server counts the stall as
+    silence, so the turn ends and is answered."""
+    from voice_agent.audio.files import load_audio_16k
+
+    pcm = load_audio_16k(jfk_path)
+    ws = await start(addr)
+    try:
+        await next_event(ws, "session.started")
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        for k in range(0, len(pcm), 320):
+            await ws.send(pcm[k : k + 320].tobytes())
+            await asyncio.sleep(max(0.0, t0 + (k // 320 + 1) * 0.02 - loop.time()))
+        stopped_at = loop.time()
+        final = await next_event(ws, "transcript.final", timeout=15)
+        done = await next_event(ws, "reply.done", timeout=20)
+    finally:
+        await ws.close()
+    assert "your country" in final["text"].lower()
+    assert done["status"] == "completed"
+    assert loop.time() - stopped_at < 20

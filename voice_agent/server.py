@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -44,6 +45,7 @@ from voice_agent.transports.websocket import (
 )
 
 WEB_CLIENT = Path(__file__).resolve().parent.parent / "web_client"
+STALL_S = 1.0  # no audio from a WebSocket client for this long counts as silence
 
 
 @dataclass
@@ -293,9 +295,18 @@ def _refusal(state: ServerState) -> str | None:
 async def _read_client(
     ws: WebSocket, session: Session, output: WebSocketOutput, inbound: InboundAudio, opts: Any
 ) -> None:
-    """Client messages → session. Returns when the client ends the session or goes away."""
+    """Client messages → session. Returns when the client ends the session or goes away.
+
+    Audio is real time: when none arrives for ``STALL_S`` (a stalled or muted client),
+    that much silence is fed instead, so a turn that was being spoken can still end.
+    """
     while True:
-        msg = await ws.receive()
+        try:
+            async with asyncio.timeout(STALL_S):
+                msg = await ws.receive()
+        except TimeoutError:
+            session.feed(np.zeros(int(STALL_S * 16000), dtype=np.int16))
+            continue
         if msg["type"] == "websocket.disconnect":
             return
         data = msg.get("bytes")
