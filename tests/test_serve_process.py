@@ -102,3 +102,44 @@ async def test_sigterm_refuses_new_sessions_and_lets_the_live_reply_finish() -> 
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_a_killed_server_leaves_no_llama_server_behind() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voice_agent.cli", "serve", "--port", str(port),
+        "--llm-profile", "fast", cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(120):
+            while True:
+                try:
+                    status, body = await asyncio.to_thread(get, f"http://127.0.0.1:{port}/readyz")
+                except (urllib.error.URLError, ConnectionError):
+                    status = 0
+                if status == 200:
+                    break
+                assert proc.returncode is None, "voice-agent serve exited"
+                await asyncio.sleep(0.2)
+        llm_pid = body["models"]["llm_pid"]
+        assert _alive(llm_pid)
+        proc.kill()  # no chance to clean up
+        await proc.wait()
+        async with asyncio.timeout(10):
+            while _alive(llm_pid):
+                await asyncio.sleep(0.1)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return False

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
+import signal
 import socket
+import sys
 from pathlib import Path
 
 from voice_agent.errors import LLMError, ModelError
@@ -55,7 +58,11 @@ class LocalLlamaServer:
             "--no-webui", "--alias", self.model,
         ]  # fmt: skip
         self.proc = await asyncio.create_subprocess_exec(
-            *args, stdout=log, stderr=asyncio.subprocess.STDOUT, env=env
+            *args,
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            preexec_fn=_die_with_parent,
         )
         log.close()
         check = asyncio.create_task(asyncio.to_thread(verify, path, sha) if sha else _noop())
@@ -111,6 +118,14 @@ class LocalLlamaServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when voice-agent dies, so a
+    killed voice-agent never leaves a llama-server behind."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 async def _noop() -> None:
