@@ -4,7 +4,6 @@ hears the reply; bad offers get a 4xx with a message."""
 from __future__ import annotations
 
 import asyncio
-import fractions
 import json
 import urllib.error
 import urllib.request
@@ -12,16 +11,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from test_pipeline import word_overlap
 
 from voice_agent.audio.files import load_audio
 from voice_agent.audio.pcm import rms_dbfs
 from voice_agent.audio.resample import resample
+from voice_agent.core.clock import LoopClock
+from voice_agent.transports.webrtc import PacedAudioTrack, inbound_audio
 
 pytestmark = pytest.mark.models
 
@@ -33,32 +32,6 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
     yield
-
-
-class FileTrack(MediaStreamTrack):
-    """Plays 48 kHz PCM in real-time 20 ms frames, then silence."""
-
-    kind = "audio"
-
-    def __init__(self, pcm: np.ndarray) -> None:
-        super().__init__()
-        self.pcm = pcm
-        self.k = 0
-        self.t0: float | None = None
-
-    async def recv(self) -> av.AudioFrame:
-        loop = asyncio.get_running_loop()
-        if self.t0 is None:
-            self.t0 = loop.time()
-        await asyncio.sleep(max(0.0, self.t0 + self.k * 0.02 - loop.time()))
-        chunk = self.pcm[self.k * 960 : (self.k + 1) * 960]
-        if len(chunk) < 960:
-            chunk = np.concatenate([chunk, np.zeros(960 - len(chunk), dtype=np.int16)])
-        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate, frame.pts = 48000, self.k * 960
-        frame.time_base = fractions.Fraction(1, 48000)
-        self.k += 1
-        return frame
 
 
 def _get(url: str) -> dict[str, Any]:
@@ -86,21 +59,11 @@ async def test_aiortc_peer_speaks_jfk_and_hears_the_reply(
     events: list[dict[str, Any]] = []
     received: list[np.ndarray] = []
     pulls: list[asyncio.Future[None]] = []
-    pc.addTrack(FileTrack(pcm))
+    pc.addTrack(PacedAudioTrack.from_pcm(LoopClock(), pcm))
 
     @pc.on("track")
     def on_track(track: Any) -> None:
-        async def pull() -> None:
-            resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
-            while True:
-                try:
-                    frame = await track.recv()
-                except MediaStreamError:
-                    return
-                for f in resampler.resample(frame):
-                    received.append(f.to_ndarray().reshape(-1).copy())
-
-        pulls.append(asyncio.ensure_future(pull()))
+        pulls.append(asyncio.ensure_future(inbound_audio(track, received.append)))
 
     @channel.on("message")
     def on_message(message: str) -> None:

@@ -354,58 +354,32 @@ async def measure_pacing(seconds: float) -> dict[str, float]:
 
 async def _bench_one_over_webrtc(base: str, pcm: Pcm, end: int) -> dict[str, Any]:
     """One utterance through an aiortc client peer; v2v to the first agent sound received."""
-    import fractions
     import json
     import urllib.request
 
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-    from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+    from voice_agent.core.clock import LoopClock
+    from voice_agent.transports.webrtc import PacedAudioTrack, inbound_audio
 
     loop = asyncio.get_running_loop()
     pcm48 = resample(pcm, SAMPLE_RATE, 48000)
-    t0_box: list[float] = []
-
-    class Source(MediaStreamTrack):
-        kind = "audio"
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.k = 0
-
-        async def recv(self) -> Any:
-            import av
-
-            if not t0_box:
-                t0_box.append(loop.time())
-            await asyncio.sleep(max(0.0, t0_box[0] + self.k * 0.02 - loop.time()))
-            chunk = pcm48[self.k * 960 : (self.k + 1) * 960]
-            if len(chunk) < 960:
-                chunk = np.concatenate([chunk, np.zeros(960 - len(chunk), dtype=np.int16)])
-            frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
-            frame.sample_rate, frame.pts = 48000, self.k * 960
-            frame.time_base = fractions.Fraction(1, 48000)
-            self.k += 1
-            return frame
+    source = PacedAudioTrack.from_pcm(LoopClock(), pcm48)
 
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     channel = pc.createDataChannel("events")
     events: list[tuple[float, dict[str, Any]]] = []
     sound: list[float] = []  # arrival times of received frames with agent speech
     pulls: list[asyncio.Future[None]] = []
-    pc.addTrack(Source())
+    pc.addTrack(source)
+
+    def on_audio(pcm16: Pcm) -> None:
+        if pcm16.size and np.abs(pcm16).max() > 300:
+            sound.append(loop.time())
 
     @pc.on("track")
     def on_track(track: Any) -> None:
-        async def pull() -> None:
-            while True:
-                try:
-                    frame = await track.recv()
-                except MediaStreamError:
-                    return
-                if np.abs(frame.to_ndarray()).max() > 300:
-                    sound.append(loop.time())
-
-        pulls.append(asyncio.ensure_future(pull()))
+        pulls.append(asyncio.ensure_future(inbound_audio(track, on_audio)))
 
     @channel.on("message")
     def on_message(message: str) -> None:
@@ -438,7 +412,8 @@ async def _bench_one_over_webrtc(base: str, pcm: Pcm, end: int) -> dict[str, Any
             p.cancel()
     started_at, started = next((t, e) for t, e in events if e["type"] == "session.started")
     offset = started_at - started["t_ms"] / 1000
-    t0 = t0_box[0]
+    assert source.started_at is not None
+    t0 = source.started_at
     true_end = t0 + end / SAMPLE_RATE
     row: dict[str, Any] = {"transcript": turn["user_text"]}
     if turn["timeline_ms"]["first_audio_out"] is not None:

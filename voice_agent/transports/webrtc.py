@@ -77,6 +77,22 @@ class PacedAudioTrack(MediaStreamTrack):
         self._queue = deque(item for item in self._queue if item[0] > gen)
         return before - len(self._queue)
 
+    @classmethod
+    def from_pcm(cls, clock: Clock, pcm48: Pcm) -> PacedAudioTrack:
+        """A track that plays ``pcm48`` (48 kHz) once in real time, then silence:
+        a caller for tests and benchmarks."""
+        frames = [pcm48[i : i + RTC_FRAME] for i in range(0, len(pcm48), RTC_FRAME)]
+        track = cls(clock, max_frames=max(1, len(frames)))
+        for frame in frames:
+            pad = RTC_FRAME - len(frame)
+            track.push(0, np.concatenate([frame, np.zeros(pad, dtype=np.int16)]) if pad else frame)
+        return track
+
+    @property
+    def started_at(self) -> float | None:
+        """Clock time of the first frame (None before it)."""
+        return self._t0
+
     @property
     def queued_frames(self) -> int:
         return len(self._queue)
