@@ -4,6 +4,8 @@ playwright; a screenshot is saved under artifacts/."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -64,7 +66,7 @@ async def test_browser_page_hears_transcribes_and_plays_the_reply(
             page = await browser.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-            await page.goto(f"http://{real_server}/?aec=0")
+            await page.goto(f"http://{real_server}/?aec=0&transport=ws")
             assert await page.title() == "voice-agent"
             await page.click("#start")
             await page.wait_for_function("window.va.connected === true", timeout=15_000)
@@ -108,7 +110,7 @@ async def test_denied_microphone_shows_a_clear_error(real_server: str, mic_wav: 
         )
         try:
             page = await browser.new_page()
-            await page.goto(f"http://{real_server}/?aec=0")
+            await page.goto(f"http://{real_server}/?aec=0&transport=ws")
             await page.click("#start")
             await page.wait_for_selector("#error:not([hidden])", timeout=10_000)
             text = await page.inner_text("#error")
@@ -132,7 +134,7 @@ async def test_dropped_connection_shows_an_error_and_reconnect_works(
         )
         try:
             page = await browser.new_page()
-            await page.goto(f"http://{real_server}/?aec=0")
+            await page.goto(f"http://{real_server}/?aec=0&transport=ws")
             await page.click("#start")
             await page.wait_for_function("window.va.connected === true", timeout=15_000)
             for session in list(state.sessions.values()):
@@ -155,3 +157,58 @@ async def test_dropped_connection_shows_an_error_and_reconnect_works(
     assert button == "Reconnect"
     assert closes[0]["code"] == 1000
     assert hidden is True
+
+
+async def test_browser_page_over_webrtc_in_a_loopback_only_namespace(
+    mic_wav: Path, tmp_path: Path
+) -> None:
+    """The page's default transport is WebRTC. Chromium and the server run in a fresh
+    network namespace holding only ``lo`` (tests/netns_webrtc_caller.py), so the call
+    cannot use any address but 127.0.0.1."""
+    import subprocess
+    import sys
+
+    unshare = shutil.which("unshare")
+    assert unshare, "util-linux's unshare is missing"
+    out = tmp_path / "seen.json"
+    ARTIFACTS.mkdir(exist_ok=True)
+    script = Path(__file__).with_name("netns_webrtc_caller.py")
+    proc = await asyncio.create_subprocess_exec(
+        unshare, "--net", sys.executable, str(script), "--mic", str(mic_wav),
+        "--out", str(out), "--screenshot", str(ARTIFACTS / "browser-webrtc.png"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    log, _ = await asyncio.wait_for(proc.communicate(), timeout=240)
+    assert proc.returncode == 0, log.decode()[-3000:]
+    seen = json.loads(out.read_text())
+    page = seen["page"]
+    assert seen["interfaces"] == ["lo"]
+    assert "timeout" not in seen, (seen["timeout"], page["types"])
+    assert not seen["page_errors"], seen["page_errors"]
+    assert seen["default_transport"] == "webrtc" and page["transport"] == "webrtc"
+    assert page["started"]["transport"] == "webrtc"
+    # the call ran over loopback, on the pair ICE nominated
+    assert page["pair"] == {"local": "127.0.0.1", "remote": "127.0.0.1"}
+    # the caller's words reached the page as a final transcript
+    finals = " ".join(page["finals"]).lower()
+    assert "your country" in finals and "fellow americans" in finals
+    assert page["user"] == page["finals"]
+    # reply audio reached the browser: getStats() energy, and the page's own analyser
+    inbound = page["inbound"]
+    assert inbound["totalAudioEnergy"] > 0.01, inbound
+    assert inbound["totalSamplesReceived"] >= 48000 * 5, inbound
+    assert page["loudFrames"] >= 20 and page["meterPeak"] > 0.05, page
+    # the reply text shown on the page is the server's, turn by turn
+    report = seen["server_report"]
+    replies = [t["reply_text"] for t in report["turns"] if t["status"] != "pending"]
+    assert [a.strip() for a in page["agent"] if a.strip()] == [r for r in replies if r]
+    assert any(t["status"] == "completed" for t in report["turns"])
+    # Stop sends session.end on the data channel: the peer is closed and the report kept
+    # a server hangup shows on the page, and Reconnect starts a new WebRTC session
+    assert "reconnect_timeout" not in seen, seen["reconnect_timeout"]
+    assert seen["lost_error"].startswith("Connection lost (the call ended)")
+    assert seen["lost_button"] == "Reconnect" and seen["error_hidden"] is True
+    assert seen["reconnected_sid"] != page["started"]["session_id"]
+    assert seen["peers_after_stop"] == 0
+    assert seen["kept_report"]["transport"] == "webrtc"
+    assert seen["kept_report"]["turns"][0]["user_text"] == "Say hello."

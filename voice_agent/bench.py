@@ -321,14 +321,6 @@ async def _bench_one_over_ws(url: str, pcm: Pcm, end: int) -> dict[str, Any]:
     return row
 
 
-def loopback_ice_only() -> None:
-    """Restrict aioice's host candidates to 127.0.0.1 (aiortc has no option for it), so a
-    benchmark between two local peers never sends a packet to any other address."""
-    import aioice.ice
-
-    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
-
-
 async def measure_pacing(seconds: float) -> dict[str, float]:
     """Real-time pacing of the outbound WebRTC track: inter-frame send intervals."""
     from voice_agent.core.clock import LoopClock
@@ -437,8 +429,10 @@ async def run_transport_bench(
 
     from voice_agent.runtime import open_engine
     from voice_agent.server import create_app
+    from voice_agent.transports.webrtc import restrict_ice_addresses
 
-    loopback_ice_only()
+    # two local peers: never send a packet to any address but 127.0.0.1
+    restrict_ice_addresses(["127.0.0.1"])
     log(f"measuring outbound pacing for {args.pacing_s:.0f} s…")
     pacing = await measure_pacing(args.pacing_s)
     log(f"pacing: {pacing}")

@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="STUN/TURN URL for WebRTC (repeatable); none by default",
     )
     v.add_argument("--max-peers", type=int, default=8, help="concurrent WebRTC peer connections")
+    v.add_argument(
+        "--webrtc-ip",
+        action="append",
+        default=[],
+        help="local address for WebRTC host candidates (repeatable); default: every interface",
+    )
     _engine_args(v)
 
     b = sub.add_parser("bench", help="latency benchmark over real and synthetic utterances")
@@ -160,6 +166,7 @@ async def _serve(args: argparse.Namespace) -> int:
         drain_grace_s=args.drain_grace,
         ice_servers=args.ice_server,
         max_peers=args.max_peers,
+        ice_addresses=args.webrtc_ip,
     )
     app = create_app(_engine_config(args), config)
     uv = uvicorn.Config(

@@ -56,6 +56,8 @@ class ServerConfig:
     """Concurrent WebRTC peer connections."""
     ice_servers: list[str] = field(default_factory=list)
     """STUN/TURN URLs for WebRTC; none by default, so no outside server is contacted."""
+    ice_addresses: list[str] = field(default_factory=list)
+    """Local addresses for WebRTC host candidates (process-wide); empty: every interface."""
     start_timeout_s: float = 10.0
     drain_grace_s: float = 20.0
     send_queue: int = 1000
@@ -114,6 +116,10 @@ def create_app(
     """The app. Pass ``engine`` to serve already-loaded models (tests); otherwise the models
     named by ``engine_config`` load in the background at startup."""
     state = ServerState(config or ServerConfig(), session_config or SessionConfig())
+    if state.config.ice_addresses:
+        from voice_agent.transports.webrtc import restrict_ice_addresses
+
+        restrict_ice_addresses(state.config.ice_addresses)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -175,6 +181,10 @@ def create_app(
         if sid in state.reports:
             return JSONResponse({"live": False} | state.reports[sid])
         return JSONResponse({"error": f"no session {sid!r}"}, status_code=404)
+
+    async def webrtc_config(request: Request) -> Response:
+        """What the browser page needs to build its RTCPeerConnection."""
+        return JSONResponse({"ice_servers": [{"urls": u} for u in state.config.ice_servers]})
 
     async def voice_ws(ws: WebSocket) -> None:
         await ws.accept()
@@ -262,6 +272,7 @@ def create_app(
     routes = [
         Route("/healthz", healthz),
         Route("/v1/voice/webrtc/offer", webrtc_offer, methods=["POST"]),
+        Route("/v1/voice/webrtc/config", webrtc_config),
         Route("/readyz", readyz),
         Route("/", index),
         Route("/v1/sessions/{sid}", session_report),

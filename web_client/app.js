@@ -1,14 +1,25 @@
-// voice-agent browser client: mic → 20 ms PCM16 frames over the WebSocket; agent audio →
-// AudioWorklet ring buffer, whose playout cursor is reported back ("playout" messages).
-// Protocol: docs/protocol.md. Query flags: ?aec=0 turns echo cancellation, noise
-// suppression and auto gain off (for a fake mic fed from a file).
+// voice-agent browser client. Two transports (docs/protocol.md):
+// - WebRTC (the default): the mic is an Opus track with the browser's echo cancellation,
+//   jitter buffer and loss concealment; agent audio is the server's paced track, played by
+//   an <audio> element; events and client messages travel on a data channel.
+// - WebSocket: the mic as 20 ms PCM16 frames; agent audio → AudioWorklet ring buffer, whose
+//   playout cursor is reported back ("playout" messages).
+// Query flags: ?transport=ws|webrtc picks the transport; ?aec=0 turns echo cancellation,
+// noise suppression and auto gain off (for a fake mic fed from a file).
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const processing = params.get("aec") !== "0";
+if (params.get("transport") === "ws" || params.get("transport") === "webrtc") {
+  $("transport").value = params.get("transport");
+}
 
-const va = (window.va = { events: [], played: {}, acked: {}, connected: false, closes: [] });
+const va = (window.va = {
+  events: [], played: {}, acked: {}, connected: false, closes: [], transport: null,
+  rtc: { energy: 0, loudFrames: 0, state: "new" },
+});
 let ctx = null, ws = null, stream = null, capture = null, playback = null;
+let pc = null, dc = null, meter = null;
 let live = false, userLine = null;
 const agentLines = {};
 
@@ -92,8 +103,35 @@ function onCursor(m) {
   }
 }
 
-async function start() {
-  showError("");
+function send(message) {
+  const text = JSON.stringify(message);
+  if (ws && ws.readyState === WebSocket.OPEN) ws.send(text);
+  else if (dc && dc.readyState === "open") dc.send(text);
+}
+
+function lost(reason) {
+  setConn(false);
+  if (!live) return;
+  showError(`Connection lost (${reason}). Press Reconnect to try again.`);
+  setStatus("");
+  $("start").textContent = "Reconnect";
+  $("start").classList.remove("live");
+  live = false;
+  closeTransport();
+  $("transport").disabled = false;
+}
+
+function closeTransport() {
+  if (ws) { ws.onclose = null; if (ws.readyState <= WebSocket.OPEN) ws.close(); }
+  if (dc) { dc.onclose = null; }
+  if (pc) { pc.onconnectionstatechange = null; pc.close(); }
+  if (meter) clearInterval(meter);
+  ws = dc = pc = meter = null;
+  const audio = $("remote");
+  if (audio) audio.srcObject = null;
+}
+
+async function openMic() {
   try {
     stream = await navigator.mediaDevices.getUserMedia({
       audio: { channelCount: 1, echoCancellation: processing, noiseSuppression: processing, autoGainControl: processing },
@@ -103,28 +141,47 @@ async function start() {
       ? "Microphone access was denied. Allow the microphone for this page and press Start again."
       : `Could not open the microphone: ${err.message}`);
     setStatus("");
-    return;
+    return false;
   }
   ctx = new AudioContext({ sampleRate: 48000 });
-  await ctx.audioWorklet.addModule("/static/capture-worklet.js");
-  await ctx.audioWorklet.addModule("/static/playback-worklet.js");
-  capture = new AudioWorkletNode(ctx, "capture");
-  playback = new AudioWorkletNode(ctx, "playback", { outputChannelCount: [1] });
-  playback.port.onmessage = (e) => onCursor(e.data);
-  playback.connect(ctx.destination);
-  ctx.createMediaStreamSource(stream).connect(capture);
-  capture.port.onmessage = (e) => { if (ws && ws.readyState === WebSocket.OPEN) ws.send(e.data); };
-  connect();
+  return true;
+}
+
+async function start() {
+  showError("");
+  if (!(await openMic())) return;
   live = true;
   $("start").textContent = "Stop";
   $("start").classList.add("live");
+  await connect();
 }
 
-function connect() {
+async function connect() {
+  va.transport = $("transport").value;
+  $("transport").disabled = true;
+  setStatus("Connecting…");
+  try {
+    if (va.transport === "ws") await connectWs();
+    else await connectRtc();
+  } catch (err) {
+    lost(err.message || String(err));
+  }
+}
+
+async function connectWs() {
+  if (!capture) {
+    await ctx.audioWorklet.addModule("/static/capture-worklet.js");
+    await ctx.audioWorklet.addModule("/static/playback-worklet.js");
+    capture = new AudioWorkletNode(ctx, "capture");
+    playback = new AudioWorkletNode(ctx, "playback", { outputChannelCount: [1] });
+    playback.port.onmessage = (e) => onCursor(e.data);
+    playback.connect(ctx.destination);
+    ctx.createMediaStreamSource(stream).connect(capture);
+    capture.port.onmessage = (e) => { if (ws && ws.readyState === WebSocket.OPEN) ws.send(e.data); };
+  }
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   ws = new WebSocket(`${scheme}://${location.host}/v1/voice/ws`);
   ws.binaryType = "arraybuffer";
-  setStatus("Connecting…");
   ws.onopen = () => {
     setConn(true);
     ws.send(JSON.stringify({ type: "session.start", sample_rate: ctx.sampleRate, output_sample_rate: ctx.sampleRate, encoding: "pcm16" }));
@@ -138,24 +195,90 @@ function connect() {
   };
   ws.onclose = (e) => {
     va.closes.push({ code: e.code, reason: e.reason });
-    setConn(false);
-    if (live) {
-      showError(`Connection lost (${e.code}${e.reason ? ": " + e.reason : ""}). Press Reconnect to try again.`);
-      setStatus("");
-      $("start").textContent = "Reconnect";
-      $("start").classList.remove("live");
-      live = false;
-      ws = null;
-    }
+    ws = null;
+    lost(`${e.code}${e.reason ? ": " + e.reason : ""}`);
   };
 }
 
+function iceGathered(peer, ms) {
+  // the server takes one offer with every candidate in it (no trickle)
+  if (peer.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => { if (peer.iceGatheringState === "complete") resolve(); };
+    peer.addEventListener("icegatheringstatechange", done);
+    setTimeout(resolve, ms);
+  });
+}
+
+function meterRemote(remote) {
+  // the page's own measure of the agent audio it receives: RMS per 50 ms
+  const analyser = ctx.createAnalyser();
+  analyser.fftSize = 2048;
+  ctx.createMediaStreamSource(remote).connect(analyser);
+  const buf = new Float32Array(analyser.fftSize);
+  meter = setInterval(() => {
+    analyser.getFloatTimeDomainData(buf);
+    let sum = 0;
+    for (const x of buf) sum += x * x;
+    const rms = Math.sqrt(sum / buf.length);
+    va.rtc.energy = Math.max(va.rtc.energy, rms);
+    if (rms > 0.01) va.rtc.loudFrames += 1;
+  }, 50);
+}
+
+async function connectRtc() {
+  const cfg = await (await fetch("/v1/voice/webrtc/config")).json();
+  pc = new RTCPeerConnection({ iceServers: cfg.ice_servers });
+  const peer = pc;
+  for (const track of stream.getAudioTracks()) peer.addTrack(track, stream);
+  dc = peer.createDataChannel("events");
+  dc.onopen = () => setConn(true);
+  dc.onmessage = (e) => onEvent(JSON.parse(e.data));
+  dc.onclose = () => { va.closes.push({ transport: "webrtc", state: peer.connectionState }); lost("the call ended"); };
+  peer.ontrack = (e) => {
+    const remote = e.streams[0] || new MediaStream([e.track]);
+    $("remote").srcObject = remote;  // Chrome plays remote WebRTC audio only via a media element
+    $("remote").play().catch(() => {});
+    meterRemote(remote);
+  };
+  peer.onconnectionstatechange = () => {
+    va.rtc.state = peer.connectionState;
+    if (peer.connectionState === "failed") lost("WebRTC connection failed");
+  };
+  await peer.setLocalDescription(await peer.createOffer());
+  await iceGathered(peer, 3000);
+  const r = await fetch("/v1/voice/webrtc/offer", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ sdp: peer.localDescription.sdp, type: "offer" }),
+  });
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(`the server refused the call: ${r.status} ${body.error || ""}`.trim());
+  va.sessionId = body.session_id;
+  await peer.setRemoteDescription({ type: "answer", sdp: body.sdp });
+}
+
+// getStats() of the call, and of the agent audio as the browser received it
+va.stats = async () => (pc ? pc.getStats() : new Map());
+va.inboundAudio = async () => {
+  for (const s of (await va.stats()).values()) {
+    if (s.type === "inbound-rtp" && s.kind === "audio") {
+      return { totalAudioEnergy: s.totalAudioEnergy, totalSamplesReceived: s.totalSamplesReceived,
+               audioLevel: s.audioLevel, packetsReceived: s.packetsReceived, jitter: s.jitter };
+    }
+  }
+  return null;
+};
+
 function stop() {
   live = false;
-  if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "session.end" }));
+  send({ type: "session.end" });
+  closeTransport();
   if (stream) stream.getTracks().forEach((t) => t.stop());
   if (ctx) ctx.close();
   ctx = stream = capture = playback = null;
+  setConn(false);
+  $("transport").disabled = false;
   $("start").textContent = "Start talking";
   $("start").classList.remove("live");
   setStatus("Stopped.");
@@ -163,20 +286,20 @@ function stop() {
 
 $("start").onclick = () => {
   if (live) { stop(); return; }
-  if (ctx && !ws) {  // reconnect with the mic still open
+  if (ctx) {  // reconnect with the mic still open
     showError("");
-    connect();
     live = true;
     $("start").textContent = "Stop";
     $("start").classList.add("live");
+    connect();
     return;
   }
   start();
 };
-$("interrupt").onclick = () => ws && ws.send(JSON.stringify({ type: "interrupt" }));
+$("interrupt").onclick = () => send({ type: "interrupt" });
 $("typed").onsubmit = (e) => {
   e.preventDefault();
   const text = $("text").value.trim();
-  if (text && ws) { ws.send(JSON.stringify({ type: "text", text })); $("text").value = ""; }
+  if (text && va.connected) { send({ type: "text", text }); $("text").value = ""; }
 };
 setConn(false);

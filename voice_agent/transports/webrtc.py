@@ -28,6 +28,28 @@ RTC_FRAME = RTC_RATE // 50  # 960 samples = 20 ms
 TIME_BASE = fractions.Fraction(1, RTC_RATE)
 
 
+def restrict_ice_addresses(addresses: list[str]) -> None:
+    """Gather ICE host candidates only on ``addresses`` (for example ``["127.0.0.1"]``).
+
+    aiortc has no option for this and aioice leaves loopback out of its host
+    candidates, so the choice is process-wide: it replaces aioice's address lookup.
+    An empty list restores aioice's own lookup (every non-loopback interface).
+    """
+    import aioice.ice
+
+    original = getattr(aioice.ice, "_va_original_get_host_addresses", None)
+    if original is None:
+        original = aioice.ice.get_host_addresses
+        aioice.ice._va_original_get_host_addresses = original  # type: ignore[attr-defined]
+    if not addresses:
+        aioice.ice.get_host_addresses = original
+        return
+    chosen = list(addresses)
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [
+        a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)
+    ]
+
+
 class PacedAudioTrack(MediaStreamTrack):
     """A 48 kHz mono s16 track fed with :meth:`push` and read by aiortc with :meth:`recv`.
 
