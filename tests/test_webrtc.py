@@ -4,6 +4,7 @@ hears the reply; bad offers get a 4xx with a message."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import urllib.error
 import urllib.request
@@ -107,6 +108,12 @@ async def test_aiortc_peer_speaks_jfk_and_hears_the_reply(
             await asyncio.sleep(0.2)
     turn = next(t for t in report["turns"] if t["gen"] == done[-1]["gen"])
     assert turn["client_played_ms"] == pytest.approx(turn["reply_audio_ms"], abs=200)
+    # ... and the client hears it on the data channel: a playout event every 200 ms of audio
+    positions = [e for e in events if e["type"] == "playout" and e["gen"] == turn["gen"]]
+    samples = [e["samples"] for e in positions]
+    assert samples == sorted(samples) and all(e["sample_rate"] == 48000 for e in positions)
+    assert all(b - a >= 9600 for a, b in itertools.pairwise(samples))
+    assert samples[-1] / 48 == pytest.approx(turn["client_played_ms"], abs=200)
     reply = done[-1]["text"]
     audio = np.concatenate(received)
     # keep the agent's speech: the track sends silence between replies

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from doubles import AutoAdvanceClockDouble
@@ -91,3 +93,17 @@ async def test_output_resamples_16k_frames_into_48k_track_frames_and_clears() ->
     await out.send_event({"type": "clear", "gen": 7})
     assert track.queued_frames == 0
     assert out._pending and '"clear"' in out._pending[-1]  # waits for the data channel
+
+
+async def test_output_reports_the_sent_position_every_200_ms() -> None:
+    track = PacedAudioTrack(AutoAdvanceClockDouble())
+    out = WebRtcOutput(track)
+    for n in range(960, 48000 + 1, 960):  # one second of gen 3, then gen 4 starts
+        out.sent(3, n)
+    out.sent(4, 960)
+    out.sent(4, 9600)
+    sent = [json.loads(m) for m in out._pending]
+    assert [(e["gen"], e["samples"]) for e in sent] == [
+        (3, 9600), (3, 19200), (3, 28800), (3, 38400), (3, 48000), (4, 9600)
+    ]  # fmt: skip
+    assert {e["type"] for e in sent} == {"playout"} and {e["sample_rate"] for e in sent} == {48000}

@@ -393,8 +393,13 @@ async def _answer_offer(state: ServerState, request: Request) -> dict[str, Any]:
     track = PacedAudioTrack(clock)
     output = WebRtcOutput(track)
     session = Session(state.engine, output, clock, state.session_config)
+
     # the playout position of a WebRTC caller: what the paced track actually sent
-    track.on_sent = lambda gen, n: session.playout_ack(gen, n * 16000 // RTC_RATE)
+    def on_sent(gen: int, n: int) -> None:
+        session.playout_ack(gen, n * 16000 // RTC_RATE)
+        output.sent(gen, n)
+
+    track.on_sent = on_sent
     tasks: list[asyncio.Task[Any]] = []
 
     @pc.on("datachannel")

@@ -150,12 +150,27 @@ class WebRtcOutput:
     """Session :class:`Output` for a peer: audio into a :class:`PacedAudioTrack`, events as
     JSON on a data channel (once it is open; earlier events wait in a bounded list)."""
 
-    def __init__(self, track: PacedAudioTrack, max_pending_events: int = 200) -> None:
+    def __init__(
+        self, track: PacedAudioTrack, max_pending_events: int = 200, position_every_ms: int = 200
+    ) -> None:
         self.track = track
         self.channel: Any = None
         self._resampler = StreamResampler(SAMPLE_RATE, RTC_RATE)
         self._carry: dict[int, Pcm] = {}
         self._pending: deque[str] = deque(maxlen=max_pending_events)
+        self._position_every = RTC_RATE * position_every_ms // 1000
+        self._reported: dict[int, int] = {}
+
+    def sent(self, gen: int, samples: int) -> None:
+        """The track sent ``samples`` (48 kHz) of ``gen`` so far: a ``playout`` event to the
+        client every ``position_every_ms`` of audio (the same field names as the WS ack)."""
+        if samples - self._reported.get(gen, 0) >= self._position_every:
+            self._reported = {gen: samples}
+            self._send_text(
+                json.dumps(
+                    {"type": "playout", "gen": gen, "samples": samples, "sample_rate": RTC_RATE}
+                )
+            )
 
     def attach(self, channel: Any) -> None:
         self.channel = channel
@@ -175,7 +190,9 @@ class WebRtcOutput:
         if event.get("type") == "clear":
             self.track.clear(int(event["gen"]))
             self._carry.clear()
-        text = json.dumps(event)
+        self._send_text(json.dumps(event))
+
+    def _send_text(self, text: str) -> None:
         if self.channel is not None and self.channel.readyState == "open":
             self.channel.send(text)
         else:
