@@ -198,3 +198,75 @@ async def test_too_many_peers_get_429(real_server: str) -> None:
     finally:
         state.config.max_peers = limit
     assert code == 429 and reply["error"].startswith("too many peer connections")
+
+
+async def _call(addr: str) -> tuple[Any, list[dict[str, Any]], str]:
+    """An aiortc caller that sends silence: (peer, events seen, session id)."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    channel = pc.createDataChannel("events")
+    events: list[dict[str, Any]] = []
+    channel.on("message", lambda m: events.append(json.loads(m)))
+    pc.addTrack(PacedAudioTrack(LoopClock()))  # silence
+    await pc.setLocalDescription(await pc.createOffer())
+    status, answer = await asyncio.to_thread(
+        post,
+        f"http://{addr}/v1/voice/webrtc/offer",
+        {"sdp": pc.localDescription.sdp, "type": "offer"},
+    )
+    assert status == 200, answer
+    await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+    async with asyncio.timeout(10):
+        while not any(e["type"] == "session.started" for e in events):
+            await asyncio.sleep(0.02)
+    return pc, events, answer["session_id"]
+
+
+async def test_a_vanished_caller_is_hung_up_when_ice_consent_expires(
+    real_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller's sockets go dead without a goodbye (a phone losing signal): the server's
+    ICE consent checks (RFC 7675) fail, the peer connection fails, the session is hung up
+    and the peer cleaned up. aioice checks consent every 5 s and gives up after 6 misses;
+    the interval is shortened here so the test takes seconds, not half a minute."""
+    import aioice.ice
+    from conftest import APPS
+
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.2)
+    state = APPS[real_server].state.va  # type: ignore[attr-defined]
+    pc, _events, sid = await _call(real_server)
+    assert sid in state.peers and sid in state.sessions
+    ice = pc.getTransceivers()[0].sender.transport.transport._connection
+    for protocol in ice._protocols:  # the caller vanishes: no DTLS close, no more STUN
+        protocol.transport.close()
+    t0 = asyncio.get_running_loop().time()
+    async with asyncio.timeout(20):
+        while sid in state.peers:
+            await asyncio.sleep(0.05)
+    waited = asyncio.get_running_loop().time() - t0
+    await pc.close()
+    assert sid not in state.sessions
+    assert state.reports[sid]["transport"] == "webrtc"
+    assert 0.5 < waited < 15, waited  # 6 missed checks, 0.2 s apart plus a 0.5 s timeout each
+
+
+async def test_server_shutdown_closes_live_peer_connections(real_engine: Any) -> None:
+    from conftest import start_server
+
+    from voice_agent.server import create_app
+
+    app = create_app(engine=real_engine)
+    server, addr, task = await start_server(app)
+    state = app.state.va
+    pc, _events, sid = await _call(addr)
+    closed = asyncio.Event()
+    pc.on("connectionstatechange", lambda: closed.set() if pc.connectionState == "closed" else None)
+    assert list(state.peers) == [sid]
+    server.should_exit = True  # type: ignore[attr-defined]
+    async with asyncio.timeout(15):
+        await task  # type: ignore[misc]
+    assert state.peers == {} and state.sessions == {}
+    assert state.reports[sid]["transport"] == "webrtc"
+    # the server said goodbye (DTLS close_notify): the caller's side closes too
+    async with asyncio.timeout(10):
+        await closed.wait()
+    await pc.close()
