@@ -278,3 +278,205 @@ def test_interrupt_cancels_the_live_reply_only() -> None:
     assert m.handle(TextInput(t=2.0, text="again")) == [
         StartReply(2, "again", speech_end=None, decided=2.0)
     ]
+
+
+# -- full duplex: barge-in, false interruptions, fillers, idle ---------------
+
+from voice_agent.session.turns import (  # noqa: E402
+    BargeInTranscript,
+    CheckBargeIn,
+    ConfirmBargeIn,
+    DuplexPolicy,
+    PausePlayout,
+    PlayFiller,
+    ResumePlayout,
+    Say,
+    content_words,
+)
+
+
+def duplex(**kw: object) -> TurnMachine:
+    policy = DuplexPolicy(**{"filler_after_s": None, "idle_prompt_s": None, **kw})  # type: ignore[arg-type]
+    return TurnMachine(0.3, 0.9, preemptive=False, duplex=policy)
+
+
+def speaking(m: TurnMachine, t: float = 1.0) -> None:
+    """Reply 1 is playing from ``t``."""
+    m.handle(TextInput(t=t, text="tell me a story"))
+    m.handle(ReplyAudioStarted(t=t + 0.5, gen=1))
+
+
+def test_onset_pauses_then_words_confirm_the_barge_in() -> None:
+    m = duplex(barge_in_min_s=0.2)
+    speaking(m)
+    assert m.handle(SpeechStarted(t=3.07, at=3.0)) == [PausePlayout(1, onset=3.0)]
+    assert m.agent is AgentState.SPEAKING and m.barge is not None
+    assert m.next_deadline() == pytest.approx(3.2)
+    assert m.handle(Tick(3.19)) == []
+    assert m.handle(Tick(3.2)) == [CheckBargeIn(1)]
+    assert m.next_deadline() == pytest.approx(4.5)  # the give-up time, while the check runs
+    assert m.handle(BargeInTranscript(t=3.3, request=1, text="Wait, stop")) == [
+        ConfirmBargeIn(1, "Wait, stop"),
+        CancelReply(1),
+        ClearPlayout(1),
+    ]
+    assert (m.agent, m.barge, m.user) == (AgentState.IDLE, None, UserState.SPEAKING)
+    # the caller's turn goes on as usual and gets its own reply
+    m.handle(SpeechStopped(t=4.12, at=4.0))
+    assert m.handle(TranscriptReady(t=4.2, request=1, text="Wait, stop. What time is it?")) == []
+    assert m.handle(Tick(4.3)) == [
+        StartReply(2, "Wait, stop. What time is it?", speech_end=4.0, decided=4.3)
+    ]
+
+
+def test_backchannel_words_recheck_then_resume_at_the_false_interruption_window() -> None:
+    m = duplex(barge_in_min_s=0.2, recheck_s=0.3, false_interruption_s=1.5)
+    speaking(m)
+    m.handle(SpeechStarted(t=3.07, at=3.0))
+    assert m.handle(Tick(3.2)) == [CheckBargeIn(1)]
+    assert m.handle(BargeInTranscript(t=3.3, request=1, text="Uh-huh.")) == []
+    assert m.next_deadline() == pytest.approx(3.6)  # check again 0.3 s later
+    assert m.handle(Tick(3.6)) == [CheckBargeIn(2)]
+    assert m.handle(BargeInTranscript(t=3.7, request=1, text="stale")) == []
+    assert m.handle(BargeInTranscript(t=3.7, request=2, text="")) == []
+    assert m.handle(Tick(3.99)) == []
+    assert m.handle(Tick(4.0)) == [CheckBargeIn(3)]
+    assert m.handle(Tick(4.49)) == []  # the check is still running at the give-up time
+    assert m.handle(Tick(4.5)) == [ResumePlayout(1)]
+    assert m.handle(BargeInTranscript(t=4.6, request=3, text="Stop now")) == []  # too late
+    assert m.barge is None and m.agent is AgentState.SPEAKING
+
+
+def test_a_cough_that_ends_before_any_check_resumes_and_discards_the_turn() -> None:
+    m = duplex(barge_in_min_s=0.2)
+    speaking(m)
+    m.handle(SpeechStarted(t=3.07, at=3.0))
+    assert m.handle(SpeechStopped(t=3.27, at=3.15)) == [RequestTranscript(1)]
+    assert m.next_deadline() == pytest.approx(4.05)  # max silence; no check while quiet
+    assert m.handle(TranscriptReady(t=3.35, request=1, text="")) == [
+        ResumePlayout(1),
+        DiscardTurn(),
+    ]
+    assert (m.agent, m.user, m.barge) == (AgentState.SPEAKING, UserState.QUIET, None)
+
+
+def test_a_short_real_word_confirms_at_the_end_of_the_turn() -> None:
+    m = duplex(barge_in_min_s=0.2)
+    speaking(m)
+    m.handle(SpeechStarted(t=3.07, at=3.0))
+    m.handle(SpeechStopped(t=3.27, at=3.15))
+    assert m.handle(TranscriptReady(t=3.35, request=1, text="Stop.")) == [
+        ConfirmBargeIn(1, "Stop."),
+        CancelReply(1),
+        ClearPlayout(1),
+    ]
+    assert m.handle(Tick(3.45)) == [StartReply(2, "Stop.", speech_end=3.15, decided=3.45)]
+
+
+def test_backchannel_turn_while_the_agent_speaks_is_not_a_turn() -> None:
+    m = duplex(false_interruption_s=0.5)
+    speaking(m)
+    m.handle(SpeechStarted(t=3.07, at=3.0))
+    assert m.handle(Tick(3.5)) == [ResumePlayout(1)]  # gave up before any words
+    m.handle(SpeechStopped(t=3.72, at=3.6))
+    assert m.handle(TranscriptReady(t=3.8, request=1, text="Yeah, okay.")) == [DiscardTurn()]
+    assert m.agent is AgentState.SPEAKING and m.gen == 1
+
+
+def test_duration_only_rule_confirms_without_words() -> None:
+    m = duplex(barge_in_min_s=0.15, barge_in_words=0)
+    speaking(m)
+    assert m.handle(SpeechStarted(t=3.07, at=3.0)) == [PausePlayout(1, onset=3.0)]
+    assert m.handle(Tick(3.15)) == [ConfirmBargeIn(1, ""), CancelReply(1), ClearPlayout(1)]
+
+
+def test_onset_while_thinking_pauses_too_and_nothing_when_idle_or_disabled() -> None:
+    m = duplex()
+    assert m.handle(SpeechStarted(t=0.5, at=0.45)) == []  # agent idle: just speech
+    m2 = duplex()
+    m2.handle(TextInput(t=1.0, text="hi"))
+    assert m2.handle(SpeechStarted(t=1.2, at=1.1)) == [PausePlayout(1, onset=1.1)]
+    m3 = duplex(barge_in=False)
+    speaking(m3)
+    assert m3.handle(SpeechStarted(t=3.07, at=3.0)) == []
+
+
+def test_two_words_rule_counts_only_content_words() -> None:
+    m = duplex(barge_in_words=2)
+    speaking(m)
+    m.handle(SpeechStarted(t=3.07, at=3.0))
+    m.handle(Tick(3.2))
+    assert m.handle(BargeInTranscript(t=3.3, request=1, text="Yeah, no")) == []
+    m.handle(Tick(3.6))
+    assert m.handle(BargeInTranscript(t=3.7, request=2, text="Yeah, no wait")) == [
+        ConfirmBargeIn(1, "Yeah, no wait"),
+        CancelReply(1),
+        ClearPlayout(1),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("Uh-huh.", []),
+        ("Mm-hmm", []),
+        ("Yeah, okay, I see.", []),
+        ("Hmm, got it!", []),
+        ("Wait, stop.", ["wait", "stop"]),
+        ("No, that's wrong", ["no", "that's", "wrong"]),
+    ],
+)
+def test_content_words(text: str, words: list[str]) -> None:
+    assert content_words(text) == words
+
+
+def test_filler_when_no_reply_audio_by_the_deadline_and_only_once() -> None:
+    m = duplex(filler_after_s=0.8)
+    m.handle(SpeechStarted(t=0.1, at=0.0))
+    m.handle(SpeechStopped(t=1.12, at=1.0))
+    m.handle(TranscriptReady(t=1.2, request=1, text="What is the weather?"))
+    assert m.handle(Tick(1.3)) == [
+        StartReply(1, "What is the weather?", speech_end=1.0, decided=1.3)
+    ]
+    assert m.next_deadline() == pytest.approx(2.1)
+    assert m.handle(Tick(2.09)) == []
+    assert m.handle(Tick(2.1)) == [PlayFiller(1)]
+    assert m.next_deadline() is None
+    # a reply whose audio starts in time gets no filler
+    m.handle(ReplyFinished(t=3.0, gen=1))
+    m.handle(TextInput(t=4.0, text="and tomorrow"))
+    m.handle(ReplyAudioStarted(t=4.5, gen=2))
+    assert m.handle(Tick(4.8)) == []
+
+
+def test_idle_prompt_once_then_goodbye_then_close() -> None:
+    m = TurnMachine(
+        0.3, 0.9, preemptive=False, t0=0.0,
+        duplex=DuplexPolicy(filler_after_s=None, idle_prompt_s=10.0, idle_end_s=5.0),
+    )  # fmt: skip
+    assert m.next_deadline() == pytest.approx(10.0)
+    assert m.handle(Tick(10.0)) == [Say(1, "idle_prompt")]
+    assert m.agent is AgentState.THINKING
+    m.handle(ReplyAudioStarted(t=10.2, gen=1))
+    m.handle(ReplyFinished(t=11.5, gen=1))
+    assert m.next_deadline() == pytest.approx(16.5)  # idle_end_s after the prompt played
+    assert m.handle(Tick(16.5)) == [Say(2, "goodbye")]
+    assert m.handle(SpeechStarted(t=16.6, at=16.55)) == []  # the goodbye is not interruptible
+    m.handle(SpeechStopped(t=16.8, at=16.7))
+    assert m.handle(ReplyFinished(t=18.0, gen=2)) == [Close()]
+    assert m.closed
+
+
+def test_speech_resets_the_idle_prompt() -> None:
+    m = TurnMachine(
+        0.3, 0.9, preemptive=False, t0=0.0,
+        duplex=DuplexPolicy(filler_after_s=None, idle_prompt_s=10.0, idle_end_s=5.0),
+    )  # fmt: skip
+    m.handle(Tick(10.0))
+    m.handle(ReplyFinished(t=11.0, gen=1))
+    m.handle(SpeechStarted(t=12.0, at=11.95))
+    assert m.next_deadline() is None
+    m.handle(SpeechStopped(t=13.12, at=13.0))
+    assert m.handle(TranscriptReady(t=13.2, request=1, text="")) == [DiscardTurn()]
+    assert m.next_deadline() == pytest.approx(23.2)  # a fresh idle prompt, not the goodbye
+    assert m.handle(Tick(23.2)) == [Say(2, "idle_prompt")]

@@ -21,8 +21,25 @@ is still being timed. The prepared reply's audio is held until
 
 A new turn while a reply is still live cancels that reply: ``CancelReply``
 and ``ClearPlayout`` for the old generation, then ``StartReply`` for the
-next generation. Interrupting *during* the caller's speech (barge-in) belongs to
-the duplex policy built on top of this.
+next generation.
+
+Full duplex (with a :class:`DuplexPolicy`):
+
+- Barge-in. Caller speech onset while the agent thinks or speaks *pauses* the
+  reply at once (``PausePlayout``: nothing more is sent, nothing is dropped).
+  Once the speech has lasted ``barge_in_min_s`` its words are checked
+  (``CheckBargeIn`` → :class:`BargeInTranscript`), again every ``recheck_s``
+  while the caller talks, and at the end of the caller's turn. Enough words
+  that are not a backchannel ("uh-huh", "yeah") confirm it: ``ConfirmBargeIn``,
+  ``CancelReply`` and ``ClearPlayout``. No such words within
+  ``false_interruption_s`` of the onset, or a turn whose transcript is empty or
+  only a backchannel (a cough, noise, "mm-hmm"), resumes the reply where it
+  paused (``ResumePlayout``): nothing is lost.
+- Fillers. No reply audio ``filler_after_s`` after the end of turn →
+  ``PlayFiller`` (once per reply).
+- Idle. ``idle_prompt_s`` of silence with nothing going on → ``Say`` a prompt
+  ("Are you still there?"), once; ``idle_end_s`` more → ``Say`` goodbye, then
+  ``Close`` when it has played.
 
 Deadlines are data: :meth:`next_deadline` says when the driver must call
 :meth:`handle` with a :class:`Tick`.
@@ -105,6 +122,15 @@ class Hangup:
     t: float
 
 
+@dataclass(frozen=True)
+class BargeInTranscript:
+    """The words heard so far in speech that began while the agent was talking."""
+
+    t: float
+    request: int
+    text: str
+
+
 Event = (
     SpeechStarted
     | SpeechStopped
@@ -115,6 +141,7 @@ Event = (
     | Tick
     | Interrupt
     | Hangup
+    | BargeInTranscript
 )
 
 # -- commands ----------------------------------------------------------------
@@ -171,6 +198,45 @@ class Close:
     pass
 
 
+@dataclass(frozen=True)
+class PausePlayout:
+    gen: int
+    onset: float
+    """Caller speech began at ``onset`` while reply ``gen`` was live: hold its audio."""
+
+
+@dataclass(frozen=True)
+class ResumePlayout:
+    gen: int
+    """It was not a barge-in: play the held audio on from where it paused."""
+
+
+@dataclass(frozen=True)
+class CheckBargeIn:
+    request: int
+    """Transcribe the speech since the onset; answer with BargeInTranscript(request=...)."""
+
+
+@dataclass(frozen=True)
+class ConfirmBargeIn:
+    gen: int
+    text: str
+    """The caller really is talking over reply ``gen`` (CancelReply and ClearPlayout follow)."""
+
+
+@dataclass(frozen=True)
+class PlayFiller:
+    gen: int
+    """No reply audio yet: play a short filler as part of ``gen`` (never in the history)."""
+
+
+@dataclass(frozen=True)
+class Say:
+    gen: int
+    purpose: str
+    """Speak a fixed line as reply ``gen``: "idle_prompt" or "goodbye"."""
+
+
 Command = (
     RequestTranscript
     | DiscardTurn
@@ -180,7 +246,56 @@ Command = (
     | CancelReply
     | ClearPlayout
     | Close
+    | PausePlayout
+    | ResumePlayout
+    | CheckBargeIn
+    | ConfirmBargeIn
+    | PlayFiller
+    | Say
 )
+
+BACKCHANNELS = frozenset(
+    "uh huh uh-huh mm mhm mm-hmm mmhmm hmm hm yeah yep yup yes ok okay right sure uh um ah oh "
+    "aha i see got it cool nice great wow".split()
+)
+
+
+def content_words(text: str) -> list[str]:
+    """The words of ``text`` that are not backchannels or hesitations, lower-cased."""
+    words = [w.strip(".,!?;:…\"'()-").lower() for w in text.replace("-", " - ").split()]
+    words = [w for w in words if w and w != "-"]
+    joined = " ".join(words)
+    for phrase in ("i see", "got it", "uh huh", "mm hmm"):
+        joined = joined.replace(phrase, "")
+    return [w for w in joined.split() if w not in BACKCHANNELS]
+
+
+@dataclass(frozen=True)
+class DuplexPolicy:
+    """How the agent shares the line with the caller (times in seconds; None: off)."""
+
+    barge_in: bool = True
+    barge_in_min_s: float = 0.2
+    """Speech must last this long after its onset before its words are checked."""
+    barge_in_words: int = 1
+    """Words (not counting backchannels) that confirm a barge-in; 0: the duration alone."""
+    recheck_s: float = 0.3
+    false_interruption_s: float = 1.5
+    """No confirming words this long after the onset: resume the paused reply."""
+    filler_after_s: float | None = 1.0
+    idle_prompt_s: float | None = 15.0
+    idle_end_s: float | None = 15.0
+    """After the idle prompt, this much more silence ends the session (with a goodbye)."""
+
+
+@dataclass
+class _Barge:
+    gen: int
+    onset: float
+    check_at: float
+    give_up_at: float
+    request: int | None = None
+
 
 _FINAL_PUNCT = (".", "?", "!", "…")
 
@@ -198,6 +313,8 @@ class TurnMachine:
         max_silence_s: float = 1.0,
         preemptive: bool = True,
         prepare_after_s: float = 0.25,
+        duplex: DuplexPolicy | None = None,
+        t0: float = 0.0,
     ) -> None:
         if not 0 <= min_silence_s <= max_silence_s:
             raise ValueError("need 0 <= min_silence_s <= max_silence_s")
@@ -218,23 +335,46 @@ class TurnMachine:
         self._text: str | None = None
         self._deadline: float | None = None
         self._prepare_at: float | None = None
+        self.duplex = duplex
+        self.barge: _Barge | None = None
+        """Speech that began while the agent was live, not yet confirmed or dismissed."""
+        self._barge_request = 0
+        self._filler_at: float | None = None
+        self._idle_since: float | None = t0
+        self._prompted = False
+        self._goodbye: int | None = None
 
     def next_deadline(self) -> float | None:
-        times = [t for t in (self._deadline, self._prepare_at) if t is not None]
-        return min(times) if times else None
+        times = [self._deadline, self._prepare_at, self._filler_at, self._idle_deadline()]
+        if self.barge is not None:
+            times.append(self.barge.give_up_at)
+            if self.barge.request is None and self.user is UserState.SPEAKING:
+                times.append(self.barge.check_at)
+        live = [t for t in times if t is not None]
+        return min(live) if live else None
+
+    def _idle_deadline(self) -> float | None:
+        d = self.duplex
+        if d is None or self._idle_since is None or self._goodbye is not None:
+            return None
+        if not self._prompted:
+            return None if d.idle_prompt_s is None else self._idle_since + d.idle_prompt_s
+        return None if d.idle_end_s is None else self._idle_since + d.idle_end_s
 
     def handle(self, event: Event) -> list[Command]:
         if self.closed:
             return []
         match event:
-            case SpeechStarted():
+            case SpeechStarted(t=t, at=at):
                 cmds = self._drop_prepared()
                 if self.user is UserState.PAUSED:
                     self._text = None
                     self._deadline = None
                     self._prepare_at = None
                 self.user = UserState.SPEAKING
-                return cmds
+                self._idle_since = None
+                self._prompted = False
+                return cmds + self._maybe_pause(t, at)
             case SpeechStopped(at=at):
                 if self.user is not UserState.SPEAKING:
                     return []
@@ -248,24 +388,44 @@ class TurnMachine:
                 if req != self._request or self.user is not UserState.PAUSED:
                     return []
                 return self._on_transcript(t, text.strip())
+            case BargeInTranscript(t=t, request=req, text=text):
+                b = self.barge
+                if b is None or b.request != req:
+                    return []
+                if self._confirms(text):
+                    return self._confirm(text)
+                b.request = None
+                b.check_at = t + (self.duplex.recheck_s if self.duplex else 0.3)
+                return []
             case TextInput(t=t, text=text):
                 if not text.strip():
                     return []
                 self._deadline = None
                 self._prepare_at = None
                 self.user = UserState.QUIET
+                self.barge = None
                 return self._drop_prepared() + self._end_turn(t, text.strip(), speech_end=None)
             case ReplyAudioStarted(gen=gen):
                 if gen == self.gen and self.agent is AgentState.THINKING:
                     self.agent = AgentState.SPEAKING
                 return []
-            case ReplyFinished(gen=gen):
+            case ReplyFinished(t=t, gen=gen):
                 if gen == self.gen:
                     self.agent = AgentState.IDLE
+                    self._filler_at = None
+                    if self.barge is not None and self.barge.gen == gen:
+                        self.barge = None
+                    if self._goodbye == gen:
+                        self.closed = True
+                        return [Close()]
+                    if self.user is UserState.QUIET and self.prepared is None:
+                        self._idle_since = t
                 return []
             case Tick(t=t):
                 return self._on_tick(t)
             case Interrupt():
+                self.barge = None
+                self._filler_at = None
                 cmds = self._drop_prepared()
                 if self.agent is not AgentState.IDLE:
                     cmds += [CancelReply(self.gen), ClearPlayout(self.gen)]
@@ -275,6 +435,9 @@ class TurnMachine:
                 self.closed = True
                 self._deadline = None
                 self._prepare_at = None
+                self.barge = None
+                self._filler_at = None
+                self._idle_since = None
                 cmds = self._drop_prepared()
                 if self.agent is not AgentState.IDLE:
                     cmds += [CancelReply(self.gen), ClearPlayout(self.gen)]
@@ -284,15 +447,27 @@ class TurnMachine:
 
     def _on_transcript(self, t: float, text: str) -> list[Command]:
         assert self._pause_at is not None
+        cmds: list[Command] = []
+        if self.barge is not None:
+            if self._confirms(text):
+                cmds += self._confirm(text)
+            else:  # a cough, noise or a backchannel: the reply plays on
+                cmds.append(ResumePlayout(self.barge.gen))
+                self.barge = None
+                text = ""
+        elif self.duplex is not None and self.agent is not AgentState.IDLE:
+            if not content_words(text):
+                text = ""  # "uh-huh" while the agent talks is not a turn
         if not text:
             self.user = UserState.QUIET
             self._deadline = None
             self._prepare_at = None
-            return [DiscardTurn()]
+            if self.agent is AgentState.IDLE and self.prepared is None:
+                self._idle_since = t
+            return [*cmds, DiscardTurn()]
         self._text = text
         wait = self.min_silence_s if looks_finished(text) else self.max_silence_s
         self._deadline = self._pause_at + wait
-        cmds: list[Command] = []
         if self.preemptive and self.agent is AgentState.IDLE:
             self._prepare_at = self._pause_at + self.prepare_after_s
             cmds += self._maybe_prepare(t)
@@ -312,6 +487,84 @@ class TurnMachine:
         return [PrepareReply(self.prepared, self._text, speech_end=self._pause_at)]
 
     def _on_tick(self, t: float) -> list[Command]:
+        duplex = self._duplex_tick(t)
+        return duplex + self._turn_tick(t)
+
+    def _duplex_tick(self, t: float) -> list[Command]:
+        d = self.duplex
+        if d is None:
+            return []
+        cmds: list[Command] = []
+        b = self.barge
+        if b is not None and t >= b.give_up_at:
+            self.barge = None  # no words in time: it was not a barge-in
+            cmds.append(ResumePlayout(b.gen))
+        elif (
+            b is not None
+            and b.request is None
+            and self.user is UserState.SPEAKING
+            and t >= b.check_at
+        ):
+            if d.barge_in_words == 0:
+                return self._confirm("")
+            self._barge_request += 1
+            b.request = self._barge_request
+            cmds.append(CheckBargeIn(b.request))
+        if self._filler_at is not None and t >= self._filler_at:
+            self._filler_at = None
+            if self.agent is AgentState.THINKING and self.barge is None:
+                cmds.append(PlayFiller(self.gen))
+        idle = self._idle_deadline()
+        if idle is not None and t >= idle:
+            if self.user is not UserState.QUIET or self.agent is not AgentState.IDLE:
+                self._idle_since = None  # something is going on; the clock restarts after it
+            elif self.prepared is None:
+                cmds += self._say("goodbye" if self._prompted else "idle_prompt")
+        return cmds
+
+    def _say(self, purpose: str) -> list[Command]:
+        self._last_gen += 1
+        self.gen = self._last_gen
+        self.agent = AgentState.THINKING
+        self._idle_since = None
+        if purpose == "goodbye":
+            self._goodbye = self.gen
+        else:
+            self._prompted = True
+        return [Say(self.gen, purpose)]
+
+    def _maybe_pause(self, t: float, at: float) -> list[Command]:
+        d = self.duplex
+        if d is None or not d.barge_in or self.agent is AgentState.IDLE or self.barge:
+            return []
+        if self._goodbye is not None:
+            return []
+        self.barge = _Barge(
+            self.gen, onset=at, check_at=at + d.barge_in_min_s,
+            give_up_at=at + d.false_interruption_s,
+        )  # fmt: skip
+        self._filler_at = None
+        cmds: list[Command] = [PausePlayout(self.gen, onset=at)]
+        if d.barge_in_words == 0 and t >= self.barge.check_at:
+            cmds += self._confirm("")
+        return cmds
+
+    def _confirms(self, text: str) -> bool:
+        d = self.duplex
+        need = d.barge_in_words if d else 1
+        return len(content_words(text)) >= max(1, need) if need else True
+
+    def _confirm(self, text: str) -> list[Command]:
+        b = self.barge
+        assert b is not None
+        self.barge = None
+        if self.agent is AgentState.IDLE or b.gen != self.gen:
+            return []
+        self.agent = AgentState.IDLE
+        self._filler_at = None
+        return [ConfirmBargeIn(b.gen, text.strip()), CancelReply(b.gen), ClearPlayout(b.gen)]
+
+    def _turn_tick(self, t: float) -> list[Command]:
         prepared = self._maybe_prepare(t) if self.user is UserState.PAUSED else []
         if self._deadline is None or t < self._deadline:
             return prepared
@@ -334,8 +587,15 @@ class TurnMachine:
         if self.prepared is not None:
             self.gen, self.prepared = self.prepared, None
             self.agent = AgentState.THINKING
+            self._arm_filler(t)
             return [CommitReply(self.gen, decided=t)]
         return self._end_turn(t, text, speech_end)
+
+    def _arm_filler(self, t: float) -> None:
+        d = self.duplex
+        self._idle_since = None
+        if d is not None and d.filler_after_s is not None:
+            self._filler_at = t + d.filler_after_s
 
     def _drop_prepared(self) -> list[Command]:
         if self.prepared is None:
@@ -352,5 +612,6 @@ class TurnMachine:
         self._last_gen += 1
         self.gen = self._last_gen
         self.agent = AgentState.THINKING
+        self._arm_filler(t)
         cmds.append(StartReply(self.gen, text, speech_end=speech_end, decided=t))
         return cmds
