@@ -84,11 +84,27 @@ def test_playout_frames_generations_and_heard_text() -> None:
     assert p.buffered == 1280
     pulled = [p.pull() for _ in range(3)]
     assert [(g, len(f)) for g, f, _ in pulled if True] == [(1, 320)] * 3
-    # 1.5 of 2 frames of the second sentence not yet sent: half its words were heard
-    assert p.heard_text(1) == "One two. Three four"
+    # half of the second sentence sent: "Three" (6 of 21 weighted characters) ends inside
+    # that half, "four" (11 of 21) does not
+    assert p.heard_text(1) == "One two. Three"
     assert p.clear(1) == 320
     assert p.pull() is None and p.buffered == 0
     assert p.played_samples(1) == 960
+
+
+def test_heard_text_from_the_clients_playout_report_skips_filler_words() -> None:
+    p = Playout(frame_samples=320)
+    p.push(4, np.ones(640, dtype=np.int16), "Hmm.", filler=True)
+    p.push(4, np.ones(960, dtype=np.int16), "The answer is seven.")
+    p.push(4, np.ones(640, dtype=np.int16), "Anything else?")
+    while p.pull() is not None:
+        pass  # all of it was sent
+    assert p.heard_text(4) == "The answer is seven. Anything else?"
+    # the client reports less: the filler, then 2/3 of the answer (weights 4,7,3,7 of 21)
+    assert p.heard_text(4, samples=640 + 640) == "The answer is"
+    assert p.heard_text(4, samples=640 + 960) == "The answer is seven."
+    assert p.heard_text(4, samples=320) == ""  # still inside the filler
+    assert p.heard_text(4, samples=0) == ""
 
 
 def test_playout_clear_keeps_newer_generation() -> None:

@@ -42,6 +42,12 @@ def _vad_factory(cfg: EngineConfig) -> Callable[[], FrameClassifier]:
     raise ValueError(f"unknown VAD {cfg.vad!r}: choose webrtc, silero or webrtc+silero")
 
 
+def _speech_detector() -> Callable[[Pcm], float]:
+    from voice_agent.vad.silero import SileroSession, SpeechDetector
+
+    return SpeechDetector(SileroSession()).speech_seconds
+
+
 class BothVad:
     """Speech only where webrtcvad and Silero agree.
 
@@ -90,6 +96,7 @@ async def open_engine(cfg: EngineConfig, log: Log = print) -> AsyncIterator[Engi
             tts=tts,  # type: ignore[arg-type]
             llm=llm,
             new_vad=_vad_factory(cfg),
+            speech_seconds=_speech_detector(),
             info={
                 "stt": cfg.stt_model,
                 "tts": cfg.tts_voice,
@@ -121,9 +128,11 @@ async def warm_up(engine: Engine) -> None:
     import numpy as np
 
     from voice_agent.session.driver import DEFAULT_SYSTEM_PROMPT
+    from voice_agent.session.engine import FILLERS, GOODBYE, IDLE_PROMPT
 
     await engine.run_stt(np.zeros(16_000, dtype=np.int16))
-    await engine.run_tts("Hello.")
+    for line in (*FILLERS, IDLE_PROMPT, GOODBYE):  # cached: they play without a TTS pass
+        await engine.clip(line)
     messages = [
         {"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
         {"role": "user", "content": "Hi."},

@@ -23,6 +23,8 @@ class Segment:
     text: str
     pcm: Pcm
     played: int = 0
+    filler: bool = False
+    """A filler ("Hmm.") plays like any audio but its words are never "heard" text."""
 
     @property
     def total(self) -> int:
@@ -53,11 +55,11 @@ class Playout:
     def has_room(self) -> bool:
         return self._buffered < self.capacity
 
-    def push(self, gen: int, pcm: Pcm, text: str) -> Segment:
+    def push(self, gen: int, pcm: Pcm, text: str, filler: bool = False) -> Segment:
         pad = (-len(pcm)) % self.frame_samples
         if pad:
             pcm = np.concatenate([pcm, np.zeros(pad, dtype=np.int16)])
-        seg = Segment(gen=gen, text=text, pcm=pcm)
+        seg = Segment(gen=gen, text=text, pcm=pcm, filler=filler)
         self._queue.append(seg)
         self._buffered += seg.total
         self.history.setdefault(gen, []).append(seg)
@@ -105,30 +107,55 @@ class Playout:
     def played_samples(self, gen: int) -> int:
         return sum(s.played for s in self.history.get(gen, []))
 
-    def heard_text(self, gen: int) -> str:
-        """The words of ``gen`` whose audio was sent.
-
-        Whole sentences whose audio was fully sent, plus, for a sentence cut
-        part-way, the share of its words proportional to the share of its
-        audio that was sent (a proportional estimate, not word timings).
-        """
-        return heard_text(self.history.get(gen, []))
+    def heard_text(self, gen: int, samples: int | None = None) -> str:
+        """The words of ``gen`` heard: those whose audio was sent, or, with ``samples``,
+        those within the first ``samples`` of the generation (the client's own playout
+        report). See :func:`heard_text`."""
+        return heard_text(self.history.get(gen, []), samples)
 
     def forget(self, gen: int) -> None:
         """Drop the bookkeeping for a finished generation."""
         self.history.pop(gen, None)
 
 
-def heard_text(segments: list[Segment]) -> str:
+def heard_text(segments: list[Segment], samples: int | None = None) -> str:
+    """Words whose audio was fully played.
+
+    Sentence-accurate: a sentence counts whole once all its audio has played.
+    Inside the sentence that was cut, word times are estimated in proportion to
+    each word's length in characters (plus one for the gap after it): piper's
+    phoneme durations are not exposed by piper-tts's Python API. A word counts
+    only if its estimated end was played. Fillers take their place in the audio
+    but their words are never part of the reply.
+    """
     words: list[str] = []
+    pos = 0
     for seg in segments:
+        played = seg.played if samples is None else max(0, min(seg.total, samples - pos))
+        pos += seg.total
+        if seg.filler:
+            if played < seg.total:
+                break
+            continue
         seg_words = seg.text.split()
-        if seg.played >= seg.total:
+        if played >= seg.total:
             words.extend(seg_words)
-        elif seg.played > 0 and seg.total > 0:
-            n = int(len(seg_words) * seg.played / seg.total)
-            words.extend(seg_words[:n])
-            break
-        else:
-            break
+            continue
+        if played > 0 and seg.total > 0:
+            words.extend(words_within(seg_words, played / seg.total))
+        break
     return " ".join(words)
+
+
+def words_within(words: list[str], fraction: float) -> list[str]:
+    """The leading words of a sentence that fit in ``fraction`` of its audio."""
+    weights = [len(w) + 1 for w in words]
+    total = sum(weights)
+    out: list[str] = []
+    end = 0
+    for word, weight in zip(words, weights, strict=True):
+        end += weight
+        if end / total > fraction + 1e-9:
+            break
+        out.append(word)
+    return out

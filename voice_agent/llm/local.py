@@ -121,11 +121,12 @@ class LocalLlamaServer:
 
 
 def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to SIGTERM it when voice-agent dies, so a
-    killed voice-agent never leaves a llama-server behind."""
+    """In the child, before exec: ask Linux to SIGKILL it when voice-agent dies, so a
+    killed voice-agent never leaves a llama-server behind. (SIGKILL, not SIGTERM:
+    llama-server's graceful shutdown was seen to hang with a client connection open.)"""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 async def _noop() -> None:

@@ -21,32 +21,41 @@ import asyncio
 import contextlib
 import json
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
+from voice_agent.audio.echo import EchoGuard
 from voice_agent.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE, Pcm
 from voice_agent.audio.playout import Playout
 from voice_agent.core.clock import Clock
 from voice_agent.errors import LLMError
 from voice_agent.llm.base import Message, TextDelta, ToolCall
-from voice_agent.session.engine import Engine
-from voice_agent.session.metrics import TurnMetrics
+from voice_agent.session.engine import FILLERS, GOODBYE, IDLE_PROMPT, Engine
+from voice_agent.session.metrics import Interruption, TurnMetrics
 from voice_agent.session.turns import (
+    BargeInTranscript,
     CancelReply,
+    CheckBargeIn,
     ClearPlayout,
     Close,
     Command,
     CommitReply,
+    ConfirmBargeIn,
     DiscardTurn,
+    DuplexPolicy,
     Event,
     Hangup,
     Interrupt,
+    PausePlayout,
+    PlayFiller,
     PrepareReply,
     ReplyAudioStarted,
     ReplyFinished,
     RequestTranscript,
+    ResumePlayout,
+    Say,
     SpeechStarted,
     SpeechStopped,
     StartReply,
@@ -54,7 +63,9 @@ from voice_agent.session.turns import (
     Tick,
     TranscriptReady,
     TurnMachine,
+    content_words,
 )
+from voice_agent.stt.base import Transcript
 from voice_agent.text.sentences import SentenceSplitter
 from voice_agent.vad.hysteresis import VadHysteresis, VadStart, VadStop
 
@@ -101,6 +112,17 @@ class SessionConfig:
     """Start the reply during the pause, once its transcript is in and the pause has lasted
     ``prepare_after_s``; play it once the turn is over."""
     prepare_after_s: float = 0.25
+    duplex: DuplexPolicy | None = field(default_factory=DuplexPolicy)
+    """Barge-in, false-interruption recovery, fillers and idle handling (None: off)."""
+    echo_guard: bool = True
+    """Remove the agent's own voice from the caller's input (for clients without AEC)."""
+    min_speech_s: float = 0.1
+    """A transcript over less speech than this (by the engine's speech detector) is noise."""
+    echo_text_window_s: float = 8.0
+    """A transcript matching agent words sent this recently is treated as echo."""
+    fillers: tuple[str, ...] = FILLERS
+    idle_prompt: str = IDLE_PROMPT
+    goodbye: str = GOODBYE
 
 
 class Session:
@@ -118,7 +140,12 @@ class Session:
         self.clock = clock
         self.config = cfg = config or SessionConfig()
         self.machine = TurnMachine(
-            cfg.min_silence_s, cfg.max_silence_s, cfg.preemptive, cfg.prepare_after_s
+            cfg.min_silence_s,
+            cfg.max_silence_s,
+            cfg.preemptive,
+            cfg.prepare_after_s,
+            duplex=cfg.duplex,
+            t0=clock.now(),
         )
         self.playout = Playout(capacity=int(cfg.playout_capacity_s * SAMPLE_RATE))
         self.history: list[Message] = [{"role": "system", "content": cfg.system_prompt}]
@@ -148,6 +175,13 @@ class Session:
         self._final: tuple[float, float, str] | None = None  # (ready_at, compute_s, text)
         self._partial_at = 0
         self._vad_state = "quiet"
+        self._paused: int | None = None  # a reply held because the caller began to speak
+        self._cleared = 0  # frames of generations <= this never reach the output again
+        self._last_sent: dict[int, float] = {}
+        self.echo = EchoGuard() if cfg.echo_guard else None
+        self._spoken: deque[tuple[float, str]] = deque(maxlen=64)  # (sent at, sentence)
+        self._last_filler: str | None = None
+        self.end_reason: str | None = None
 
     # -- input from the transport (never blocks) -------------------------------
 
@@ -197,8 +231,14 @@ class Session:
     def playout_ack(self, gen: int, samples: int) -> None:
         """The client reports ``samples`` (16 kHz) of generation ``gen`` actually played."""
         m = self._metrics.get(gen)
-        if m is not None and samples > m.client_played_samples:
+        if m is None:
+            return
+        if samples > m.client_played_samples:
             m.client_played_samples = samples
+        if m.interruptions:
+            last = m.interruptions[-1]
+            if len(last.acks) < 500:
+                last.acks.append((self.clock.now(), samples))
 
     @property
     def busy(self) -> bool:
@@ -263,6 +303,8 @@ class Session:
             n = len(carry) // FRAME_SAMPLES
             for i in range(n):
                 frame = carry[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
+                if self.echo is not None:  # the VAD and STT hear the caller, not our echo
+                    frame = self.echo.near_end(frame)
                 self.samples_in += FRAME_SAMPLES
                 # a frame is captured when its last sample is: later frames of one chunk
                 # arrive together, so date each by its position in the chunk
@@ -324,8 +366,31 @@ class Session:
         pcm = self._turn_audio()
         result = await self.engine.run_stt(pcm)
         now = self.clock.now()
-        self._final = (now, result.compute_s, result.text)
-        await self._control.put(TranscriptReady(now, request, result.text))
+        text = "" if self._is_echo(result.text) or self._is_noise(result) else result.text
+        self._final = (now, result.compute_s, text)
+        await self._control.put(TranscriptReady(now, request, text))
+
+    async def _barge_check(self, request: int) -> None:
+        """The words so far of speech that began while the agent was talking."""
+        result = await self.engine.run_stt(self._turn_audio(), partial=True)
+        echo = self._is_echo(result.text)
+        text = "" if echo or self._is_noise(result) else result.text
+        await self._control.put(BargeInTranscript(self.clock.now(), request, text, echo=echo))
+
+    def _is_noise(self, result: Transcript) -> bool:
+        """Words whisper wrote into a cough or noise: the speech detector found no speech."""
+        return result.speech_s is not None and result.speech_s < self.config.min_speech_s
+
+    def _is_echo(self, text: str) -> bool:
+        """Does a transcript repeat what the agent itself just said (echo the guard missed)?"""
+        words = content_words(text)
+        if len(words) < 2:
+            return False
+        since = self.clock.now() - self.config.echo_text_window_s
+        spoken = {w for t, s in self._spoken if t >= since for w in content_words(s)}
+        if not spoken:
+            return False
+        return sum(w in spoken for w in words) / len(words) >= 0.7
 
     # -- control --------------------------------------------------------------
 
@@ -376,11 +441,92 @@ class Session:
             case CancelReply(gen=gen):
                 await self._cancel_reply(gen)
             case ClearPlayout(gen=gen):
+                self._cleared = max(self._cleared, gen)
+                if self._paused is not None and self._paused <= gen:
+                    self._paused = None
                 self.playout.clear(gen)
                 await self._emit("clear", gen=gen)
+            case PausePlayout(gen=gen, onset=onset):
+                self._paused = gen
+                m = self._metrics.get(gen)
+                if m is not None:
+                    m.interruptions.append(
+                        Interruption(
+                            onset, self.clock.now(), self._last_sent.get(gen),
+                            sent_samples=self.playout.played_samples(gen),
+                        )
+                    )  # fmt: skip
+                await self._emit("reply.paused", gen=gen, onset_ms=self._ms(onset))
+            case ResumePlayout(gen=gen):
+                if self._paused == gen:
+                    self._paused = None
+                    self._audio_ready.set()
+                self._resolve(gen, "recovered", "")
+                await self._emit("reply.resumed", gen=gen)
+            case CheckBargeIn(request=req):
+                assert self._tg is not None
+                self._tg.create_task(self._barge_check(req))
+            case ConfirmBargeIn(gen=gen, text=text):
+                self._resolve(gen, "confirmed", text)
+                await self._emit("barge_in", gen=gen, text=text)
+            case PlayFiller(gen=gen):
+                await self._play_filler(gen)
+            case Say(gen=gen, purpose=purpose):
+                self._say(gen, purpose)
+                if purpose == "goodbye":
+                    self.end_reason = "idle"
+                    await self._emit("session.ending", reason="idle")
             case Close():
                 return True
         return False
+
+    def _resolve(self, gen: int, outcome: str, words: str) -> None:
+        m = self._metrics.get(gen)
+        if m is not None and m.interruptions and m.interruptions[-1].outcome == "pending":
+            last = m.interruptions[-1]
+            last.outcome, last.words, last.resolved = outcome, words, self.clock.now()
+
+    def _pick_filler(self, preferred: str | None = None) -> str:
+        """A filler, never the same as the last one played."""
+        if preferred and preferred != self._last_filler:
+            return preferred
+        choices = [f for f in self.config.fillers if f != self._last_filler]
+        turn = len(self.turns)
+        return choices[turn % len(choices)] if choices else self.config.fillers[0]
+
+    async def _play_filler(self, gen: int, preferred: str | None = None) -> None:
+        """A short clip while the agent thinks (``preferred``: a tool's own spoken status).
+
+        It is queued behind any audio of the reply already waiting, so it never plays over
+        answer audio, and is part of the reply's generation, so it is interruptible."""
+        if gen != self.machine.gen and gen != self.machine.prepared:
+            return
+        if preferred is None and self.playout.pending(gen) > 0:
+            return  # the answer is about to play: no filler
+        text = self._pick_filler(preferred)
+        pcm = await self.engine.clip(text)
+        if self._reply is None or self._reply[0] != gen:
+            return
+        if preferred is None and self.playout.pending(gen) > 0:
+            return
+        self._last_filler = text
+        self.playout.push(gen, pcm, text, filler=True)
+        self._audio_ready.set()
+        m = self._metrics.get(gen)
+        if m is not None:
+            m.fillers.append((self.clock.now(), text))
+        await self._emit("filler", gen=gen, text=text)
+
+    def _say(self, gen: int, purpose: str) -> None:
+        """A fixed line (the idle prompt, goodbye) spoken as reply ``gen``."""
+        text = self.config.goodbye if purpose == "goodbye" else self.config.idle_prompt
+        now = self.clock.now()
+        m = TurnMetrics(gen=gen, user_text="", decided=now, committed=True, kind=purpose)
+        self.turns.append(m)
+        self._metrics[gen] = m
+        assert self._tg is not None
+        task = self._tg.create_task(self._run_reply(gen, m, [], fixed=text), name=f"say-{gen}")
+        self._reply = (gen, task)
 
     def _start_reply(
         self, gen: int, text: str, speech_end: float | None, decided: float | None
@@ -433,14 +579,19 @@ class Session:
 
     # -- one reply --------------------------------------------------------------
 
-    async def _run_reply(self, gen: int, m: TurnMetrics, messages: list[Message]) -> None:
+    async def _run_reply(
+        self, gen: int, m: TurnMetrics, messages: list[Message], fixed: str | None = None
+    ) -> None:
         parts = m.parts
         interrupted = False
         m.context = [dict(msg) for msg in messages]
         try:
             sentences: asyncio.Queue[str | None] = asyncio.Queue(8)
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._generate(gen, m, sentences, messages))
+                if fixed is None:
+                    tg.create_task(self._generate(gen, m, sentences, messages))
+                else:
+                    tg.create_task(self._fixed_line(gen, m, sentences, fixed))
                 tg.create_task(self._speak(gen, m, sentences))
             if not m.committed:
                 await self._commit.wait()
@@ -459,7 +610,12 @@ class Session:
         finally:
             m.reply_text = "".join(parts).strip()
             m.reply_samples = self.playout.played_samples(gen)
-            m.heard_text = self.playout.heard_text(gen)
+            if interrupted and m.client_played_samples > 0:
+                # what the client confirmed playing (its cursor, or what WebRTC sent)
+                m.heard_source = "client"
+                m.heard_text = self.playout.heard_text(gen, m.client_played_samples)
+            else:
+                m.heard_text = self.playout.heard_text(gen)
             if m.committed:
                 await self._record_reply(gen, m, interrupted)
             else:  # a prepared reply the caller never heard leaves no trace
@@ -469,6 +625,9 @@ class Session:
                 if self._held == gen:
                     self._held = None
             self.playout.forget(gen)
+            self._last_sent.pop(gen, None)
+            if self._paused == gen:
+                self._paused = None
         if self._reply is not None and self._reply[0] == gen:
             self._reply = None
         await self._control.put(ReplyFinished(self.clock.now(), gen))
@@ -516,6 +675,15 @@ class Session:
             await self._put_sentence(m, out, sentence)
         await out.put(None)
 
+    async def _fixed_line(
+        self, gen: int, m: TurnMetrics, out: asyncio.Queue[str | None], text: str
+    ) -> None:
+        m.parts.append(text)
+        await self._emit("reply.start", gen=gen, purpose=m.kind)
+        await self._emit("reply.delta", gen=gen, text=text)
+        await self._put_sentence(m, out, text)
+        await out.put(None)
+
     async def _put_sentence(self, m: TurnMetrics, out: asyncio.Queue[str | None], s: str) -> None:
         if m.first_sentence is None:
             m.first_sentence = self.clock.now()
@@ -539,14 +707,19 @@ class Session:
         for call in calls:
             tool = self.engine.tools.get(call.name)
             m.tool_calls.append(call.name)
-            await self._emit("status", gen=gen, text=tool.status if tool else "Working on it…")
+            status = tool.status if tool else "One moment."
+            await self._emit("status", gen=gen, text=status)
+            await self._play_filler(gen, preferred=status)  # the caller hears it too
             result = await self.engine.tools.run(call)
             msgs.append({"role": "tool", "tool_call_id": call.id, "content": result})
         return msgs
 
     async def _speak(self, gen: int, m: TurnMetrics, sentences: asyncio.Queue[str | None]) -> None:
         while (sentence := await sentences.get()) is not None:
-            pcm = await self.engine.run_tts(sentence)
+            if m.kind != "reply":
+                pcm = await self.engine.clip(sentence)
+            else:
+                pcm = await self.engine.run_tts(sentence)
             if m.tts_first_audio is None:
                 m.tts_first_audio = self.clock.now()
             while not self.playout.has_room():
@@ -567,17 +740,29 @@ class Session:
                 continue
             t0 = self.clock.now()
             k = 0
+            # where the caller's input stream stands now: this burst's echo, if any, comes
+            # back at or after this input sample
+            anchor = self._input_sample_at(t0)
             while not self._head_held() and (item := self.playout.pull()) is not None:
                 self._room.set()
-                gen, frame, _seg = item
-                if gen != self.machine.gen:
-                    continue  # a stale generation never reaches the caller
+                gen, frame, seg = item
+                if gen != self.machine.gen or gen <= self._cleared:
+                    continue  # a stale or cleared generation never reaches the caller
                 m = self._metrics.get(gen)
-                if m is not None and m.first_audio_out is None:
+                if m is not None and m.first_audio_out is None and not seg.filler:
                     m.first_audio_out = self.clock.now()
-                    await self._control.put(ReplyAudioStarted(m.first_audio_out, gen))
-                    await self._emit("reply.audio.start", gen=gen)
+                if seg.played == len(frame):  # the first frame of a sentence or filler
+                    self._spoken.append((self.clock.now(), seg.text))
+                    if m is not None and not m.audio_started:
+                        m.audio_started = True
+                        await self._control.put(ReplyAudioStarted(self.clock.now(), gen))
+                        await self._emit("reply.audio.start", gen=gen)
                 await self.output.send_audio(gen, frame)
+                self._last_sent[gen] = self.clock.now()
+                if self.echo is not None:
+                    self.echo.far_end(frame, anchor + k * FRAME_SAMPLES)
+                if m is not None and m.interruptions and self._paused == gen:
+                    m.interruptions[-1].last_sent = self._last_sent[gen]  # the frame in flight
                 k += 1
                 if self.config.paced:
                     await self.clock.sleep_until(t0 + k * frame_s)
@@ -587,7 +772,15 @@ class Session:
                     self._drained.set()
 
     def _head_held(self) -> bool:
-        return self._held is not None and self.playout.head_gen() == self._held
+        head = self.playout.head_gen()
+        return head is not None and head in (self._held, self._paused)
+
+    def _input_sample_at(self, t: float) -> int:
+        """The input sample being captured at clock time ``t`` (from the latest arrival)."""
+        if not self._arrivals:
+            return self.samples_in
+        end, at = self._arrivals[-1]
+        return end + round((t - at) * SAMPLE_RATE)
 
     # -- events -----------------------------------------------------------------
 

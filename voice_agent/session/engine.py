@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,11 @@ from voice_agent.llm.base import LLM
 from voice_agent.llm.tools import ToolRegistry
 from voice_agent.stt.base import STT, Transcript
 from voice_agent.tts.base import TTS
+
+FILLERS = ("Hmm.", "Okay.", "One moment.", "Let me check.")
+"""Short clips played while the agent thinks or a tool runs; never part of the context."""
+IDLE_PROMPT = "Are you still there?"
+GOODBYE = "It seems you have stepped away. Goodbye!"
 
 
 class FrameClassifier(Protocol):
@@ -84,17 +90,34 @@ class Engine:
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="tts")
     )
     info: dict[str, Any] = field(default_factory=dict)
+    speech_seconds: Callable[[Pcm], float] | None = None
+    """Seconds of speech in a clip (Silero); None: transcripts are not checked."""
+    clips: dict[str, Pcm] = field(default_factory=dict)
+    """Fixed lines (fillers, the idle prompt, goodbye) synthesized once with the voice."""
 
     async def run_stt(self, pcm: Pcm, partial: bool = False) -> Transcript:
         """Final passes and partial passes have a worker thread each, so a partial
         pass that is still running never delays the final one."""
         loop = asyncio.get_running_loop()
         pool = self.partial_executor if partial else self.stt_executor
-        return await loop.run_in_executor(pool, self.stt.transcribe, pcm)
+        return await loop.run_in_executor(pool, self._transcribe, pcm)
+
+    def _transcribe(self, pcm: Pcm) -> Transcript:
+        result = self.stt.transcribe(pcm)
+        if self.speech_seconds is not None and result.text:
+            result = dataclasses.replace(result, speech_s=self.speech_seconds(pcm))
+        return result
 
     async def run_tts(self, text: str) -> Pcm:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.tts_executor, self.tts.synthesize, text)
+
+    async def clip(self, text: str) -> Pcm:
+        """The audio of a fixed line: synthesized at start-up, or once on first use."""
+        pcm = self.clips.get(text)
+        if pcm is None:
+            pcm = self.clips[text] = await self.run_tts(text)
+        return pcm
 
     def shutdown(self) -> None:
         self.stt_executor.shutdown(wait=False, cancel_futures=True)

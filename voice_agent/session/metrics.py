@@ -20,6 +20,49 @@ STAGES = (
 
 
 @dataclass
+class Interruption:
+    """Caller speech that began while reply audio was live: the reply paused at once, then
+    the barge-in was confirmed (the reply is cancelled) or dismissed (it resumed)."""
+
+    onset: float
+    """Caller speech onset in the input (clock time of its first speech frame)."""
+    paused: float
+    """When the session paused the reply."""
+    last_sent: float | None
+    """When the last frame of the reply's audio was handed to the transport."""
+    sent_samples: int = 0
+    outcome: str = "pending"  # confirmed | recovered
+    resolved: float | None = None
+    words: str = ""
+    acks: list[tuple[float, int]] = field(default_factory=list)
+    """The client's playout reports after the pause: (arrival time, samples played)."""
+
+    def client_stop(self) -> float | None:
+        """When the client confirmed its playback had stopped: the first report, after the
+        pause, at the sample count where its cursor came to rest."""
+        window = [(t, n) for t, n in self.acks if self.resolved is None or t <= self.resolved + 0.5]
+        if not window:
+            return None
+        final = max(n for _, n in window)
+        return next(t for t, n in window if n == final)
+
+    def to_dict(self, t0: float) -> dict[str, Any]:
+        def ms(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None else round((b - a) * 1000, 1)
+
+        stop = None if self.last_sent is None else max(0.0, ms(self.onset, self.last_sent) or 0.0)
+        return {
+            "onset_ms": ms(t0, self.onset),
+            "outcome": self.outcome,
+            "words": self.words,
+            "stop_latency_ms": stop,
+            "client_stop_latency_ms": ms(self.onset, self.client_stop()),
+            "decided_after_ms": ms(self.onset, self.resolved),
+            "sent_ms_at_pause": round(self.sent_samples / 16.0, 1),
+        }
+
+
+@dataclass
 class TurnMetrics:
     gen: int
     user_text: str
@@ -46,6 +89,14 @@ class TurnMetrics:
     committed: bool = False
     """False while the reply is prepared ahead of the end of turn (its audio held)."""
     parts: list[str] = field(default_factory=list)
+    kind: str = "reply"
+    audio_started: bool = False
+    """Any audio of the reply (a filler included) has been sent."""
+    """reply | idle_prompt | goodbye"""
+    heard_source: str = "sent"
+    """What ``heard_text`` was cut at: the client's playout report, or the audio sent."""
+    interruptions: list[Interruption] = field(default_factory=list)
+    fillers: list[tuple[float, str]] = field(default_factory=list)
 
     @property
     def voice_to_voice(self) -> float | None:
@@ -92,5 +143,9 @@ class TurnMetrics:
             "ttfb_ms": self.ttfb(),
             "reply_audio_ms": round(self.reply_samples / 16.0, 1),
             "client_played_ms": round(self.client_played_samples / 16.0, 1),
+            "kind": self.kind,
+            "heard_source": self.heard_source,
+            "barge_in": [i.to_dict(t0) for i in self.interruptions],
+            "fillers": [{"text": text, "at_ms": rel(at)} for at, text in self.fillers],
             "context": self.context,
         }

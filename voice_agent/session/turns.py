@@ -129,6 +129,8 @@ class BargeInTranscript:
     t: float
     request: int
     text: str
+    echo: bool = False
+    """The words were the agent's own voice coming back: not a barge-in."""
 
 
 Event = (
@@ -392,6 +394,9 @@ class TurnMachine:
                 b = self.barge
                 if b is None or b.request != req:
                     return []
+                if event.echo:
+                    self.barge = None
+                    return [ResumePlayout(b.gen)]
                 if self._confirms(text):
                     return self._confirm(text)
                 b.request = None

@@ -15,6 +15,8 @@ class Transcript:
     """How many 16 kHz samples were transcribed."""
     compute_s: float
     """Seconds the pass took."""
+    speech_s: float | None = None
+    """Seconds the speech detector (Silero) took for speech; None when not checked."""
 
 
 class STT(Protocol):

@@ -64,3 +64,20 @@ class SileroVad:
             self._context = window[-CONTEXT:]
             self.probability = float(np.asarray(out).reshape(-1)[0])
         return self.probability >= self.threshold
+
+
+class SpeechDetector:
+    """How much of a clip is speech, by Silero: whisper writes words into a cough or a
+    burst of noise, so a transcript is only trusted when this finds speech under it."""
+
+    def __init__(self, model: SileroSession, threshold: float = 0.5) -> None:
+        self.model = model
+        self.threshold = threshold
+
+    def speech_seconds(self, pcm: Pcm) -> float:
+        vad = SileroVad(self.model, self.threshold)
+        windows = 0
+        for i in range(0, len(pcm) - WINDOW + 1, WINDOW):
+            if vad.is_speech(pcm[i : i + WINDOW]):
+                windows += 1
+        return windows * WINDOW / 16_000

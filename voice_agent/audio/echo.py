@@ -1,0 +1,146 @@
+"""Echo guard for callers without echo cancellation (raw WebSocket, telephony).
+
+The agent's own outbound audio is the far-end reference. Both streams are
+indexed in *input samples*: each burst of agent audio is anchored once, where
+the caller's input stream stands when the burst starts, and its frames follow
+at exact 20 ms steps, so the offset between a far-end sample and its echo is
+constant for the whole burst. The echo path is then found by cross-correlation
+(numpy FFT) of the last ``window_s`` of input with the reference over lags up to
+``max_delay_s``: its delay, its gain (least squares) and how well it explains the
+input (normalised correlation). When the input is mostly echo (correlation at
+least ``min_corr``) the path is adopted, and each input frame has the delayed,
+scaled reference subtracted before the VAD and STT see it. When the caller
+talks over the agent the correlation falls and the last good path is kept, so
+the caller's voice passes through while the echo is still removed.
+
+What it does not do: model reverberation or non-linear (codec) echo paths. A
+residue left by those is the second line of defence's job: transcripts that
+match what the agent just said are rejected by the session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from voice_agent.audio.pcm import SAMPLE_RATE, Pcm
+
+
+@dataclass
+class EchoPath:
+    delay: int
+    """Input samples between a far-end sample and its echo."""
+    gain: float
+    corr: float
+
+
+class EchoGuard:
+    def __init__(
+        self,
+        rate: int = SAMPLE_RATE,
+        max_delay_s: float = 0.6,
+        window_s: float = 0.5,
+        update_every_s: float = 0.1,
+        min_corr: float = 0.6,
+        history_s: float = 4.0,
+    ) -> None:
+        self.rate = rate
+        self.max_delay = int(max_delay_s * rate)
+        self.window = int(window_s * rate)
+        self.update_every = int(update_every_s * rate)
+        self.min_corr = min_corr
+        self.size = int(history_s * rate)
+        self._ref = np.zeros(self.size, dtype=np.float32)
+        self._inp = np.zeros(self.size, dtype=np.float32)
+        self._ref_end = 0  # one past the last reference sample written (input index)
+        self._inp_end = 0  # one past the last input sample seen
+        self._since_update = 0
+        self.path: EchoPath | None = None
+        self.removed_energy = 0.0
+        """Sum of squares taken out of the input (for reports and tests)."""
+
+    # -- far end ---------------------------------------------------------------
+
+    def far_end(self, frame: Pcm, at_input_sample: int) -> None:
+        """Agent audio that starts playing when the input stream reaches ``at_input_sample``."""
+        n = len(frame)
+        if n == 0 or at_input_sample + n <= self._inp_end - self.size + self.max_delay:
+            return
+        idx = (np.arange(at_input_sample, at_input_sample + n)) % self.size
+        self._ref[idx] = frame.astype(np.float32)
+        self._ref_end = max(self._ref_end, at_input_sample + n)
+
+    # -- near end ---------------------------------------------------------------
+
+    def near_end(self, frame: Pcm) -> Pcm:
+        """The caller's frame with the agent's echo removed (the next input samples)."""
+        start, n = self._inp_end, len(frame)
+        x = frame.astype(np.float32)
+        idx = np.arange(start, start + n) % self.size
+        self._inp[idx] = x
+        self._inp_end += n
+        # the reference ahead of the input is not heard yet; clear what falls out of range
+        self._since_update += n
+        if self._since_update >= self.update_every:
+            self._since_update = 0
+            self._update_path()
+        out = x
+        if self.path is not None:
+            echo = np.float32(self.path.gain) * self._ref_at(start - self.path.delay, n)
+            if np.any(echo):
+                out = x - echo
+                self.removed_energy += float(np.sum(x * x) - np.sum(out * out))
+        self._forget(start - self.max_delay - self.window, n)
+        return np.clip(np.round(out), -32768, 32767).astype(np.int16)
+
+    def _ref_at(self, begin: int, n: int) -> np.ndarray:
+        if begin + n <= 0 or begin >= self._ref_end:
+            return np.zeros(n, dtype=np.float32)
+        idx = np.arange(begin, begin + n) % self.size
+        out = self._ref[idx].copy()
+        if begin < 0:
+            out[:-begin] = 0
+        return out
+
+    def _forget(self, begin: int, n: int) -> None:
+        """Zero reference samples too old to echo any more (so a wrap never replays them)."""
+        if begin + n <= 0:
+            return
+        idx = np.arange(max(0, begin), begin + n) % self.size
+        self._ref[idx] = 0
+
+    def _update_path(self) -> None:
+        end = self._inp_end
+        w = min(self.window, end)
+        if w < self.window // 2:
+            return
+        x = self._inp[np.arange(end - w, end) % self.size]
+        span = w + self.max_delay
+        r = self._ref_at(end - span, span)  # r[j] = ref at input index end - span + j
+        ref_energy = float(np.sum(r * r))
+        x_energy = float(np.sum(x * x))
+        if ref_energy <= 1e-3 * span or x_energy <= 1e-3 * w:
+            return
+        # c[lag] = sum_k x[k] * ref[end - w + k - lag], lag in [0, max_delay]
+        size = 1 << int(np.ceil(np.log2(span + w)))
+        c = np.fft.irfft(np.fft.rfft(r, size) * np.conj(np.fft.rfft(x, size)), size)
+        # index m of the correlation = offset of x inside r; lag = max_delay - m
+        m = np.arange(0, self.max_delay + 1)
+        corr = c[m]
+        # energy of each lagged reference window, for normalisation
+        csum = np.concatenate([[0.0], np.cumsum(r.astype(np.float64) ** 2)])
+        seg = csum[m + w] - csum[m]
+        # lags whose reference window is (nearly) silent explain nothing
+        valid = (seg >= 100.0 * w) & (seg >= 0.05 * float(seg.max()))
+        if not valid.any():
+            return
+        score = np.where(valid, corr / np.sqrt(np.maximum(seg, 1e-9) * x_energy), -1.0)
+        best = int(np.argmax(score))
+        rho = float(score[best])
+        if rho < self.min_corr:
+            return
+        gain = float(corr[best] / seg[best])
+        if not 0.0 < gain <= 4.0:
+            return
+        self.path = EchoPath(delay=self.max_delay - best, gain=gain, corr=rho)
