@@ -13,6 +13,14 @@ scaled reference subtracted before the VAD and STT see it. When the caller
 talks over the agent the correlation falls and the last good path is kept, so
 the caller's voice passes through while the echo is still removed.
 
+Each new burst re-anchors the reference, so the path is re-checked (every
+frame until found). Until it is, energy gating stands in: while the far end
+is sounding, input quieter than the loudest far-end audio that could be
+echoing now, less ``gate_margin_db``, is taken for echo and silenced. Gating
+applies while the path is being (re)found: always once this call has shown an
+echo, and otherwise for the first ``probe_s`` of each burst (a caller whose
+browser cancels echo has none to find).
+
 What it does not do: model reverberation or non-linear (codec) echo paths. A
 residue left by those is the second line of defence's job: transcripts that
 match what the agent just said are rejected by the session.
@@ -42,8 +50,10 @@ class EchoGuard:
         max_delay_s: float = 0.6,
         window_s: float = 0.5,
         update_every_s: float = 0.1,
-        min_corr: float = 0.6,
+        min_corr: float = 0.8,
         history_s: float = 4.0,
+        gate_margin_db: float = 6.0,
+        probe_s: float = 0.6,
     ) -> None:
         self.rate = rate
         self.max_delay = int(max_delay_s * rate)
@@ -57,6 +67,13 @@ class EchoGuard:
         self._inp_end = 0  # one past the last input sample seen
         self._since_update = 0
         self.path: EchoPath | None = None
+        self.verified = False
+        """The path was (re)found in the current burst."""
+        self.had_echo = False
+        self.gate = 10 ** (-gate_margin_db / 20)
+        self.probe = int(probe_s * rate)
+        self._burst_start = 0
+        self.gated_frames = 0
         self.removed_energy = 0.0
         """Sum of squares taken out of the input (for reports and tests)."""
 
@@ -67,6 +84,9 @@ class EchoGuard:
         n = len(frame)
         if n == 0 or at_input_sample + n <= self._inp_end - self.size + self.max_delay:
             return
+        if at_input_sample != self._ref_end:  # a new burst, with an anchor of its own
+            self._burst_start = at_input_sample
+            self.verified = False
         idx = (np.arange(at_input_sample, at_input_sample + n)) % self.size
         self._ref[idx] = frame.astype(np.float32)
         self._ref_end = max(self._ref_end, at_input_sample + n)
@@ -82,17 +102,28 @@ class EchoGuard:
         self._inp_end += n
         # the reference ahead of the input is not heard yet; clear what falls out of range
         self._since_update += n
-        if self._since_update >= self.update_every:
+        if not self.verified or self._since_update >= self.update_every:
             self._since_update = 0
             self._update_path()
         out = x
-        if self.path is not None:
+        if self.path is not None and self.verified:
             echo = np.float32(self.path.gain) * self._ref_at(start - self.path.delay, n)
             if np.any(echo):
                 out = x - echo
                 self.removed_energy += float(np.sum(x * x) - np.sum(out * out))
+        elif self._gating(start):
+            far = self._ref_at(start - self.max_delay, self.max_delay + n)
+            loudest = float(np.sqrt(np.max(np.convolve(far * far, np.ones(n) / n, "valid"))))
+            if float(np.sqrt(np.mean(x * x))) < loudest * self.gate:
+                self.gated_frames += 1
+                out = np.zeros(n, dtype=np.float32)
         self._forget(start - self.max_delay - self.window, n)
         return np.clip(np.round(out), -32768, 32767).astype(np.int16)
+
+    def _gating(self, start: int) -> bool:
+        if self._ref_end <= start - self.max_delay:
+            return False  # the far end is silent: nothing can be echoing
+        return self.had_echo or start - self._burst_start < self.probe
 
     def _ref_at(self, begin: int, n: int) -> np.ndarray:
         if begin + n <= 0 or begin >= self._ref_end:
@@ -112,8 +143,8 @@ class EchoGuard:
 
     def _update_path(self) -> None:
         end = self._inp_end
-        w = min(self.window, end)
-        if w < self.window // 2:
+        w = min(self.window, end, max(end - self._burst_start, 0))
+        if w < 0.15 * self.rate:
             return
         x = self._inp[np.arange(end - w, end) % self.size]
         span = w + self.max_delay
@@ -121,6 +152,11 @@ class EchoGuard:
         ref_energy = float(np.sum(r * r))
         x_energy = float(np.sum(x * x))
         if ref_energy <= 1e-3 * span or x_energy <= 1e-3 * w:
+            return
+        # a path fitted on the first few ms of an echo's onset is often wrong: wait for at
+        # least 100 ms of sound in the window (frames above -50 dBFS)
+        frames = x[: w - w % 320].reshape(-1, 320)
+        if int(np.sum(np.mean(frames * frames, axis=1) > 103.6**2)) < 5:
             return
         # c[lag] = sum_k x[k] * ref[end - w + k - lag], lag in [0, max_delay]
         size = 1 << int(np.ceil(np.log2(span + w)))
@@ -144,3 +180,4 @@ class EchoGuard:
         if not 0.0 < gain <= 4.0:
             return
         self.path = EchoPath(delay=self.max_delay - best, gain=gain, corr=rho)
+        self.verified = self.had_echo = True

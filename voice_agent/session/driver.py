@@ -374,17 +374,20 @@ class Session:
         """The words so far of speech that began while the agent was talking."""
         result = await self.engine.run_stt(self._turn_audio(), partial=True)
         echo = self._is_echo(result.text)
-        text = "" if echo or self._is_noise(result) else result.text
+        text = result.text
+        if echo or self._is_noise(result) or self._is_echo(text, single_word=True):
+            text = ""  # a single word the agent just said is no proof either way: check again
         await self._control.put(BargeInTranscript(self.clock.now(), request, text, echo=echo))
 
     def _is_noise(self, result: Transcript) -> bool:
         """Words whisper wrote into a cough or noise: the speech detector found no speech."""
         return result.speech_s is not None and result.speech_s < self.config.min_speech_s
 
-    def _is_echo(self, text: str) -> bool:
-        """Does a transcript repeat what the agent itself just said (echo the guard missed)?"""
+    def _is_echo(self, text: str, single_word: bool = False) -> bool:
+        """Does a transcript repeat what the agent itself just said (echo the guard missed)?
+        Two words or more, mostly the agent's; or, with ``single_word``, one such word."""
         words = content_words(text)
-        if len(words) < 2:
+        if len(words) != 1 if single_word else len(words) < 2:
             return False
         since = self.clock.now() - self.config.echo_text_window_s
         spoken = {w for t, s in self._spoken if t >= since for w in content_words(s)}

@@ -284,7 +284,9 @@ class DuplexPolicy:
     recheck_s: float = 0.3
     false_interruption_s: float = 1.5
     """No confirming words this long after the onset: resume the paused reply."""
-    filler_after_s: float | None = 1.0
+    filler_after_s: float | None = 1.2
+    """No reply audio this long after the end of turn: a filler. About the p95 of the default
+    profile's answer time after the end of turn (README), so most turns need none."""
     idle_prompt_s: float | None = 15.0
     idle_end_s: float | None = 15.0
     """After the idle prompt, this much more silence ends the session (with a goodbye)."""
