@@ -107,3 +107,18 @@ async def test_output_reports_the_sent_position_every_200_ms() -> None:
         (3, 9600), (3, 19200), (3, 28800), (3, 38400), (3, 48000), (4, 9600)
     ]  # fmt: skip
     assert {e["type"] for e in sent} == {"playout"} and {e["sample_rate"] for e in sent} == {48000}
+
+
+async def test_a_paused_generation_waits_in_the_track_and_resumes_in_order() -> None:
+    track = PacedAudioTrack(AutoAdvanceClockDouble())
+    out = WebRtcOutput(track)
+    for v in (1, 2, 3):
+        track.push(5, tone_frame(v))
+    first = await track.recv()
+    await out.send_event({"type": "reply.paused", "gen": 5})
+    held = [await track.recv() for _ in range(3)]
+    await out.send_event({"type": "reply.resumed", "gen": 5})
+    after = [await track.recv() for _ in range(3)]
+    values = [int(f.to_ndarray()[0, 0]) for f in [first, *held, *after]]
+    assert values == [1, 0, 0, 0, 2, 3, 0]  # silence while held, then the rest, nothing lost
+    assert track.sent[5] == 3 * RTC_FRAME

@@ -63,7 +63,8 @@ class WsCaller:
         honor_pause: bool = True,
     ) -> None:
         self.url = url
-        self.mic = mic
+        self.mic = np.zeros(len(mic) + 60 * SAMPLE_RATE, dtype=np.int16)
+        self.mic[: len(mic)] = mic
         self.echo_gain = echo_gain
         self.echo_delay = round(echo_delay_s * SAMPLE_RATE)
         self.jitter_frames = jitter_frames
@@ -75,9 +76,23 @@ class WsCaller:
         self._drop_below = 0
         self._paused = False
         self._buffering = True
-        total = len(mic) + 60 * SAMPLE_RATE
+        total = len(self.mic)
         self._echo = np.zeros(total + self.echo_delay + FRAME_SAMPLES, dtype=np.float32)
         self.texts: list[str] = []
+        self._k = 0
+
+    @property
+    def position(self) -> int:
+        """The next mic sample to be sent."""
+        return self._k * FRAME_SAMPLES
+
+    def insert(self, clip: Pcm, at_sample: int) -> None:
+        """Add ``clip`` to the microphone from ``at_sample`` on (it must be in the future)."""
+        if at_sample < self.position:
+            raise ValueError("that part of the microphone was already sent")
+        end = min(len(self.mic), at_sample + len(clip))
+        mixed = self.mic[at_sample:end].astype(np.int32) + clip[: end - at_sample]
+        self.mic[at_sample:end] = np.clip(mixed, -32768, 32767).astype(np.int16)
 
     def mic_time(self, sample: int) -> float:
         assert self.t0 is not None
@@ -109,7 +124,7 @@ class WsCaller:
                 k = 0
                 while k * FRAME_S < seconds and not (stop and stop()):
                     await self._tick(ws, k, loop.time())
-                    k += 1
+                    k = self._k = k + 1
                     delay = start + k * FRAME_S - loop.time()
                     await asyncio.sleep(max(0.0, delay))
                 await ws.send(json.dumps({"type": "session.end"}))

@@ -123,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--pacing-s", type=float, default=60.0, help="seconds of real-time pacing to measure"
     )
+    b.add_argument(
+        "--barge-in",
+        action="store_true",
+        help="interjections, backchannels and noise over the agent's speech (WebSocket)",
+    )
     _engine_args(b)
     return parser
 
@@ -203,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from voice_agent.bench import run_bench, run_server_bench, run_transport_bench
 
+            if args.barge_in:
+                from voice_agent.bench_barge import run_barge_bench
+
+                return asyncio.run(run_barge_bench(args, _engine_config(args), _log))
             if args.transports:
                 return asyncio.run(run_transport_bench(args, _engine_config(args), _log))
             if args.server:

@@ -75,6 +75,12 @@ function onEvent(ev) {
       break;
     }
     case "clear": playback && playback.port.postMessage({ type: "clear", gen: ev.gen }); break;
+    // WebRTC pauses on the server; the WebSocket player holds its own buffer
+    case "reply.paused": playback && playback.port.postMessage({ type: "pause", gen: ev.gen }); break;
+    case "reply.resumed": playback && playback.port.postMessage({ type: "resume", gen: ev.gen }); break;
+    case "barge_in": setStatus("Listening…"); break;
+    case "filler": break;  // a "Hmm." while the answer is prepared: heard, not shown
+    case "session.ending": setStatus("The agent is ending the call (no one spoke for a while)."); break;
     case "metrics": bar(ev.turn); break;
     case "error": showError(ev.message); break;
   }

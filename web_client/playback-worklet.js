@@ -10,6 +10,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     this.write = 0;
     this.played = {};                         // gen -> samples played
     this.dropBelow = 0;                       // generations below this are never played
+    this.held = -1;                           // a paused generation: its audio waits
     this.sinceReport = 0;
     this.port.onmessage = (e) => {
       const m = e.data;
@@ -26,7 +27,13 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       } else if (m.type === "clear") {
         this.dropBelow = Math.max(this.dropBelow, m.gen + 1);
         this.read = this.write;
+        this.held = -1;
         this.report();
+      } else if (m.type === "pause") {      // the caller began to talk: hold, don't drop
+        this.held = m.gen;
+        this.report();
+      } else if (m.type === "resume") {
+        if (this.held === m.gen) this.held = -1;
       }
     };
   }
@@ -36,7 +43,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
   process(_inputs, outputs) {
     const out = outputs[0][0];
     for (let i = 0; i < out.length; i++) {
-      if (this.read < this.write) {
+      if (this.read < this.write && this.gens[this.read % this.size] !== this.held) {
         const k = this.read % this.size;
         const gen = this.gens[k];
         if (gen < this.dropBelow) { out[i] = 0; this.read++; continue; }

@@ -82,6 +82,8 @@ class PacedAudioTrack(MediaStreamTrack):
         self.dropped = 0
         self.resyncs = 0
         self.cleared_below = 0
+        self.held: int | None = None
+        """A paused generation: its queued frames wait (silence is sent) until released."""
 
     def push(self, gen: int, frame: Pcm) -> None:
         """Queue one 960-sample frame of generation ``gen``."""
@@ -131,7 +133,7 @@ class PacedAudioTrack(MediaStreamTrack):
             self.resyncs += 1
         else:
             await self.clock.sleep_until(deadline)
-        if self._queue:
+        if self._queue and self._queue[0][0] != self.held:
             gen, pcm = self._queue.popleft()
             self.sent[gen] = self.sent.get(gen, 0) + len(pcm)
             if self.on_sent is not None:
@@ -187,9 +189,15 @@ class WebRtcOutput:
             self._carry = {gen: buf[n * RTC_FRAME :]}
 
     async def send_event(self, event: dict[str, Any]) -> None:
-        if event.get("type") == "clear":
+        kind = event.get("type")
+        if kind == "clear":
             self.track.clear(int(event["gen"]))
+            self.track.held = None
             self._carry.clear()
+        elif kind == "reply.paused":  # the caller began to talk: hold, don't drop
+            self.track.held = int(event["gen"])
+        elif kind == "reply.resumed":
+            self.track.held = None
         self._send_text(json.dumps(event))
 
     def _send_text(self, text: str) -> None:
