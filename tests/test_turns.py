@@ -422,6 +422,9 @@ def test_two_words_rule_counts_only_content_words() -> None:
         ("Mm-hmm", []),
         ("Yeah, okay, I see.", []),
         ("Hmm, got it!", []),
+        ("Mmmm", []),
+        ("Uh uh", []),
+        ("Ahh, hmm.", []),
         ("Wait, stop.", ["wait", "stop"]),
         ("No, that's wrong", ["no", "that's", "wrong"]),
     ],
@@ -480,3 +483,20 @@ def test_speech_resets_the_idle_prompt() -> None:
     assert m.handle(TranscriptReady(t=13.2, request=1, text="")) == [DiscardTurn()]
     assert m.next_deadline() == pytest.approx(23.2)  # a fresh idle prompt, not the goodbye
     assert m.handle(Tick(23.2)) == [Say(2, "idle_prompt")]
+
+
+def test_while_talking_one_word_is_not_enough_and_repeats_count_once() -> None:
+    m = duplex(barge_in_min_s=0.2)
+    speaking(m)
+    m.handle(SpeechStarted(t=3.07, at=3.0))
+    m.handle(Tick(3.2))
+    # a word cut off half-way, and whisper's repetition of one word: not a barge-in yet
+    assert m.handle(BargeInTranscript(t=3.3, request=1, text="Earth")) == []
+    m.handle(Tick(3.6))
+    assert m.handle(BargeInTranscript(t=3.7, request=2, text="Run. Run. Run. Run")) == []
+    m.handle(SpeechStopped(t=3.9, at=3.78))
+    # the whole utterance, once it is over: "Right." four times is a backchannel
+    assert m.handle(TranscriptReady(t=4.0, request=1, text="Right. Right. Right.")) == [
+        ResumePlayout(1),
+        DiscardTurn(),
+    ]

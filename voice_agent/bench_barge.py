@@ -193,13 +193,17 @@ async def _interjection_row(
     row["confirmed"] = any(e["gen"] == 1 for _, e in rlog.of_type("barge_in"))
     stopped = rlog.last_played(1)
     if row["confirmed"] and stopped is not None:
-        row["client_stop_ms"] = round((stopped - onset_t) * 1000, 1)
+        if stopped <= onset_t:  # between sentences: the agent was not sounding at the onset
+            row["agent_silent_at_onset"] = True
+        else:
+            row["client_stop_ms"] = round((stopped - onset_t) * 1000, 1)
     report = _session_report(app, caller)
     turn = report["turns"][0] if report and report["turns"] else None
     if turn is not None:
         b = [x for x in turn["barge_in"] if x["outcome"] == "confirmed"]
         if b:
-            row["server_stop_ms"] = b[-1]["stop_latency_ms"]
+            if not row.get("agent_silent_at_onset"):
+                row["server_stop_ms"] = b[-1]["stop_latency_ms"]
             row["ack_stop_ms"] = b[-1]["client_stop_latency_ms"]
             row["confirmed_after_ms"] = b[-1]["decided_after_ms"]
             row["pauses"] = len(turn["barge_in"])
@@ -260,6 +264,7 @@ def _summarize(
         "vad": cfg.vad,
         "interjections": len(valid),
         "interjections_confirmed": len(confirmed),
+        "agent_silent_at_onset": sum(bool(r.get("agent_silent_at_onset")) for r in confirmed),
         "client_stop_ms_p50": _pct(stops, 50),
         "client_stop_ms_p95": _pct(stops, 95),
         "server_stop_ms_p50": _pct(server, 50),
@@ -281,7 +286,8 @@ def _summarize(
 def _format(s: dict[str, Any]) -> str:
     lines = [
         f"barge-in bench on {s['machine']} — LLM {s['llm']}, STT {s['stt']}, VAD {s['vad']}",
-        f"interjections: {s['interjections_confirmed']}/{s['interjections']} confirmed",
+        f"interjections: {s['interjections_confirmed']}/{s['interjections']} confirmed"
+        f" ({s['agent_silent_at_onset']} fell in a pause between the agent's sentences)",
         f"  stop at the caller's speaker (client-confirmed): p50 {s['client_stop_ms_p50']} ms,"
         f" p95 {s['client_stop_ms_p95']} ms",
         f"  last agent frame sent: p50 {s['server_stop_ms_p50']} ms,"

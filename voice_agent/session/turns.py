@@ -47,6 +47,7 @@ Deadlines are data: :meth:`next_deadline` says when the driver must call
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 
@@ -262,6 +263,9 @@ BACKCHANNELS = frozenset(
 )
 
 
+_HESITATION = re.compile(r"^(m+|h*m+h*m*|u+h*|u+m+|a+h+|o+h+|e+r+m*|h+u+h+|a+h*a+)$")
+
+
 def content_words(text: str) -> list[str]:
     """The words of ``text`` that are not backchannels or hesitations, lower-cased."""
     words = [w.strip(".,!?;:…\"'()-").lower() for w in text.replace("-", " - ").split()]
@@ -269,7 +273,7 @@ def content_words(text: str) -> list[str]:
     joined = " ".join(words)
     for phrase in ("i see", "got it", "uh huh", "mm hmm"):
         joined = joined.replace(phrase, "")
-    return [w for w in joined.split() if w not in BACKCHANNELS]
+    return [w for w in joined.split() if w not in BACKCHANNELS and not _HESITATION.match(w)]
 
 
 @dataclass(frozen=True)
@@ -280,7 +284,11 @@ class DuplexPolicy:
     barge_in_min_s: float = 0.2
     """Speech must last this long after its onset before its words are checked."""
     barge_in_words: int = 1
-    """Words (not counting backchannels) that confirm a barge-in; 0: the duration alone."""
+    """Distinct words (not counting backchannels) that confirm a barge-in once the caller's
+    turn is over; 0: the duration alone."""
+    barge_in_partial_words: int = 2
+    """The same while the caller is still talking: the transcript of a word cut off half-way
+    is often a wrong word ("uh-hu…" → "Earth"), so one is not enough there."""
     recheck_s: float = 0.3
     false_interruption_s: float = 1.5
     """No confirming words this long after the onset: resume the paused reply."""
@@ -399,7 +407,7 @@ class TurnMachine:
                 if event.echo:
                     self.barge = None
                     return [ResumePlayout(b.gen)]
-                if self._confirms(text):
+                if self._confirms(text, partial=True):
                     return self._confirm(text)
                 b.request = None
                 b.check_at = t + (self.duplex.recheck_s if self.duplex else 0.3)
@@ -556,10 +564,12 @@ class TurnMachine:
             cmds += self._confirm("")
         return cmds
 
-    def _confirms(self, text: str) -> bool:
-        d = self.duplex
-        need = d.barge_in_words if d else 1
-        return len(content_words(text)) >= max(1, need) if need else True
+    def _confirms(self, text: str, partial: bool = False) -> bool:
+        d = self.duplex or DuplexPolicy()
+        if d.barge_in_words == 0:
+            return True
+        need = max(d.barge_in_words, d.barge_in_partial_words) if partial else d.barge_in_words
+        return len(set(content_words(text))) >= need
 
     def _confirm(self, text: str) -> list[Command]:
         b = self.barge
