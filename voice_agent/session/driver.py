@@ -116,7 +116,7 @@ class SessionConfig:
     """Barge-in, false-interruption recovery, fillers and idle handling (None: off)."""
     echo_guard: bool = True
     """Remove the agent's own voice from the caller's input (for clients without AEC)."""
-    min_speech_s: float = 0.1
+    min_speech_s: float = 0.06
     """A transcript over less speech than this (by the engine's speech detector) is noise."""
     echo_text_window_s: float = 8.0
     """A transcript matching agent words sent this recently is treated as echo."""
