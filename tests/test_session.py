@@ -15,7 +15,7 @@ from voice_agent.errors import LLMError
 from voice_agent.llm.base import ToolCall
 from voice_agent.llm.tools import Tool, ToolRegistry
 from voice_agent.session.driver import Session
-from voice_agent.session.engine import Engine
+from voice_agent.session.engine import FILLERS, Engine
 from voice_agent.vad.webrtc import WebRtcVad
 
 pytestmark = pytest.mark.models
@@ -145,6 +145,10 @@ async def test_tool_call_runs_tool_and_reports_status(stt_tts: Any) -> None:
     assert second[-1] == {"role": "tool", "tool_call_id": "c1", "content": '{"status": "shipped"}'}
     assert session.turns[0].reply_text == "It has shipped."
     assert session.turns[0].tool_calls == ["lookup_order"]
+    # the caller heard the tool's status as a filler, which never enters the history
+    assert [e["text"] for e in out.events if e["type"] == "filler"] == ["Looking up your order…"]
+    assert [text for _, text in session.turns[0].fillers] == ["Looking up your order…"]
+    assert session.history[-1] == {"role": "assistant", "content": "It has shipped."}
 
 
 async def test_preemptive_reply_dropped_at_a_mid_sentence_pause_leaves_no_trace(
@@ -174,3 +178,93 @@ async def test_preemptive_reply_dropped_at_a_mid_sentence_pause_leaves_no_trace(
     assert not [
         e for e in result.recorder.events if e["type"] == "reply.delta" and e["gen"] != turn.gen
     ]
+
+
+def duplex_session(
+    stt_tts: Any, llm: ScriptedLLMDouble, **policy: Any
+) -> tuple[Session, CollectingOutput]:
+    from voice_agent.session.driver import SessionConfig
+    from voice_agent.session.turns import DuplexPolicy
+
+    stt, tts = stt_tts
+    engine = Engine(stt=stt, tts=tts, llm=llm, new_vad=WebRtcVad)
+    out = CollectingOutput()
+    cfg = SessionConfig(duplex=DuplexPolicy(**policy))
+    return Session(engine, out, LoopClock(), cfg), out
+
+
+async def test_filler_plays_when_the_answer_is_late_never_twice_in_a_row(stt_tts: Any) -> None:
+    # a slow LLM: 0.6 s to each token, so no answer audio 0.3 s after the end of turn
+    llm = ScriptedLLMDouble([["Fine, ", "thanks."], ["Sure."]], token_delay_s=0.6)
+    session, out = duplex_session(stt_tts, llm, filler_after_s=0.3, idle_prompt_s=None)
+    for line in FILLERS:  # synthesized at start-up, as open_engine's warm-up does
+        await session.engine.clip(line)
+    task = asyncio.create_task(session.run())
+    session.send_text("How are you?")
+    await until(lambda: len(session.turns) == 1 and session.turns[0].status == "completed")
+    session.send_text("Can you help?")
+    await until(lambda: len(session.turns) == 2 and session.turns[1].status == "completed")
+    session.hangup()
+    await task
+    first, _second = session.turns
+    fillers = [e for e in out.events if e["type"] == "filler"]
+    assert [e["gen"] for e in fillers] == [1, 2]
+    assert fillers[0]["text"] != fillers[1]["text"]  # never the same filler back to back
+    # 0.3 s after the end of turn, before the answer's first audio
+    at, _text = first.fillers[0]
+    assert at - first.decided == pytest.approx(0.3, abs=0.03)
+    assert first.first_audio_out is not None and first.first_audio_out > at
+    # the answer follows the filler; the filler is in no context and no heard text
+    assert first.heard_text == first.reply_text == "Fine, thanks."
+    assert [m["content"] for m in session.history if m["role"] == "assistant"] == [
+        "Fine, thanks.",
+        "Sure.",
+    ]
+    assert all(fillers[0]["text"] not in str(m) for m in llm.requests[1])
+
+
+async def test_an_interrupted_filler_cancels_the_reply(stt_tts: Any) -> None:
+    llm = ScriptedLLMDouble([["Slow ", "answer."]], token_delay_s=1.5)
+    session, out = duplex_session(stt_tts, llm, filler_after_s=0.2, idle_prompt_s=None)
+    task = asyncio.create_task(session.run())
+    session.send_text("Question?")
+    await until(lambda: any(e["type"] == "filler" for e in out.events))
+    await until(lambda: any(g == 1 for _, g, _ in out.frames))
+    session.interrupt()
+    await until(lambda: bool(session.turns) and session.turns[0].status == "interrupted")
+    session.hangup()
+    await task
+    assert session.turns[0].fillers and session.turns[0].heard_text == ""
+    assert [e["gen"] for e in out.events if e["type"] == "clear"] == [1]
+    # the filler is not in the history: the agent said nothing of its answer
+    assert [m for m in session.history if m["role"] == "assistant"] == [
+        {"role": "assistant", "content": "[interrupted by the caller]"}
+    ]
+
+
+async def test_idle_caller_is_prompted_once_then_the_agent_says_goodbye_and_closes(
+    stt_tts: Any,
+) -> None:
+    llm = ScriptedLLMDouble([])
+    session, out = duplex_session(
+        stt_tts, llm, filler_after_s=None, idle_prompt_s=0.5, idle_end_s=0.5
+    )
+    async with asyncio.timeout(20):
+        await session.run()  # ends by itself: nobody speaks
+    kinds = [m.kind for m in session.turns]
+    assert kinds == ["idle_prompt", "goodbye"]
+    assert [m["content"] for m in session.history if m["role"] == "assistant"] == [
+        "Are you still there?",
+        "It seems you have stepped away. Goodbye!",
+    ]
+    starts = [e.get("purpose") for e in out.events if e["type"] == "reply.start"]
+    assert starts == ["idle_prompt", "goodbye"]
+    ending = [e for e in out.events if e["type"] == "session.ending"]
+    assert ending == [ending[0]] and ending[0]["reason"] == "idle"
+    assert session.end_reason == "idle"
+    # the prompt came 0.5 s after the start, the goodbye 0.5 s after the prompt finished
+    prompt, goodbye = session.turns
+    assert prompt.decided is not None and prompt.decided - session.t0 == pytest.approx(0.5, abs=0.1)
+    assert prompt.reply_done is not None and goodbye.decided is not None
+    assert goodbye.decided - prompt.reply_done == pytest.approx(0.5, abs=0.1)
+    assert llm.requests == []  # fixed lines: no LLM call

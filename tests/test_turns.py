@@ -352,7 +352,8 @@ def test_a_cough_that_ends_before_any_check_resumes_and_discards_the_turn() -> N
     speaking(m)
     m.handle(SpeechStarted(t=3.07, at=3.0))
     assert m.handle(SpeechStopped(t=3.27, at=3.15)) == [RequestTranscript(1)]
-    assert m.next_deadline() == pytest.approx(4.05)  # max silence; no check while quiet
+    assert m.next_deadline() == pytest.approx(3.2)  # the words check, in the pause too
+    assert m.handle(Tick(3.2)) == [CheckBargeIn(1)]
     assert m.handle(TranscriptReady(t=3.35, request=1, text="")) == [
         ResumePlayout(1),
         DiscardTurn(),
@@ -500,3 +501,19 @@ def test_while_talking_one_word_is_not_enough_and_repeats_count_once() -> None:
         ResumePlayout(1),
         DiscardTurn(),
     ]
+
+
+def test_one_word_and_still_talking_at_the_window_end_confirms() -> None:
+    m = duplex(barge_in_min_s=0.2, recheck_s=0.3, false_interruption_s=1.5)
+    speaking(m)
+    m.handle(SpeechStarted(t=3.07, at=3.0))
+    m.handle(Tick(3.2))
+    assert m.handle(BargeInTranscript(t=3.3, request=1, text="Wait...")) == []
+    # a short gap between words: the checks go on while the caller pauses
+    m.handle(SpeechStopped(t=3.52, at=3.4))
+    assert m.handle(Tick(3.6)) == [CheckBargeIn(2)]
+    assert m.handle(BargeInTranscript(t=3.7, request=2, text="Wait... um")) == []
+    m.handle(SpeechStarted(t=3.75, at=3.7))
+    m.handle(Tick(4.0))
+    assert m.handle(BargeInTranscript(t=4.1, request=3, text="")) == []
+    assert m.handle(Tick(4.5)) == [ConfirmBargeIn(1, "Wait..."), CancelReply(1), ClearPlayout(1)]

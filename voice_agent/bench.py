@@ -158,6 +158,8 @@ async def run_bench(args: argparse.Namespace, cfg: EngineConfig, log: Callable[[
                 "voice_to_voice_ms": first.get("voice_to_voice_true_ms") if first else None,
                 "voice_to_voice_vad_ms": first["voice_to_voice_ms"] if first else None,
                 "ttfb_ms": first["ttfb_ms"] if first else {},
+                "answer_after_end_of_turn_ms": _answer_after(first),
+                "filler": first["fillers"][0]["text"] if first and first["fillers"] else None,
             }
             rows.append(row)
             log(
@@ -170,6 +172,8 @@ async def run_bench(args: argparse.Namespace, cfg: EngineConfig, log: Callable[[
     for key in rows[0]["ttfb_ms"] if rows and rows[0]["ttfb_ms"] else []:
         vals = [r["ttfb_ms"][key] for r in rows if r["ttfb_ms"].get(key) is not None]
         stages[key] = {"p50": _pct(vals, 50), "p95": _pct(vals, 95)}
+    after = [r["answer_after_end_of_turn_ms"] for r in rows]
+    after = [a for a in after if a is not None]
     refs = [_norm(r["reference"]) for r in rows]
     hyps = [_norm(r["transcript"]) for r in rows]
     summary = {
@@ -178,6 +182,8 @@ async def run_bench(args: argparse.Namespace, cfg: EngineConfig, log: Callable[[
         "voice_to_voice_ms": {"p50": _pct(v2v, 50), "p95": _pct(v2v, 95),
                               "min": min(v2v, default=None), "max": max(v2v, default=None)},
         "ttfb_ms": stages,
+        "answer_after_end_of_turn_ms": {"p50": _pct(after, 50), "p95": _pct(after, 95)},
+        "fillers_played": sum(r["filler"] is not None for r in rows),
         "stt_wer": round(float(jiwer.wer(refs, hyps)), 3) if rows else None,
         "peak_rss_mb": {
             "voice_agent": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -195,6 +201,16 @@ async def run_bench(args: argparse.Namespace, cfg: EngineConfig, log: Callable[[
     print(_format_summary(summary))
     log(f"figures written to {args.json}")
     return 0
+
+
+def _answer_after(turn: dict[str, Any] | None) -> float | None:
+    """End of turn decided → first answer audio out (what the filler deadline is tuned on)."""
+    if turn is None:
+        return None
+    t = turn["timeline_ms"]
+    if t["first_audio_out"] is None or t["decided"] is None:
+        return None
+    return round(float(t["first_audio_out"]) - float(t["decided"]), 1)
 
 
 def _cpu_name() -> str:
@@ -217,6 +233,9 @@ def _format_summary(s: dict[str, Any]) -> str:
     ]
     for stage, q in s["ttfb_ms"].items():
         lines.append(f"  {stage:<18} p50 {q['p50']}   p95 {q['p95']}")
+    a = s["answer_after_end_of_turn_ms"]
+    lines.append(f"  answer after end of turn p50 {a['p50']}   p95 {a['p95']}   "
+                 f"(fillers played: {s['fillers_played']})")  # fmt: skip
     rss = s["peak_rss_mb"]
     lines.append(f"  STT WER          {s['stt_wer']}")
     lines.append(f"  peak RSS         voice-agent {rss['voice_agent']} MB, "

@@ -210,7 +210,10 @@ async def _interjection_row(
         row["heard_text"] = turn["heard_text"]
         row["heard_source"] = turn["heard_source"]
         played = rlog.audio(1)
-        if row["confirmed"] and len(played) > SAMPLE_RATE // 4:
+        row["filler_played"] = bool(turn["fillers"])
+        # the words heard are compared with whisper on the played audio; a filler's words
+        # would be in that audio but never in the reply, so those calls are left out
+        if row["confirmed"] and not row["filler_played"] and len(played) > SAMPLE_RATE // 4:
             padded = np.concatenate([played, np.zeros(SAMPLE_RATE // 2, dtype=np.int16)])
             asr = (await asyncio.to_thread(engine.stt.transcribe, padded)).text
             row["asr_of_played"] = asr
@@ -272,6 +275,7 @@ def _summarize(
         "ack_stop_ms_p50": _pct(acks, 50),
         "confirmed_after_ms_p50": _pct(decided, 50),
         "confirmed_after_ms_p95": _pct(decided, 95),
+        "truncation_checked": len(errs),
         "truncation_error_words_mean": round(float(np.mean(errs)), 2) if errs else None,
         "truncation_within_1_word": round(sum(e <= 1 for e in errs) / len(errs), 3)
         if errs
@@ -294,8 +298,8 @@ def _format(s: dict[str, Any]) -> str:
         f" p95 {s['server_stop_ms_p95']} ms; playout report at rest p50 {s['ack_stop_ms_p50']} ms",
         f"  confirmed (words) after: p50 {s['confirmed_after_ms_p50']} ms,"
         f" p95 {s['confirmed_after_ms_p95']} ms",
-        f"  truncation: mean error {s['truncation_error_words_mean']} words,"
-        f" within 1 word {s['truncation_within_1_word']}",
+        f"  truncation ({s['truncation_checked']} calls with no filler): mean error"
+        f" {s['truncation_error_words_mean']} words, within 1 word {s['truncation_within_1_word']}",
         f"backchannels and noise: {s['false_barge_ins']}/{s['noise_trials']} false barge-ins"
         f" (rate {s['false_barge_in_rate']}); paused for p50 {s['noise_paused_for_ms_p50']} ms",
     ]

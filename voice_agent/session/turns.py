@@ -34,7 +34,9 @@ Full duplex (with a :class:`DuplexPolicy`):
   ``CancelReply`` and ``ClearPlayout``. No such words within
   ``false_interruption_s`` of the onset, or a turn whose transcript is empty or
   only a backchannel (a cough, noise, "mm-hmm"), resumes the reply where it
-  paused (``ResumePlayout``): nothing is lost.
+  paused (``ResumePlayout``): nothing is lost. While the caller talks, two words
+  are needed (a word cut off half-way is often misheard); one word heard and the
+  caller still talking at the end of the window also confirms.
 - Fillers. No reply audio ``filler_after_s`` after the end of turn →
   ``PlayFiller`` (once per reply).
 - Idle. ``idle_prompt_s`` of silence with nothing going on → ``Say`` a prompt
@@ -307,6 +309,8 @@ class _Barge:
     check_at: float
     give_up_at: float
     request: int | None = None
+    words: str = ""
+    """The most telling words a check has heard so far (most distinct content words)."""
 
 
 _FINAL_PUNCT = (".", "?", "!", "…")
@@ -360,7 +364,7 @@ class TurnMachine:
         times = [self._deadline, self._prepare_at, self._filler_at, self._idle_deadline()]
         if self.barge is not None:
             times.append(self.barge.give_up_at)
-            if self.barge.request is None and self.user is UserState.SPEAKING:
+            if self.barge.request is None and self.user is not UserState.QUIET:
                 times.append(self.barge.check_at)
         live = [t for t in times if t is not None]
         return min(live) if live else None
@@ -409,6 +413,8 @@ class TurnMachine:
                     return [ResumePlayout(b.gen)]
                 if self._confirms(text, partial=True):
                     return self._confirm(text)
+                if len(set(content_words(text))) > len(set(content_words(b.words))):
+                    b.words = text
                 b.request = None
                 b.check_at = t + (self.duplex.recheck_s if self.duplex else 0.3)
                 return []
@@ -512,12 +518,14 @@ class TurnMachine:
         cmds: list[Command] = []
         b = self.barge
         if b is not None and t >= b.give_up_at:
+            if b.words and self._confirms(b.words):
+                return self._confirm(b.words)  # words, and still going: a real barge-in
             self.barge = None  # no words in time: it was not a barge-in
             cmds.append(ResumePlayout(b.gen))
         elif (
             b is not None
             and b.request is None
-            and self.user is UserState.SPEAKING
+            and self.user is not UserState.QUIET
             and t >= b.check_at
         ):
             if d.barge_in_words == 0:
