@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import re
@@ -17,7 +18,7 @@ import resource
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,26 @@ async def run_bench(args: argparse.Namespace, cfg: EngineConfig, log: Callable[[
     print(_format_summary(summary))
     log(f"figures written to {args.json}")
     return 0
+
+
+@contextlib.asynccontextmanager
+async def in_process_server(app: Any) -> AsyncIterator[str]:
+    """Serve ``app`` with uvicorn on a free 127.0.0.1 port; yields "127.0.0.1:port"."""
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await serving
 
 
 def _answer_after(turn: dict[str, Any] | None) -> float | None:
@@ -444,8 +465,6 @@ async def run_transport_bench(
     60 s of real-time pacing of the outbound WebRTC track."""
     import json
 
-    import uvicorn
-
     from voice_agent.runtime import open_engine
     from voice_agent.server import create_app
     from voice_agent.transports.webrtc import restrict_ice_addresses
@@ -455,32 +474,21 @@ async def run_transport_bench(
     log(f"measuring outbound pacing for {args.pacing_s:.0f} s…")
     pacing = await measure_pacing(args.pacing_s)
     log(f"pacing: {pacing}")
-    async with open_engine(cfg, log) as engine:
-        import socket
-
-        app = create_app(engine=engine)
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        base = f"127.0.0.1:{sock.getsockname()[1]}"
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:
-            await asyncio.sleep(0.01)
+    async with (
+        open_engine(cfg, log) as engine,
+        in_process_server(create_app(engine=engine)) as base,
+    ):
         items = utterances(engine)
         items = items[: args.limit] if args.limit else items
         rows: list[dict[str, Any]] = []
-        try:
-            for u in items:
-                pcm = np.concatenate([np.zeros(SAMPLE_RATE // 2, dtype=np.int16), u.pcm])
-                end = speech_end(pcm)
-                ws_row = await _bench_one_over_ws(f"ws://{base}/v1/voice/ws", pcm, end)
-                rtc_row = await _bench_one_over_webrtc(base, pcm, end)
-                rows.append({"name": u.name, "websocket": ws_row, "webrtc": rtc_row})
-                log(f"{u.name:<18} WS client {ws_row.get('client_v2v_ms')} ms, "
-                    f"WebRTC client {rtc_row.get('client_v2v_ms')} ms")  # fmt: skip
-        finally:
-            server.should_exit = True
-            await serving
+        for u in items:
+            pcm = np.concatenate([np.zeros(SAMPLE_RATE // 2, dtype=np.int16), u.pcm])
+            end = speech_end(pcm)
+            ws_row = await _bench_one_over_ws(f"ws://{base}/v1/voice/ws", pcm, end)
+            rtc_row = await _bench_one_over_webrtc(base, pcm, end)
+            rows.append({"name": u.name, "websocket": ws_row, "webrtc": rtc_row})
+            log(f"{u.name:<18} WS client {ws_row.get('client_v2v_ms')} ms, "
+                f"WebRTC client {rtc_row.get('client_v2v_ms')} ms")  # fmt: skip
     summary: dict[str, Any] = {
         "pacing": pacing,
         "machine": {"cores": os.cpu_count(), "cpu": _cpu_name()},

@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +28,14 @@ import numpy as np
 
 from voice_agent.audio.files import load_audio_16k
 from voice_agent.audio.pcm import SAMPLE_RATE, Pcm, rms_dbfs
-from voice_agent.bench import SAMPLES, SHARED_AUDIO, _cpu_name, _espeak, _pct
+from voice_agent.bench import (
+    SAMPLES,
+    SHARED_AUDIO,
+    _cpu_name,
+    _espeak,
+    _pct,
+    in_process_server,
+)
 from voice_agent.caller import WsCaller
 from voice_agent.session.engine import Engine, EngineConfig
 
@@ -135,27 +141,16 @@ def _session_report(app: Any, caller: WsCaller) -> dict[str, Any] | None:
 async def run_barge_bench(
     args: argparse.Namespace, cfg: EngineConfig, log: Callable[[str], None]
 ) -> int:
-    import uvicorn
-
     from voice_agent.runtime import open_engine
     from voice_agent.server import create_app
 
     cfg.llm_max_tokens = max(cfg.llm_max_tokens, 220)
     async with open_engine(cfg, log) as engine:
         app = create_app(engine=engine)
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        url = f"ws://127.0.0.1:{sock.getsockname()[1]}/v1/voice/ws"
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:
-            await asyncio.sleep(0.01)
-        try:
+        async with in_process_server(app) as base:
+            url = f"ws://{base}/v1/voice/ws"
             rows = await _interjection_rows(app, engine, url, args, log)
             noise = await _noise_rows(app, url, args, log)
-        finally:
-            server.should_exit = True
-            await serving
     summary = _summarize(rows, noise, cfg, engine)
     args.json.write_text(json.dumps({"summary": summary, "interjections": rows, "noise": noise},
                                     indent=2))  # fmt: skip
