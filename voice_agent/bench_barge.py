@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import platform
@@ -37,7 +38,9 @@ from voice_agent.bench import (
     in_process_server,
 )
 from voice_agent.caller import WsCaller
+from voice_agent.session.driver import SessionConfig
 from voice_agent.session.engine import Engine, EngineConfig
+from voice_agent.session.turns import DuplexPolicy
 
 PROMPT = "Tell me a long story about a lighthouse keeper and a storm, in about ten sentences."
 OFFSETS_S = (0.6, 1.4, 2.2, 3.0)
@@ -145,13 +148,16 @@ async def run_barge_bench(
     from voice_agent.server import create_app
 
     cfg.llm_max_tokens = max(cfg.llm_max_tokens, 220)
+    policy = DuplexPolicy()
+    if args.barge_min_ms is not None:
+        policy = dataclasses.replace(policy, barge_in_min_s=args.barge_min_ms / 1000)
     async with open_engine(cfg, log) as engine:
-        app = create_app(engine=engine)
+        app = create_app(engine=engine, session_config=SessionConfig(duplex=policy))
         async with in_process_server(app) as base:
             url = f"ws://{base}/v1/voice/ws"
             rows = await _interjection_rows(app, engine, url, args, log)
             noise = await _noise_rows(app, url, args, log)
-    summary = _summarize(rows, noise, cfg, engine)
+    summary = _summarize(rows, noise, cfg, engine, policy)
     args.json.write_text(json.dumps({"summary": summary, "interjections": rows, "noise": noise},
                                     indent=2))  # fmt: skip
     print(_format(summary))
@@ -243,7 +249,11 @@ async def _noise_rows(
 
 
 def _summarize(
-    rows: list[dict[str, Any]], noise: list[dict[str, Any]], cfg: EngineConfig, engine: Engine
+    rows: list[dict[str, Any]],
+    noise: list[dict[str, Any]],
+    cfg: EngineConfig,
+    engine: Engine,
+    policy: DuplexPolicy,
 ) -> dict[str, Any]:
     valid = [r for r in rows if r.get("valid")]
     confirmed = [r for r in valid if r.get("confirmed")]
@@ -260,6 +270,7 @@ def _summarize(
         "llm": engine.info.get("llm"),
         "stt": cfg.stt_model,
         "vad": cfg.vad,
+        "barge_in_min_ms": round(policy.barge_in_min_s * 1000),
         "interjections": len(valid),
         "interjections_confirmed": len(confirmed),
         "agent_silent_at_onset": sum(bool(r.get("agent_silent_at_onset")) for r in confirmed),
@@ -284,7 +295,8 @@ def _summarize(
 
 def _format(s: dict[str, Any]) -> str:
     lines = [
-        f"barge-in bench on {s['machine']} — LLM {s['llm']}, STT {s['stt']}, VAD {s['vad']}",
+        f"barge-in bench on {s['machine']} — LLM {s['llm']}, STT {s['stt']}, VAD {s['vad']},"
+        f" first words check {s['barge_in_min_ms']} ms after the onset",
         f"interjections: {s['interjections_confirmed']}/{s['interjections']} confirmed"
         f" ({s['agent_silent_at_onset']} fell in a pause between the agent's sentences)",
         f"  stop at the caller's speaker (client-confirmed): p50 {s['client_stop_ms_p50']} ms,"

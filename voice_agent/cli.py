@@ -128,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="interjections, backchannels and noise over the agent's speech (WebSocket)",
     )
+    b.add_argument(
+        "--barge-min-ms",
+        type=int,
+        default=None,
+        help="with --barge-in: speech before the first words check (default 200)",
+    )
     _engine_args(b)
     return parser
 
