@@ -4,6 +4,8 @@ whisper, Silero and piper, a scripted long reply (LLM double), and a simulated c
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -201,3 +203,56 @@ async def test_own_echo_does_not_interrupt_but_a_caller_over_the_echo_does(
     finals = " ".join(spoken)
     assert "story" not in finals and "sentence" not in finals, finals
     assert "country" in finals
+
+
+async def test_an_idle_caller_hears_the_prompt_then_goodbye_and_the_socket_closes_1000(
+    stt_tts: Any, speech_seconds: Any
+) -> None:
+    from conftest import start_server
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    from voice_agent.server import create_app
+    from voice_agent.session.driver import SessionConfig
+    from voice_agent.session.turns import DuplexPolicy
+
+    stt, tts = stt_tts
+    engine = Engine(
+        stt=stt, tts=tts, llm=ScriptedLLMDouble([]), new_vad=WebRtcVad,
+        speech_seconds=speech_seconds,
+    )  # fmt: skip
+    policy = DuplexPolicy(idle_prompt_s=1.0, idle_end_s=1.0)
+    app = create_app(engine=engine, session_config=SessionConfig(duplex=policy))
+    srv, addr, task = await start_server(app)
+    events: list[dict[str, Any]] = []
+    audio = 0
+    try:
+        async with connect(f"ws://{addr}/v1/voice/ws") as ws:
+            await ws.send(json.dumps({"type": "session.start", "sample_rate": 16000}))
+            silence = np.zeros(320, dtype=np.int16).tobytes()
+            async with asyncio.timeout(20):
+                try:
+                    while True:
+                        await ws.send(silence)
+                        try:
+                            msg = await asyncio.wait_for(ws.recv(), 0.02)
+                        except TimeoutError:
+                            continue
+                        if isinstance(msg, bytes):
+                            audio += len(msg) - 8
+                        else:
+                            events.append(json.loads(msg))
+                except ConnectionClosed as closed:
+                    code = closed.rcvd.code if closed.rcvd else None
+    finally:
+        srv.should_exit = True
+        await task
+    kinds = [e["type"] for e in events]
+    starts = [e.get("purpose") for e in events if e["type"] == "reply.start"]
+    assert starts == ["idle_prompt", "goodbye"]
+    done = [i for i, k in enumerate(kinds) if k == "reply.done"]
+    assert done[0] < kinds.index("session.ending") < done[1]  # announced with the goodbye
+    assert audio > 16000 * 2  # both lines were spoken (~3 s of audio)
+    texts = [e["text"] for e in events if e["type"] == "reply.done"]
+    assert texts == ["Are you still there?", "It seems you have stepped away. Goodbye!"]
+    assert code == 1000
