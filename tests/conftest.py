@@ -3,6 +3,7 @@ from __future__ import annotations
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -15,6 +16,22 @@ JFK_REFERENCE = (
     "And so my fellow Americans, ask not what your country can do for you, "
     "ask what you can do for your country."
 )
+
+
+def http_json(url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, dict[str, Any]]:
+    """GET ``url`` (or POST ``body``: bytes as they are, anything else as JSON) and return
+    the status and the JSON answer, error statuses included."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, dict(json.loads(r.read()))
+    except urllib.error.HTTPError as e:
+        return e.code, dict(json.loads(e.read()))
 
 
 @pytest.fixture(scope="session")

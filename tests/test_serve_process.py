@@ -15,17 +15,10 @@ from typing import Any
 
 import pytest
 import websockets
+from conftest import http_json
 
 pytestmark = pytest.mark.models
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def get(url: str) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 async def test_sigterm_refuses_new_sessions_and_lets_the_live_reply_finish() -> None:
@@ -51,14 +44,14 @@ async def test_sigterm_refuses_new_sessions_and_lets_the_live_reply_finish() -> 
                         f"voice-agent serve exited with {proc.returncode}:\n{output[-2000:]}"
                     )
                 try:
-                    status, body = await asyncio.to_thread(get, f"http://{base}/readyz")
+                    status, body = await asyncio.to_thread(http_json, f"http://{base}/readyz")
                 except (urllib.error.URLError, ConnectionError):
                     await asyncio.sleep(0.1)
                     continue
                 if status == 503:
                     seen_loading = True
                     assert body["ready"] is False and body["stage"]
-                    hstatus, health = await asyncio.to_thread(get, f"http://{base}/healthz")
+                    hstatus, health = await asyncio.to_thread(http_json, f"http://{base}/healthz")
                     assert hstatus == 200 and health["ready"] is False
                 if status == 200:
                     break
@@ -77,7 +70,7 @@ async def test_sigterm_refuses_new_sessions_and_lets_the_live_reply_finish() -> 
                     events.append(json.loads(msg))
         proc.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.3)
-        status, body = await asyncio.to_thread(get, f"http://{base}/readyz")
+        status, body = await asyncio.to_thread(http_json, f"http://{base}/readyz")
         assert status == 503 and body["draining"] is True
         async with websockets.connect(f"ws://{base}/v1/voice/ws") as late:
             with pytest.raises(websockets.ConnectionClosed):
@@ -117,7 +110,9 @@ async def test_a_killed_server_leaves_no_llama_server_behind() -> None:
         async with asyncio.timeout(120):
             while True:
                 try:
-                    status, body = await asyncio.to_thread(get, f"http://127.0.0.1:{port}/readyz")
+                    status, body = await asyncio.to_thread(
+                        http_json, f"http://127.0.0.1:{port}/readyz"
+                    )
                 except (urllib.error.URLError, ConnectionError):
                     status = 0
                 if status == 200:

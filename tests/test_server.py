@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import websockets
+from conftest import http_json
 from test_pipeline import word_overlap
 
 from voice_agent.audio.files import load_audio
@@ -28,14 +28,6 @@ class AudioMsg(tuple):  # type: ignore[type-arg]
         obj = super().__new__(cls, ("audio", gen))
         obj.pcm = pcm  # type: ignore[attr-defined]
         return obj
-
-
-def get_json(url: str) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 async def collect(
@@ -76,9 +68,9 @@ def types(log: list[Any]) -> list[str]:
 
 
 async def test_health_and_ready(real_server: str) -> None:
-    status, body = await asyncio.to_thread(get_json, f"http://{real_server}/readyz")
+    status, body = await asyncio.to_thread(http_json, f"http://{real_server}/readyz")
     assert status == 200 and body["ready"] is True and body["models"]["stt"] == "tiny-en"
-    status, body = await asyncio.to_thread(get_json, f"http://{real_server}/healthz")
+    status, body = await asyncio.to_thread(http_json, f"http://{real_server}/healthz")
     assert status == 200 and body == {"status": "ok", "ready": True, "stage": "ready"}
 
 
@@ -150,7 +142,9 @@ async def test_speak_jfk_get_transcript_reply_and_audio_in_order(
         with pytest.raises(websockets.ConnectionClosedOK):
             await asyncio.wait_for(ws.recv(), 10)
         assert ws.close_code == 1000
-    status, report = await asyncio.to_thread(get_json, f"http://{real_server}/v1/sessions/jfk-test")
+    status, report = await asyncio.to_thread(
+        http_json, f"http://{real_server}/v1/sessions/jfk-test"
+    )
     assert status == 200 and report["live"] is False
     turn = next(t for t in report["turns"] if t["gen"] == gen)
     assert turn["client_played_ms"] == pytest.approx(1000.0)

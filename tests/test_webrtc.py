@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from conftest import http_json
 from test_pipeline import word_overlap
 
 from voice_agent.audio.files import load_audio
@@ -33,21 +32,6 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
     yield
-
-
-def _get(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return dict(json.loads(r.read()))
-
-
-def post(url: str, body: Any) -> tuple[int, dict[str, Any]]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=15) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 async def test_aiortc_peer_speaks_jfk_and_hears_the_reply(
@@ -72,8 +56,8 @@ async def test_aiortc_peer_speaks_jfk_and_hears_the_reply(
 
     await pc.setLocalDescription(await pc.createOffer())
     status, answer = await asyncio.to_thread(
-        post, f"http://{real_server}/v1/voice/webrtc/offer",
-        {"sdp": pc.localDescription.sdp, "type": "offer"},
+        http_json, f"http://{real_server}/v1/voice/webrtc/offer",
+        {"sdp": pc.localDescription.sdp, "type": "offer"}, 15,
     )  # fmt: skip
     assert status == 200, answer
     await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
@@ -102,7 +86,9 @@ async def test_aiortc_peer_speaks_jfk_and_hears_the_reply(
     # the playout position of a WebRTC caller is what the paced track sent
     async with asyncio.timeout(10):
         while True:
-            report = await asyncio.to_thread(_get, f"http://{real_server}/v1/sessions/{sid}")
+            _, report = await asyncio.to_thread(
+                http_json, f"http://{real_server}/v1/sessions/{sid}"
+            )
             if report.get("live") is False:
                 break
             await asyncio.sleep(0.2)
@@ -146,7 +132,9 @@ async def test_aiortc_peer_speaks_jfk_and_hears_the_reply(
     ],
 )
 async def test_bad_offers_get_400(real_server: str, body: Any, status: int, message: str) -> None:
-    code, reply = await asyncio.to_thread(post, f"http://{real_server}/v1/voice/webrtc/offer", body)
+    code, reply = await asyncio.to_thread(
+        http_json, f"http://{real_server}/v1/voice/webrtc/offer", body
+    )
     assert code == status and message in reply["error"]
 
 
@@ -177,10 +165,12 @@ async def _offer(with_audio: bool, codec_rewrite: bool = False) -> str:
 
 async def test_offer_without_audio_and_unsupported_codec(real_server: str) -> None:
     url = f"http://{real_server}/v1/voice/webrtc/offer"
-    code, reply = await asyncio.to_thread(post, url, {"sdp": await _offer(False), "type": "offer"})
+    code, reply = await asyncio.to_thread(
+        http_json, url, {"sdp": await _offer(False), "type": "offer"}
+    )
     assert code == 400 and reply["error"].startswith("the offer has no audio")
     sdp = await _offer(True, codec_rewrite=True)
-    code, reply = await asyncio.to_thread(post, url, {"sdp": sdp, "type": "offer"})
+    code, reply = await asyncio.to_thread(http_json, url, {"sdp": sdp, "type": "offer"})
     assert code == 400 and reply["error"].startswith("unsupported codec"), reply
 
 
@@ -192,7 +182,7 @@ async def test_too_many_peers_get_429(real_server: str) -> None:
     state.config.max_peers = len(state.peers)  # no room for one more
     try:
         code, reply = await asyncio.to_thread(
-            post, f"http://{real_server}/v1/voice/webrtc/offer",
+            http_json, f"http://{real_server}/v1/voice/webrtc/offer",
             {"sdp": await _offer(True), "type": "offer"},
         )  # fmt: skip
     finally:
@@ -209,7 +199,7 @@ async def _call(addr: str) -> tuple[Any, list[dict[str, Any]], str]:
     pc.addTrack(PacedAudioTrack(LoopClock()))  # silence
     await pc.setLocalDescription(await pc.createOffer())
     status, answer = await asyncio.to_thread(
-        post,
+        http_json,
         f"http://{addr}/v1/voice/webrtc/offer",
         {"sdp": pc.localDescription.sdp, "type": "offer"},
     )

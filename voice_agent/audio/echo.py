@@ -102,7 +102,10 @@ class EchoGuard:
         self._inp_end += n
         # the reference ahead of the input is not heard yet; clear what falls out of range
         self._since_update += n
-        if not self.verified or self._since_update >= self.update_every:
+        # every frame while a burst's path is being found, then every ``update_every_s``
+        # (a caller with no echo to find costs one correlation per 100 ms, not per frame)
+        probing = not self.verified and start - self._burst_start < self.probe
+        if probing or self._since_update >= self.update_every:
             self._since_update = 0
             self._update_path()
         out = x
