@@ -442,6 +442,8 @@ async def _bench_one_over_webrtc(base: str, pcm: Pcm, end: int) -> dict[str, Any
         await pc.close()
         for p in pulls:
             p.cancel()
+        if pulls:
+            await asyncio.wait(pulls)
     started_at, started = next((t, e) for t, e in events if e["type"] == "session.started")
     offset = started_at - started["t_ms"] / 1000
     assert source.started_at is not None

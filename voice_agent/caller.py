@@ -131,6 +131,7 @@ class WsCaller:
                 await asyncio.sleep(0.2)
             finally:
                 reader.cancel()
+                await asyncio.wait({reader})  # let it finish cancelling (nothing is swallowed)
         return self.log
 
     async def _tick(self, ws: Any, k: int, now: float) -> None:

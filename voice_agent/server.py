@@ -441,6 +441,8 @@ async def _answer_offer(state: ServerState, request: Request) -> dict[str, Any]:
         finally:
             for task in tasks:
                 task.cancel()
+            if tasks:
+                await asyncio.wait(tasks)
             track.stop()
             await pc.close()
             state.peers.pop(sid, None)
