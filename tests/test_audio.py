@@ -148,3 +148,14 @@ def test_real_speech_file_loads() -> None:
     pcm = load_audio_16k(Path(__file__).parents[1] / "samples" / "jfk.flac")
     assert len(pcm) == pytest.approx(11 * 16000, abs=16000)
     assert rms_dbfs(pcm) > -40
+
+
+def test_words_spanning_a_range_of_a_sentences_audio_with_a_word_of_slack() -> None:
+    from voice_agent.audio.playout import words_spanning
+
+    words = "aa bb cc dd".split()  # each word is 3 of 12 weights: 0-100, 100-200, ...
+    assert words_spanning(words, 0, 50, 400) == ["aa", "bb"]
+    assert words_spanning(words, 150, 250, 400) == ["aa", "bb", "cc", "dd"]
+    assert words_spanning(words, 310, 400, 400) == ["cc", "dd"]
+    assert words_spanning(words, 200, 200, 400) == []
+    assert words_spanning([], 0, 10, 400) == []

@@ -93,3 +93,56 @@ def test_no_echo_means_no_path_and_the_caller_untouched_after_the_probe(
     out = run(guard, far, near)
     assert guard.path is None
     np.testing.assert_array_equal(out[SAMPLE_RATE:], near[SAMPLE_RATE : len(out)])
+
+
+def test_a_burst_that_starts_while_the_caller_talks_leaves_the_caller_whole(
+    voices: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """Sound before a burst cannot be its echo: resuming over a talking caller gates nothing."""
+    far, caller = voices
+    near = np.zeros(4 * SAMPLE_RATE, dtype=np.int16)
+    near[SAMPLE_RATE : 3 * SAMPLE_RATE] = caller
+    # the agent (louder than the caller) starts 0.5 s into the caller's speech
+    assert rms_dbfs(far[:SAMPLE_RATE]) > rms_dbfs(caller) + 6
+    b = int(1.5 * SAMPLE_RATE)
+    guard = EchoGuard()
+    out = []
+    for k in range(0, len(near), 320):
+        if b <= k < b + 2 * SAMPLE_RATE:
+            guard.far_end(far[k - b : k - b + 320], k)
+        out.append(guard.near_end(near[k : k + 320]))
+    assert guard.bursts == 1 and guard.gated_frames == 0 and guard.path is None
+    np.testing.assert_array_equal(np.concatenate(out), near)
+
+
+def test_after_an_echo_free_burst_a_caller_who_starts_early_in_the_next_is_not_gated(
+    voices: tuple[np.ndarray, np.ndarray],
+) -> None:
+    far, caller = voices
+    guard = EchoGuard()
+    # burst 1 (0-1 s): the agent talks, the caller's input stays silent (no echo comes back)
+    out1 = run(guard, far[:SAMPLE_RATE], np.zeros(2 * SAMPLE_RATE, dtype=np.int16))
+    assert guard.echo_free and guard.path is None and not np.any(out1)
+    # burst 2 at 2.0 s: the caller talks over it from 0.1 s in, quieter than the agent
+    near = np.zeros(2 * SAMPLE_RATE, dtype=np.int16)
+    near[1600:] = caller[: len(near) - 1600]
+    gated = guard.gated_frames
+    out2 = run(guard, far[SAMPLE_RATE : 3 * SAMPLE_RATE], near, anchor=2 * SAMPLE_RATE)
+    assert guard.bursts == 2 and guard.gated_frames == gated
+    np.testing.assert_array_equal(out2, near[: len(out2)])
+
+
+def test_without_that_evidence_the_first_burst_still_gates_a_quiet_onset(
+    voices: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """The other side of the trade: early in a call's first burst, quiet input is taken for
+    echo until the probe ends (an echo caller's first words of echo never reach the VAD)."""
+    far, caller = voices
+    near = np.zeros(2 * SAMPLE_RATE, dtype=np.int16)
+    near[1600:] = (caller[: len(near) - 1600] * 0.25).astype(np.int16)
+    guard = EchoGuard()
+    out = run(guard, far[: 2 * SAMPLE_RATE], near)
+    assert guard.gated_frames > 0 and not guard.echo_free
+    # after the probe (0.6 s) the caller passes untouched
+    after = int(0.64 * SAMPLE_RATE)
+    np.testing.assert_array_equal(out[after:], near[after : len(out)])

@@ -18,8 +18,15 @@ frame until found). Until it is, energy gating stands in: while the far end
 is sounding, input quieter than the loudest far-end audio that could be
 echoing now, less ``gate_margin_db``, is taken for echo and silenced. Gating
 applies while the path is being (re)found: always once this call has shown an
-echo, and otherwise for the first ``probe_s`` of each burst (a caller whose
-browser cancels echo has none to find).
+echo, and otherwise for the first ``probe_s`` of each burst, with two
+exceptions that keep a caller's own voice from being cut:
+
+- the caller was already talking when the burst began (sound before a burst
+  cannot be its echo; bursts start mid-speech when playout resumes, or when a
+  slow TTS leaves gaps between sentences);
+- the call has shown it has no echo: a burst's whole probe went by with the
+  input at least ``echo_free_db`` below the far end (a browser that cancels
+  its echo, headphones, a WebSocket client that never plays the audio back).
 
 What it does not do: model reverberation or non-linear (codec) echo paths. A
 residue left by those is the second line of defence's job: transcripts that
@@ -33,6 +40,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from voice_agent.audio.pcm import SAMPLE_RATE, Pcm
+
+_SOUND = 103.6
+"""-50 dBFS in int16 units: a frame above this is sound, not silence."""
 
 
 @dataclass
@@ -54,6 +64,7 @@ class EchoGuard:
         history_s: float = 4.0,
         gate_margin_db: float = 6.0,
         probe_s: float = 0.6,
+        echo_free_db: float = 30.0,
     ) -> None:
         self.rate = rate
         self.max_delay = int(max_delay_s * rate)
@@ -73,6 +84,13 @@ class EchoGuard:
         self.gate = 10 ** (-gate_margin_db / 20)
         self.probe = int(probe_s * rate)
         self._burst_start = 0
+        self._talk_at_start = False
+        self.echo_free = False
+        """A burst's probe passed with the input far below the far end: no echo here."""
+        self._echo_free_ratio = 10 ** (-echo_free_db / 20)
+        self._probe_checked = True
+        self._sounding = False  # the guard's last output frame was above -50 dBFS
+        self.bursts = 0
         self.gated_frames = 0
         self.removed_energy = 0.0
         """Sum of squares taken out of the input (for reports and tests)."""
@@ -84,9 +102,12 @@ class EchoGuard:
         n = len(frame)
         if n == 0 or at_input_sample + n <= self._inp_end - self.size + self.max_delay:
             return
-        if at_input_sample != self._ref_end:  # a new burst, with an anchor of its own
+        if at_input_sample != self._ref_end or not self.bursts:  # a new burst, own anchor
+            self.bursts += 1
             self._burst_start = at_input_sample
             self.verified = False
+            self._talk_at_start = self._sounding
+            self._probe_checked = False
         idx = (np.arange(at_input_sample, at_input_sample + n)) % self.size
         self._ref[idx] = frame.astype(np.float32)
         self._ref_end = max(self._ref_end, at_input_sample + n)
@@ -108,6 +129,9 @@ class EchoGuard:
         if probing or self._since_update >= self.update_every:
             self._since_update = 0
             self._update_path()
+        if not self._probe_checked and start + n - self._burst_start >= self.probe:
+            self._probe_checked = True
+            self._check_echo_free()
         out = x
         if self.path is not None and self.verified:
             echo = np.float32(self.path.gain) * self._ref_at(start - self.path.delay, n)
@@ -121,12 +145,29 @@ class EchoGuard:
                 self.gated_frames += 1
                 out = np.zeros(n, dtype=np.float32)
         self._forget(start - self.max_delay - self.window, n)
+        self._sounding = bool(np.mean(out * out) > _SOUND**2)
         return np.clip(np.round(out), -32768, 32767).astype(np.int16)
 
     def _gating(self, start: int) -> bool:
         if self._ref_end <= start - self.max_delay:
             return False  # the far end is silent: nothing can be echoing
-        return self.had_echo or start - self._burst_start < self.probe
+        if self.had_echo:
+            return True
+        if self.echo_free or self._talk_at_start:
+            return False
+        return start - self._burst_start < self.probe
+
+    def _check_echo_free(self) -> None:
+        """At the end of a burst's probe with no path found: was the input silent under it?"""
+        if self.had_echo or self.verified:
+            return
+        b, p = self._burst_start, self.probe
+        far = self._ref_at(b, p)
+        if self._inp_end - b < p or float(np.mean(far * far)) < _SOUND**2:
+            return  # too little far-end sound to learn anything from
+        x = self._inp[np.arange(b, b + p) % self.size]
+        if float(np.mean(x * x)) < float(np.mean(far * far)) * self._echo_free_ratio**2:
+            self.echo_free = True
 
     def _ref_at(self, begin: int, n: int) -> np.ndarray:
         if begin + n <= 0 or begin >= self._ref_end:
@@ -159,7 +200,7 @@ class EchoGuard:
         # a path fitted on the first few ms of an echo's onset is often wrong: wait for at
         # least 100 ms of sound in the window (frames above -50 dBFS)
         frames = x[: w - w % 320].reshape(-1, 320)
-        if int(np.sum(np.mean(frames * frames, axis=1) > 103.6**2)) < 5:
+        if int(np.sum(np.mean(frames * frames, axis=1) > _SOUND**2)) < 5:
             return
         # c[lag] = sum_k x[k] * ref[end - w + k - lag], lag in [0, max_delay]
         size = 1 << int(np.ceil(np.log2(span + w)))

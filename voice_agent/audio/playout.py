@@ -159,3 +159,18 @@ def words_within(words: list[str], fraction: float) -> list[str]:
             break
         out.append(word)
     return out
+
+
+def words_spanning(words: list[str], start: int, end: int, total: int) -> list[str]:
+    """The words of a sentence whose estimated audio overlaps samples ``[start, end)`` of its
+    ``total``, plus one word either side (the timing is estimated, as in
+    :func:`words_within`)."""
+    if not words or total <= 0 or end <= start:
+        return []
+    weights = [len(w) + 1 for w in words]
+    scale = total / sum(weights)
+    bounds = np.cumsum([0, *weights]) * scale
+    inside = [i for i in range(len(words)) if bounds[i] < end and bounds[i + 1] > start]
+    if not inside:
+        return []
+    return words[max(0, inside[0] - 1) : inside[-1] + 2]

@@ -28,7 +28,7 @@ import numpy as np
 
 from voice_agent.audio.echo import EchoGuard
 from voice_agent.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE, Pcm
-from voice_agent.audio.playout import Playout
+from voice_agent.audio.playout import Playout, Segment, words_spanning
 from voice_agent.core.clock import Clock
 from voice_agent.errors import LLMError
 from voice_agent.llm.base import Message, TextDelta, ToolCall
@@ -118,8 +118,10 @@ class SessionConfig:
     """Remove the agent's own voice from the caller's input (for clients without AEC)."""
     min_speech_s: float = 0.06
     """A transcript over less speech than this (by the engine's speech detector) is noise."""
-    echo_text_window_s: float = 8.0
-    """A transcript matching agent words sent this recently is treated as echo."""
+    echo_reach_s: float = 0.6
+    """How long after its audio is sent an agent word can come back as echo: a caller's
+    transcript is compared with the agent words sent from this long before the caller's
+    turn began until now."""
     fillers: tuple[str, ...] = FILLERS
     idle_prompt: str = IDLE_PROMPT
     goodbye: str = GOODBYE
@@ -179,7 +181,10 @@ class Session:
         self._cleared = 0  # frames of generations <= this never reach the output again
         self._last_sent: dict[int, float] = {}
         self.echo = EchoGuard() if cfg.echo_guard else None
-        self._spoken: deque[tuple[float, str]] = deque(maxlen=64)  # (sent at, sentence)
+        # agent frames sent, by the input sample they start playing at: (at, segment, end of
+        # the frame in the segment); 60 s of them, for matching transcripts against echo
+        self._sent_log: deque[tuple[int, Segment, int]] = deque(maxlen=3000)
+        self._turn_start_sample = 0
         self._last_filler: str | None = None
         self.end_reason: str | None = None
 
@@ -332,6 +337,7 @@ class Session:
     async def _on_speech_start(self, at: float) -> None:
         if self._turn is None:
             self._turn = list(self._preroll)
+            self._turn_start_sample = self.samples_in - len(self._turn) * FRAME_SAMPLES
             self._preroll.clear()
             self._speech_start = at
             self._partial_at = 0
@@ -389,11 +395,27 @@ class Session:
         words = content_words(text)
         if len(words) != 1 if single_word else len(words) < 2:
             return False
-        since = self.clock.now() - self.config.echo_text_window_s
-        spoken = {w for t, s in self._spoken if t >= since for w in content_words(s)}
+        spoken = self._sent_words_since(
+            self._turn_start_sample - round(self.config.echo_reach_s * SAMPLE_RATE)
+        )
         if not spoken:
             return False
         return sum(w in spoken for w in words) / len(words) >= 0.7
+
+    def _sent_words_since(self, sample: int) -> set[str]:
+        """Content words of the agent audio sent to play at or after input ``sample``
+        (one word of slack either side of each sentence's span, its timing is estimated)."""
+        spans: dict[int, tuple[Segment, int, int]] = {}
+        for at, seg, end in reversed(self._sent_log):
+            if at < sample:
+                break
+            lo = end - FRAME_SAMPLES
+            _, a, b = spans.get(id(seg), (seg, lo, end))
+            spans[id(seg)] = (seg, min(a, lo), max(b, end))
+        words: set[str] = set()
+        for seg, a, b in spans.values():
+            words.update(content_words(" ".join(words_spanning(seg.text.split(), a, b, seg.total))))
+        return words
 
     # -- control --------------------------------------------------------------
 
@@ -755,13 +777,13 @@ class Session:
                 if m is not None and m.first_audio_out is None and not seg.filler:
                     m.first_audio_out = self.clock.now()
                 if seg.played == len(frame):  # the first frame of a sentence or filler
-                    self._spoken.append((self.clock.now(), seg.text))
                     if m is not None and not m.audio_started:
                         m.audio_started = True
                         await self._control.put(ReplyAudioStarted(self.clock.now(), gen))
                         await self._emit("reply.audio.start", gen=gen)
                 await self.output.send_audio(gen, frame)
                 self._last_sent[gen] = self.clock.now()
+                self._sent_log.append((anchor + k * FRAME_SAMPLES, seg, seg.played))
                 if self.echo is not None:
                     self.echo.far_end(frame, anchor + k * FRAME_SAMPLES)
                 if m is not None and m.interruptions and self._paused == gen:
