@@ -117,7 +117,13 @@ async def test_speak_jfk_get_transcript_reply_and_audio_in_order(
         finals = [m for m in log if isinstance(m, dict) and m["type"] == "transcript.final"]
         done = log[-1]
         said = " ".join(f["text"] for f in finals).lower()
-        assert "fellow americans" in said and "ask what you can do for your country" in said
+        story = [
+            (m["type"], m.get("gen"), m.get("text", m.get("status")))
+            for m in log
+            if isinstance(m, dict) and m["type"] not in ("transcript.partial", "reply.delta")
+        ]  # what happened, should this fail
+        assert "fellow americans" in said, story
+        assert "ask what you can do for your country" in said, story
         assert done["status"] == "completed" and done["gen"] == finals[-1]["gen"]
         gen = done["gen"]
         audio = np.concatenate(

@@ -314,7 +314,8 @@ def test_onset_pauses_then_words_confirm_the_barge_in() -> None:
     assert m.next_deadline() == pytest.approx(3.2)
     assert m.handle(Tick(3.19)) == []
     assert m.handle(Tick(3.2)) == [CheckBargeIn(1)]
-    assert m.next_deadline() == pytest.approx(4.5)  # the give-up time, while the check runs
+    # while the check runs: the give-up time plus the grace for a late check
+    assert m.next_deadline() == pytest.approx(5.5)
     assert m.handle(BargeInTranscript(t=3.3, request=1, text="Wait, stop")) == [
         ConfirmBargeIn(1, "Wait, stop"),
         CancelReply(1),
@@ -341,9 +342,32 @@ def test_backchannel_words_recheck_then_resume_at_the_false_interruption_window(
     assert m.handle(BargeInTranscript(t=3.7, request=2, text="")) == []
     assert m.handle(Tick(3.99)) == []
     assert m.handle(Tick(4.0)) == [CheckBargeIn(3)]
-    assert m.handle(Tick(4.49)) == []  # the check is still running at the give-up time
-    assert m.handle(Tick(4.5)) == [ResumePlayout(1)]
-    assert m.handle(BargeInTranscript(t=4.6, request=3, text="Stop now")) == []  # too late
+    assert m.handle(Tick(4.5)) == []  # the check is still running at the give-up time
+    assert m.handle(BargeInTranscript(t=4.6, request=3, text="mm-hmm")) == [ResumePlayout(1)]
+    assert m.barge is None and m.agent is AgentState.SPEAKING
+
+
+def test_a_check_still_running_at_the_window_is_waited_for_and_one_word_then_confirms() -> None:
+    """A loaded CPU makes whisper slow: the agent stays paused for the late answer."""
+    m = duplex(barge_in_min_s=0.2, recheck_s=0.3, false_interruption_s=1.5, check_grace_s=1.0)
+    speaking(m)
+    m.handle(SpeechStarted(t=3.07, at=3.0))
+    assert m.handle(Tick(3.2)) == [CheckBargeIn(1)]
+    assert m.handle(Tick(4.5)) == []
+    assert m.next_deadline() == pytest.approx(5.5)
+    assert m.handle(BargeInTranscript(t=4.9, request=1, text="ask")) == [
+        ConfirmBargeIn(1, "ask"),
+        CancelReply(1),
+        ClearPlayout(1),
+    ]
+    # no answer within the grace: the reply resumes, and the late answer changes nothing
+    m = duplex(barge_in_min_s=0.2, recheck_s=0.3, false_interruption_s=1.5, check_grace_s=1.0)
+    speaking(m)
+    m.handle(SpeechStarted(t=3.07, at=3.0))
+    assert m.handle(Tick(3.2)) == [CheckBargeIn(1)]
+    assert m.handle(Tick(5.49)) == []
+    assert m.handle(Tick(5.5)) == [ResumePlayout(1)]
+    assert m.handle(BargeInTranscript(t=5.6, request=1, text="Stop now")) == []
     assert m.barge is None and m.agent is AgentState.SPEAKING
 
 

@@ -353,6 +353,8 @@ class Session:
         cfg = self.config
         if self._turn is None or self._partial_running or self._tg is None:
             return
+        if self.machine.barge is not None:
+            return  # the barge-in checks transcribe the turn now; they come first
         n = len(self._turn) * FRAME_SAMPLES
         if n - self._partial_at < cfg.partial_interval_s * SAMPLE_RATE:
             return
@@ -384,6 +386,8 @@ class Session:
         if echo or self._is_noise(result) or self._is_echo(text, single_word=True):
             text = ""  # a single word the agent just said is no proof either way: check again
         await self._control.put(BargeInTranscript(self.clock.now(), request, text, echo=echo))
+        if text and self.machine.user.value == "speaking":
+            await self._emit("transcript.partial", text=text)  # it is the turn so far
 
     def _is_noise(self, result: Transcript) -> bool:
         """Words whisper wrote into a cough or noise: the speech detector found no speech."""

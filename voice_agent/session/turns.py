@@ -297,6 +297,10 @@ class DuplexPolicy:
     filler_after_s: float | None = 1.2
     """No reply audio this long after the end of turn: a filler. About the p95 of the default
     profile's answer time after the end of turn (README), so most turns need none."""
+    check_grace_s: float = 1.0
+    """A words check still running at the ``false_interruption_s`` mark is waited for up
+    to this much longer (a loaded CPU makes whisper slow; giving up on it would resume the
+    agent over a caller who is talking)."""
     idle_prompt_s: float | None = 15.0
     idle_end_s: float | None = 15.0
     """After the idle prompt, this much more silence ends the session (with a goodbye)."""
@@ -363,7 +367,9 @@ class TurnMachine:
     def next_deadline(self) -> float | None:
         times = [self._deadline, self._prepare_at, self._filler_at, self._idle_deadline()]
         if self.barge is not None:
-            times.append(self.barge.give_up_at)
+            grace = self.duplex.check_grace_s if self.duplex else 0.0
+            running = self.barge.request is not None  # nothing happens until it answers
+            times.append(self.barge.give_up_at + (grace if running else 0.0))
             if self.barge.request is None and self.user is not UserState.QUIET:
                 times.append(self.barge.check_at)
         live = [t for t in times if t is not None]
@@ -411,8 +417,12 @@ class TurnMachine:
                 if event.echo:
                     self.barge = None
                     return [ResumePlayout(b.gen)]
-                if self._confirms(text, partial=True):
+                late = t >= b.give_up_at  # the answer to a check that ran past the window
+                if self._confirms(text, partial=not late):
                     return self._confirm(text)
+                if late:
+                    self.barge = None
+                    return [ResumePlayout(b.gen)]
                 if len(set(content_words(text))) > len(set(content_words(b.words))):
                     b.words = text
                 b.request = None
@@ -517,7 +527,8 @@ class TurnMachine:
             return []
         cmds: list[Command] = []
         b = self.barge
-        if b is not None and t >= b.give_up_at:
+        waiting = b is not None and b.request is not None and t < b.give_up_at + d.check_grace_s
+        if b is not None and t >= b.give_up_at and not waiting:
             if b.words and self._confirms(b.words):
                 return self._confirm(b.words)  # words, and still going: a real barge-in
             self.barge = None  # no words in time: it was not a barge-in
