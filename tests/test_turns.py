@@ -347,12 +347,19 @@ def test_backchannel_words_recheck_then_resume_at_the_false_interruption_window(
     assert m.barge is None and m.agent is AgentState.SPEAKING
 
 
-def test_a_check_still_running_at_the_window_is_waited_for_and_one_word_then_confirms() -> None:
-    """A loaded CPU makes whisper slow: the agent stays paused for the late answer."""
+def checking_at_3_2() -> TurnMachine:
+    """Reply 1 plays; the caller starts at 3.0 s; the first words check starts at 3.2 s
+    (window 1.5 s, grace 1 s)."""
     m = duplex(barge_in_min_s=0.2, recheck_s=0.3, false_interruption_s=1.5, check_grace_s=1.0)
     speaking(m)
     m.handle(SpeechStarted(t=3.07, at=3.0))
     assert m.handle(Tick(3.2)) == [CheckBargeIn(1)]
+    return m
+
+
+def test_a_check_still_running_at_the_window_is_waited_for_and_one_word_then_confirms() -> None:
+    """A loaded CPU makes whisper slow: the agent stays paused for the late answer."""
+    m = checking_at_3_2()
     assert m.handle(Tick(4.5)) == []
     assert m.next_deadline() == pytest.approx(5.5)
     assert m.handle(BargeInTranscript(t=4.9, request=1, text="ask")) == [
@@ -361,14 +368,22 @@ def test_a_check_still_running_at_the_window_is_waited_for_and_one_word_then_con
         ClearPlayout(1),
     ]
     # no answer within the grace: the reply resumes, and the late answer changes nothing
-    m = duplex(barge_in_min_s=0.2, recheck_s=0.3, false_interruption_s=1.5, check_grace_s=1.0)
-    speaking(m)
-    m.handle(SpeechStarted(t=3.07, at=3.0))
-    assert m.handle(Tick(3.2)) == [CheckBargeIn(1)]
+    m = checking_at_3_2()
     assert m.handle(Tick(5.49)) == []
     assert m.handle(Tick(5.5)) == [ResumePlayout(1)]
     assert m.handle(BargeInTranscript(t=5.6, request=1, text="Stop now")) == []
     assert m.barge is None and m.agent is AgentState.SPEAKING
+    # one word from an earlier check, and the late check hears nothing more: still going
+    # with a word is a barge-in, as at the mark itself
+    m = checking_at_3_2()
+    assert m.handle(BargeInTranscript(t=3.5, request=1, text="Ask")) == []  # one: not yet
+    assert m.handle(Tick(3.8)) == [CheckBargeIn(2)]
+    assert m.handle(Tick(4.5)) == []
+    assert m.handle(BargeInTranscript(t=4.7, request=2, text="")) == [
+        ConfirmBargeIn(1, "Ask"),
+        CancelReply(1),
+        ClearPlayout(1),
+    ]
 
 
 def test_a_cough_that_ends_before_any_check_resumes_and_discards_the_turn() -> None:

@@ -420,12 +420,11 @@ class TurnMachine:
                 late = t >= b.give_up_at  # the answer to a check that ran past the window
                 if self._confirms(text, partial=not late):
                     return self._confirm(text)
-                if late:
-                    self.barge = None
-                    return [ResumePlayout(b.gen)]
                 if len(set(content_words(text))) > len(set(content_words(b.words))):
                     b.words = text
                 b.request = None
+                if late:  # decide now, by the give-up rule
+                    return self._duplex_tick(t)
                 b.check_at = t + (self.duplex.recheck_s if self.duplex else 0.3)
                 return []
             case TextInput(t=t, text=text):
