@@ -300,6 +300,14 @@ def duplex(**kw: object) -> TurnMachine:
     return TurnMachine(0.3, 0.9, preemptive=False, duplex=policy)
 
 
+def caller_starts_at_3(**kw: object) -> TurnMachine:
+    """Reply 1 plays from 1.0 s; the caller starts talking over it at 3.0 s."""
+    m = duplex(**kw)
+    speaking(m)
+    m.handle(SpeechStarted(t=3.07, at=3.0))
+    return m
+
+
 def speaking(m: TurnMachine, t: float = 1.0) -> None:
     """Reply 1 is playing from ``t``."""
     m.handle(TextInput(t=t, text="tell me a story"))
@@ -331,9 +339,7 @@ def test_onset_pauses_then_words_confirm_the_barge_in() -> None:
 
 
 def test_backchannel_words_recheck_then_resume_at_the_false_interruption_window() -> None:
-    m = duplex(barge_in_min_s=0.2, recheck_s=0.3, false_interruption_s=1.5)
-    speaking(m)
-    m.handle(SpeechStarted(t=3.07, at=3.0))
+    m = caller_starts_at_3(barge_in_min_s=0.2, recheck_s=0.3, false_interruption_s=1.5)
     assert m.handle(Tick(3.2)) == [CheckBargeIn(1)]
     assert m.handle(BargeInTranscript(t=3.3, request=1, text="Uh-huh.")) == []
     assert m.next_deadline() == pytest.approx(3.6)  # check again 0.3 s later
@@ -350,9 +356,9 @@ def test_backchannel_words_recheck_then_resume_at_the_false_interruption_window(
 def checking_at_3_2() -> TurnMachine:
     """Reply 1 plays; the caller starts at 3.0 s; the first words check starts at 3.2 s
     (window 1.5 s, grace 1 s)."""
-    m = duplex(barge_in_min_s=0.2, recheck_s=0.3, false_interruption_s=1.5, check_grace_s=1.0)
-    speaking(m)
-    m.handle(SpeechStarted(t=3.07, at=3.0))
+    m = caller_starts_at_3(
+        barge_in_min_s=0.2, recheck_s=0.3, false_interruption_s=1.5, check_grace_s=1.0
+    )
     assert m.handle(Tick(3.2)) == [CheckBargeIn(1)]
     return m
 
@@ -387,9 +393,7 @@ def test_a_check_still_running_at_the_window_is_waited_for_and_one_word_then_con
 
 
 def test_a_cough_that_ends_before_any_check_resumes_and_discards_the_turn() -> None:
-    m = duplex(barge_in_min_s=0.2)
-    speaking(m)
-    m.handle(SpeechStarted(t=3.07, at=3.0))
+    m = caller_starts_at_3(barge_in_min_s=0.2)
     assert m.handle(SpeechStopped(t=3.27, at=3.15)) == [RequestTranscript(1)]
     assert m.next_deadline() == pytest.approx(3.2)  # the words check, in the pause too
     assert m.handle(Tick(3.2)) == [CheckBargeIn(1)]
@@ -401,9 +405,7 @@ def test_a_cough_that_ends_before_any_check_resumes_and_discards_the_turn() -> N
 
 
 def test_a_short_real_word_confirms_at_the_end_of_the_turn() -> None:
-    m = duplex(barge_in_min_s=0.2)
-    speaking(m)
-    m.handle(SpeechStarted(t=3.07, at=3.0))
+    m = caller_starts_at_3(barge_in_min_s=0.2)
     m.handle(SpeechStopped(t=3.27, at=3.15))
     assert m.handle(TranscriptReady(t=3.35, request=1, text="Stop.")) == [
         ConfirmBargeIn(1, "Stop."),
@@ -414,9 +416,7 @@ def test_a_short_real_word_confirms_at_the_end_of_the_turn() -> None:
 
 
 def test_backchannel_turn_while_the_agent_speaks_is_not_a_turn() -> None:
-    m = duplex(false_interruption_s=0.5)
-    speaking(m)
-    m.handle(SpeechStarted(t=3.07, at=3.0))
+    m = caller_starts_at_3(false_interruption_s=0.5)
     assert m.handle(Tick(3.5)) == [ResumePlayout(1)]  # gave up before any words
     m.handle(SpeechStopped(t=3.72, at=3.6))
     assert m.handle(TranscriptReady(t=3.8, request=1, text="Yeah, okay.")) == [DiscardTurn()]
@@ -442,9 +442,7 @@ def test_onset_while_thinking_pauses_too_and_nothing_when_idle_or_disabled() -> 
 
 
 def test_two_words_rule_counts_only_content_words() -> None:
-    m = duplex(barge_in_words=2)
-    speaking(m)
-    m.handle(SpeechStarted(t=3.07, at=3.0))
+    m = caller_starts_at_3(barge_in_words=2)
     m.handle(Tick(3.2))
     assert m.handle(BargeInTranscript(t=3.3, request=1, text="Yeah, no")) == []
     m.handle(Tick(3.6))
@@ -526,9 +524,7 @@ def test_speech_resets_the_idle_prompt() -> None:
 
 
 def test_while_talking_one_word_is_not_enough_and_repeats_count_once() -> None:
-    m = duplex(barge_in_min_s=0.2)
-    speaking(m)
-    m.handle(SpeechStarted(t=3.07, at=3.0))
+    m = caller_starts_at_3(barge_in_min_s=0.2)
     m.handle(Tick(3.2))
     # a word cut off half-way, and whisper's repetition of one word: not a barge-in yet
     assert m.handle(BargeInTranscript(t=3.3, request=1, text="Earth")) == []
@@ -543,9 +539,7 @@ def test_while_talking_one_word_is_not_enough_and_repeats_count_once() -> None:
 
 
 def test_one_word_and_still_talking_at_the_window_end_confirms() -> None:
-    m = duplex(barge_in_min_s=0.2, recheck_s=0.3, false_interruption_s=1.5)
-    speaking(m)
-    m.handle(SpeechStarted(t=3.07, at=3.0))
+    m = caller_starts_at_3(barge_in_min_s=0.2, recheck_s=0.3, false_interruption_s=1.5)
     m.handle(Tick(3.2))
     assert m.handle(BargeInTranscript(t=3.3, request=1, text="Wait...")) == []
     # a short gap between words: the checks go on while the caller pauses
