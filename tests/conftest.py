@@ -11,7 +11,7 @@ import pytest_asyncio
 sys.path.insert(0, str(Path(__file__).parent))
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_AUDIO = ROOT.parent / "shared" / "audio"
+SAMPLES = ROOT / "samples"
 JFK_REFERENCE = (
     "And so my fellow Americans, ask not what your country can do for you, "
     "ask what you can do for your country."
@@ -36,8 +36,7 @@ def http_json(url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, di
 
 @pytest.fixture(scope="session")
 def jfk_path() -> Path:
-    shared = SHARED_AUDIO / "jfk.flac"
-    return shared if shared.exists() else ROOT / "samples" / "jfk.flac"
+    return SAMPLES / "jfk.flac"
 
 
 @pytest.fixture(scope="session")

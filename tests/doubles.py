@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from voice_agent.errors import LLMError
 from voice_agent.llm.base import LLMEvent, Message, TextDelta, ToolCall
+from voice_agent.session.output import OutputBase
 
 Step = str | ToolCall | LLMError
 
@@ -36,7 +37,7 @@ class ScriptedLLMDouble:
 
     async def stream(
         self, messages: list[Message], tools: list[dict[str, Any]] | None = None
-    ) -> AsyncIterator[LLMEvent]:
+    ) -> AsyncGenerator[LLMEvent, None]:
         self.requests.append([dict(m) for m in messages])
         steps = self.replies.pop(0) if self.replies else self.default
         try:
@@ -49,7 +50,7 @@ class ScriptedLLMDouble:
             self.closed_streams += 1
 
 
-class CollectingOutput:
+class CollectingOutput(OutputBase):
     """An Output that keeps every frame and event, stamped with the loop time."""
 
     def __init__(self) -> None:
@@ -91,3 +92,158 @@ class AutoAdvanceClockDouble:
     def stall(self, seconds: float) -> None:
         """The consumer was busy elsewhere: time passed without a sleep."""
         self.t += seconds
+
+
+class VirtualTimeLoopDouble(asyncio.SelectorEventLoop):
+    """An event loop on virtual time: when nothing is ready to run, time jumps to the next
+    timer instead of waiting for it. Every sleeper (``asyncio.sleep``, timeouts, the
+    product's ``LoopClock``) sees the same exact time, so a whole session runs in
+    milliseconds and the same way every time.
+
+    Only for code that does no real I/O and starts no threads (use the model doubles
+    below). With nothing scheduled at all it raises instead of hanging.
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        super().__init__()
+        self._virtual = start
+        real = self._selector  # type: ignore[attr-defined]
+        loop = self
+
+        class _Selector:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+            def select(self, timeout: float | None = None) -> Any:
+                events = real.select(0)
+                if events:
+                    return events
+                if timeout is None:
+                    raise RuntimeError("virtual-time loop idle with nothing scheduled (deadlock)")
+                loop._virtual += timeout
+                return []
+
+        self._selector = _Selector()  # type: ignore[attr-defined]
+
+    def time(self) -> float:
+        return self._virtual
+
+
+def run_virtual(main: Any, start: float = 1000.0) -> Any:
+    """Run coroutine ``main`` to completion on a fresh :class:`VirtualTimeLoopDouble`;
+    fails if any task is left pending."""
+    loop = VirtualTimeLoopDouble(start)
+    try:
+        task = loop.create_task(main)
+        result = loop.run_until_complete(task)
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        assert not pending, f"tasks left pending: {pending}"
+        return result
+    finally:
+        loop.close()
+
+
+def tone(seconds: float, level: int) -> Any:
+    """A constant-level 'utterance' for the energy VAD double; ``level`` names its words."""
+    import numpy as np
+
+    return np.full(int(seconds * 16000), level, dtype=np.int16)
+
+
+def silence(seconds: float) -> Any:
+    import numpy as np
+
+    return np.zeros(int(seconds * 16000), dtype=np.int16)
+
+
+class EnergyVadDouble:
+    """Speech is any frame with a mean absolute level over 100."""
+
+    name = "energy-vad-double"
+
+    def is_speech(self, frame: Any) -> bool:
+        import numpy as np
+
+        return bool(np.abs(frame.astype(np.int32)).mean() > 100)
+
+
+class ScriptedSTTDouble:
+    """Reads the words of a :func:`tone` utterance from its level: ``words[level]``."""
+
+    name = "scripted-stt-double"
+
+    def __init__(self, words: dict[int, str]) -> None:
+        self.words = words
+        self.calls = 0
+
+    def transcribe(self, pcm: Any) -> Any:
+        import numpy as np
+
+        from voice_agent.stt.base import Transcript
+
+        self.calls += 1
+        levels = sorted({int(v) for v in np.unique(pcm) if v > 100})
+        text = " ".join(self.words[v] for v in levels if v in self.words)
+        return Transcript(text=text, audio_samples=len(pcm), compute_s=0.0, speech_s=None)
+
+
+class ToneTTSDouble:
+    """0.1 s of a constant tone per word (so heard text maps to samples exactly)."""
+
+    name = "tone-tts-double"
+
+    def __init__(self, per_word_s: float = 0.1, level: int = 1000) -> None:
+        self.per_word_s = per_word_s
+        self.level = level
+        self.texts: list[str] = []
+
+    def synthesize(self, text: str) -> Any:
+        import numpy as np
+
+        self.texts.append(text)
+        n = int(len(text.split()) * self.per_word_s * 16000)
+        return np.full(n, self.level, dtype=np.int16)
+
+
+def modeled_runner(cost_s: float) -> Any:
+    """A FairWorker runner that takes ``cost_s`` of (virtual) time per job, with no thread
+    and no task: the result is set by a timer."""
+
+    def run(fn: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def finish() -> None:
+            if future.cancelled():
+                return
+            try:
+                future.set_result(fn())
+            except Exception as exc:
+                future.set_exception(exc)
+
+        loop.call_later(cost_s, finish)
+        return future
+
+    return run
+
+
+def double_engine(
+    llm: Any,
+    words: dict[int, str] | None = None,
+    stt_s: float = 0.3,
+    tts_s: float = 0.1,
+    partial_s: float = 0.2,
+) -> Any:
+    """An Engine of doubles on modeled compute times (for the virtual-time loop)."""
+    from voice_agent.core.work import FairWorker
+    from voice_agent.session.engine import Engine
+
+    return Engine(
+        stt=ScriptedSTTDouble(words or {}),
+        tts=ToneTTSDouble(),
+        llm=llm,
+        new_vad=EnergyVadDouble,
+        stt_worker=FairWorker("stt", modeled_runner(stt_s)),
+        partial_worker=FairWorker("stt-partial", modeled_runner(partial_s)),
+        tts_worker=FairWorker("tts", modeled_runner(tts_s)),
+    )

@@ -12,7 +12,7 @@ from voice_agent.audio.echo import EchoGuard
 from voice_agent.audio.files import load_audio_16k
 from voice_agent.audio.pcm import SAMPLE_RATE, rms_dbfs
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "audio"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
 
 def run(guard: EchoGuard, far: np.ndarray, near: np.ndarray, anchor: int = 0) -> np.ndarray:
@@ -31,7 +31,7 @@ def db(x: np.ndarray, a: float, b: float) -> float:
 @pytest.fixture(scope="module")
 def voices(jfk_path: Path) -> tuple[np.ndarray, np.ndarray]:
     far = load_audio_16k(jfk_path)[: 8 * SAMPLE_RATE]  # "the agent"
-    caller = load_audio_16k(SHARED / "stereo_diarization.wav", channel=0)[
+    caller = load_audio_16k(SAMPLES / "stereo_diarization.wav", channel=0)[
         2 * SAMPLE_RATE : 4 * SAMPLE_RATE
     ]
     return far, caller

@@ -8,7 +8,7 @@ from typing import Any
 import jiwer
 import numpy as np
 import pytest
-from conftest import JFK_REFERENCE, SHARED_AUDIO
+from conftest import JFK_REFERENCE, SAMPLES
 
 from voice_agent.audio.files import load_audio_16k
 from voice_agent.audio.pcm import SAMPLE_RATE, rms_dbfs
@@ -140,8 +140,8 @@ async def test_conversation_wav_is_time_aligned(jfk_result: Any) -> None:
 
 
 async def test_two_utterances_two_turns_with_context(real_engine: Any) -> None:
-    left = load_audio_16k(SHARED_AUDIO / "stereo_diarization.wav", channel=0)
-    right = load_audio_16k(SHARED_AUDIO / "stereo_diarization.wav", channel=1)
+    left = load_audio_16k(SAMPLES / "stereo_diarization.wav", channel=0)
+    right = load_audio_16k(SAMPLES / "stereo_diarization.wav", channel=1)
     gap = np.zeros(2 * 16000, dtype=np.int16)
     pcm = np.concatenate([right[: int(3.2 * 16000)], gap, left])
     result = await replay(real_engine, pcm, LoopClock(), fast=True)

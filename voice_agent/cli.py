@@ -12,6 +12,7 @@ from typing import Any
 from voice_agent.errors import VoiceAgentError
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "jfk.flac"
+"""The default replay input in a checkout (an installed copy has no samples: name a file)."""
 
 
 def _log(msg: str) -> None:
@@ -69,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     r = sub.add_parser("replay", help="stream a recorded file through the session core")
-    r.add_argument("input", nargs="?", default=str(SAMPLE), help="WAV or FLAC (default: a sample)")
+    r.add_argument(
+        "input", nargs="?", default=None, help="WAV or FLAC (default: a checkout's sample)"
+    )
     r.add_argument(
         "--fast", action="store_true", help="don't wait in real time while nothing is timed"
     )
@@ -144,6 +147,10 @@ async def _replay(args: argparse.Namespace) -> int:
     from voice_agent.replay import format_turns, replay
     from voice_agent.runtime import open_engine
 
+    if args.input is None:
+        if not SAMPLE.exists():
+            raise VoiceAgentError("no input file: name a WAV or FLAC file to replay")
+        args.input = str(SAMPLE)
     pcm = load_audio_16k(args.input, args.channel)
     async with open_engine(_engine_config(args), _log) as engine:
         _log(

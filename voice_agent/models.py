@@ -1,6 +1,6 @@
 """Where the embedded models come from, and the real code that resolves them.
 
-``models/manifest.toml`` pins every file by SHA-256. Model files ship inside
+``voice_agent/manifest.toml`` (package data) pins every file by SHA-256. Model files ship inside
 PyPI wheels; files split across wheels are joined once into the cache
 directory. Nothing is downloaded at run time: a missing package or a
 checksum mismatch is a :class:`ModelError` that names the fix.
@@ -9,6 +9,7 @@ checksum mismatch is a :class:`ModelError` that names the fix.
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import importlib.util
 import os
 import platform
@@ -24,7 +25,6 @@ from typing import Any
 
 from voice_agent.errors import ModelError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 INSTALL_FIX = "run `bash scripts/install.sh` (or `voice-agent setup`)"
 
 Log = Callable[[str], None]
@@ -36,7 +36,8 @@ def _quiet(_: str) -> None:
 
 @cache
 def manifest() -> dict[str, Any]:
-    path = Path(os.environ.get("VOICE_AGENT_MANIFEST", REPO_ROOT / "models" / "manifest.toml"))
+    default = importlib.resources.files("voice_agent") / "manifest.toml"  # package data
+    path = Path(os.environ.get("VOICE_AGENT_MANIFEST") or str(default))
     if not path.exists():
         raise ModelError(f"model manifest not found at {path}", "set VOICE_AGENT_MANIFEST")
     with path.open("rb") as f:

@@ -13,9 +13,10 @@ from voice_agent.core.clock import Clock
 from voice_agent.session.driver import Session, SessionConfig
 from voice_agent.session.engine import Engine
 from voice_agent.session.metrics import STAGES
+from voice_agent.session.output import OutputBase
 
 
-class ReplayRecorder:
+class ReplayRecorder(OutputBase):
     """An :class:`~voice_agent.session.driver.Output` that records what a caller would get.
 
     Agent frames are laid on the input's timeline: at the input position when

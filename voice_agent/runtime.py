@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator, Callable
 from voice_agent.audio.pcm import Pcm
 from voice_agent.llm.local import LocalLlamaServer
 from voice_agent.llm.openai_compat import OpenAICompatLLM
-from voice_agent.session.engine import Engine, EngineConfig, FrameClassifier
+from voice_agent.session.engine import Engine, EngineConfig
+from voice_agent.session.inbound import FrameClassifier
 
 Log = Callable[[str], None]
 

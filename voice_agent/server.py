@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.resources
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -44,7 +45,8 @@ from voice_agent.transports.websocket import (
     parse_start,
 )
 
-WEB_CLIENT = Path(__file__).resolve().parent.parent / "web_client"
+WEB_CLIENT = Path(str(importlib.resources.files("voice_agent") / "web_client"))
+"""The browser page, shipped as package data."""
 STALL_S = 1.0  # no audio from a WebSocket client for this long counts as silence
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import openai
@@ -64,7 +64,7 @@ class OpenAICompatLLM:
 
     async def stream(
         self, messages: list[Message], tools: list[dict[str, Any]] | None = None
-    ) -> AsyncIterator[LLMEvent]:
+    ) -> AsyncGenerator[LLMEvent, None]:
         known = {t["function"]["name"] for t in tools} if tools else None
         parser = ContentToolCallParser(known)
         kwargs: dict[str, Any] = {}

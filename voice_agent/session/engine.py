@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
+import functools
 import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from voice_agent.audio.pcm import Pcm
+from voice_agent.core.work import FairWorker
 from voice_agent.llm.base import LLM
 from voice_agent.llm.tools import ToolRegistry
+from voice_agent.session.inbound import FrameClassifier
 from voice_agent.stt.base import STT, Transcript
 from voice_agent.tts.base import TTS
 
@@ -20,12 +21,6 @@ FILLERS = ("Hmm.", "Okay.", "One moment.", "Let me check.")
 """Short clips played while the agent thinks or a tool runs; never part of the context."""
 IDLE_PROMPT = "Are you still there?"
 GOODBYE = "It seems you have stepped away. Goodbye!"
-
-
-class FrameClassifier(Protocol):
-    name: str
-
-    def is_speech(self, frame: Pcm) -> bool: ...
 
 
 @dataclass
@@ -69,10 +64,13 @@ class EngineConfig:
 
 @dataclass
 class Engine:
-    """Loaded models plus the worker threads that run them off the event loop.
+    """Loaded models plus the workers that run them off the event loop.
 
-    STT (final and partial passes) and TTS each get their own worker thread,
-    and the event loop never blocks on a model.
+    Final STT passes, partial STT passes (and barge-in checks) and TTS each have a
+    :class:`~voice_agent.core.work.FairWorker`: one thread each, shared by every
+    session in turn, with bounded per-session queues. A partial pass never delays
+    a final one, and one session's load never queues ahead of another session's
+    next job. Each call names its ``owner`` (the session).
     """
 
     stt: STT
@@ -80,27 +78,22 @@ class Engine:
     llm: LLM
     new_vad: Callable[[], FrameClassifier]
     tools: ToolRegistry = field(default_factory=ToolRegistry)
-    stt_executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="stt")
-    )
-    partial_executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="stt-partial")
-    )
-    tts_executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="tts")
-    )
+    stt_worker: FairWorker = field(default_factory=lambda: FairWorker("stt"))
+    partial_worker: FairWorker = field(default_factory=lambda: FairWorker("stt-partial"))
+    tts_worker: FairWorker = field(default_factory=lambda: FairWorker("tts"))
     info: dict[str, Any] = field(default_factory=dict)
     speech_seconds: Callable[[Pcm], float] | None = None
     """Seconds of speech in a clip (Silero); None: transcripts are not checked."""
     clips: dict[str, Pcm] = field(default_factory=dict)
     """Fixed lines (fillers, the idle prompt, goodbye) synthesized once with the voice."""
 
-    async def run_stt(self, pcm: Pcm, partial: bool = False) -> Transcript:
-        """Final passes and partial passes have a worker thread each, so a partial
-        pass that is still running never delays the final one."""
-        loop = asyncio.get_running_loop()
-        pool = self.partial_executor if partial else self.stt_executor
-        return await loop.run_in_executor(pool, self._transcribe, pcm)
+    async def run_stt(self, pcm: Pcm, partial: bool = False, owner: Hashable = None) -> Transcript:
+        """Transcribe ``pcm``. A newer request of the same kind (final, or partial) from the
+        same ``owner`` supersedes one still waiting: that one raises
+        :class:`~voice_agent.core.work.Superseded`."""
+        worker = self.partial_worker if partial else self.stt_worker
+        slot = "partial" if partial else "final"
+        return await worker.submit(owner, functools.partial(self._transcribe, pcm), slot=slot)
 
     def _transcribe(self, pcm: Pcm) -> Transcript:
         result = self.stt.transcribe(pcm)
@@ -108,18 +101,16 @@ class Engine:
             result = dataclasses.replace(result, speech_s=self.speech_seconds(pcm))
         return result
 
-    async def run_tts(self, text: str) -> Pcm:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.tts_executor, self.tts.synthesize, text)
+    async def run_tts(self, text: str, owner: Hashable = None) -> Pcm:
+        return await self.tts_worker.submit(owner, functools.partial(self.tts.synthesize, text))
 
-    async def clip(self, text: str) -> Pcm:
+    async def clip(self, text: str, owner: Hashable = None) -> Pcm:
         """The audio of a fixed line: synthesized at start-up, or once on first use."""
         pcm = self.clips.get(text)
         if pcm is None:
-            pcm = self.clips[text] = await self.run_tts(text)
+            pcm = self.clips[text] = await self.run_tts(text, owner)
         return pcm
 
     def shutdown(self) -> None:
-        self.stt_executor.shutdown(wait=False, cancel_futures=True)
-        self.partial_executor.shutdown(wait=False, cancel_futures=True)
-        self.tts_executor.shutdown(wait=False, cancel_futures=True)
+        for worker in (self.stt_worker, self.partial_worker, self.tts_worker):
+            worker.close()

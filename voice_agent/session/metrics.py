@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from voice_agent.core.enums import BargeOutcome, ReplyKind, ReplyStatus
+
 # The stages in the order they happen, as printed in the timeline.
 STAGES = (
     ("speech_end", "end of user speech (VAD)"),
@@ -31,7 +33,7 @@ class Interruption:
     last_sent: float | None
     """When the last frame of the reply's audio was handed to the transport."""
     sent_samples: int = 0
-    outcome: str = "pending"  # confirmed | recovered
+    outcome: BargeOutcome = BargeOutcome.PENDING
     resolved: float | None = None
     words: str = ""
     acks: list[tuple[float, int]] = field(default_factory=list)
@@ -79,7 +81,7 @@ class TurnMetrics:
     reply_done: float | None = None
     reply_text: str = ""
     heard_text: str = ""
-    status: str = "pending"  # completed | interrupted | llm_error
+    status: ReplyStatus = ReplyStatus.PENDING
     error: str | None = None
     tool_calls: list[str] = field(default_factory=list)
     context: list[dict[str, Any]] = field(default_factory=list)
@@ -89,10 +91,9 @@ class TurnMetrics:
     committed: bool = False
     """False while the reply is prepared ahead of the end of turn (its audio held)."""
     parts: list[str] = field(default_factory=list)
-    kind: str = "reply"
+    kind: ReplyKind = ReplyKind.REPLY
     audio_started: bool = False
     """Any audio of the reply (a filler included) has been sent."""
-    """reply | idle_prompt | goodbye"""
     heard_source: str = "sent"
     """What ``heard_text`` was cut at: the client's playout report, or the audio sent."""
     interruptions: list[Interruption] = field(default_factory=list)

@@ -53,6 +53,8 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
+from voice_agent.core.enums import ReplyKind
+
 
 class UserState(Enum):
     QUIET = "quiet"
@@ -238,8 +240,8 @@ class PlayFiller:
 @dataclass(frozen=True)
 class Say:
     gen: int
-    purpose: str
-    """Speak a fixed line as reply ``gen``: "idle_prompt" or "goodbye"."""
+    purpose: ReplyKind
+    """Speak a fixed line as reply ``gen``: the idle prompt or goodbye."""
 
 
 Command = (
@@ -552,15 +554,15 @@ class TurnMachine:
             if self.user is not UserState.QUIET or self.agent is not AgentState.IDLE:
                 self._idle_since = None  # something is going on; the clock restarts after it
             elif self.prepared is None:
-                cmds += self._say("goodbye" if self._prompted else "idle_prompt")
+                cmds += self._say(ReplyKind.GOODBYE if self._prompted else ReplyKind.IDLE_PROMPT)
         return cmds
 
-    def _say(self, purpose: str) -> list[Command]:
+    def _say(self, purpose: ReplyKind) -> list[Command]:
         self._last_gen += 1
         self.gen = self._last_gen
         self.agent = AgentState.THINKING
         self._idle_since = None
-        if purpose == "goodbye":
+        if purpose is ReplyKind.GOODBYE:
             self._goodbye = self.gen
         else:
             self._prompted = True

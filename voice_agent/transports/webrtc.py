@@ -189,16 +189,19 @@ class WebRtcOutput:
             self._carry = {gen: buf[n * RTC_FRAME :]}
 
     async def send_event(self, event: dict[str, Any]) -> None:
-        kind = event.get("type")
-        if kind == "clear":
-            self.track.clear(int(event["gen"]))
-            self.track.held = None
-            self._carry.clear()
-        elif kind == "reply.paused":  # the caller began to talk: hold, don't drop
-            self.track.held = int(event["gen"])
-        elif kind == "reply.resumed":
-            self.track.held = None
         self._send_text(json.dumps(event))
+
+    async def clear(self, gen: int) -> None:
+        self.track.clear(gen)
+        self.track.held = None
+        self._carry.clear()
+
+    async def pause(self, gen: int) -> None:
+        self.track.held = gen  # the caller began to talk: hold, don't drop
+
+    async def resume(self, gen: int) -> None:
+        if self.track.held == gen:
+            self.track.held = None
 
     def _send_text(self, text: str) -> None:
         if self.channel is not None and self.channel.readyState == "open":

@@ -18,6 +18,7 @@ import numpy as np
 
 from voice_agent.audio.pcm import SAMPLE_RATE, Pcm, from_bytes
 from voice_agent.audio.resample import StreamResampler
+from voice_agent.session.output import OutputBase
 
 SUPPORTED_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 AUDIO_HEADER = struct.Struct("<II")  # generation, sequence number
@@ -122,11 +123,13 @@ class SlowClient(Exception):
     """The client does not read fast enough: its send queue is full."""
 
 
-class WebSocketOutput:
+class WebSocketOutput(OutputBase):
     """Session :class:`Output` over a WebSocket: a bounded queue drained by :meth:`writer`.
 
     The queue never blocks the session: when it is full the client is too
-    slow, and :class:`SlowClient` ends the session (close code 4408).
+    slow, and :class:`SlowClient` ends the session (close code 4408). The client keeps
+    its own playback buffer and acts on the ``clear``, ``reply.paused`` and
+    ``reply.resumed`` events, so the clear, pause and resume hooks have nothing to do.
     """
 
     def __init__(

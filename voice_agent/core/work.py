@@ -1,0 +1,153 @@
+"""Blocking model work (STT, TTS) shared fairly by sessions, in bounded queues.
+
+A :class:`FairWorker` runs one job at a time on its own thread. Jobs wait in
+the event loop, one queue per owner (a session), and owners take turns, so a
+session that floods the worker delays another session by at most one job of
+its own. Nothing waits in the thread pool's own queue.
+
+- ``slot``: a job submitted with a slot replaces that owner's job in the same
+  slot that has not started yet; the replaced one raises :class:`Superseded`.
+  (A newer partial transcript makes an older one pointless.)
+- ``max_pending``: an owner with that many jobs waiting gets
+  :class:`WorkQueueFull` instead of a longer queue.
+- Cancelling the awaiting task drops a job that has not started. A job that
+  has started finishes in its thread (CTranslate2 and onnxruntime cannot be
+  interrupted); its result is discarded and the worker stays busy until then,
+  so the thread never has more than one job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+Runner = Callable[[Callable[[], Any]], "asyncio.Future[Any]"]
+"""Starts one blocking call and returns a future of its result (no task is created)."""
+
+
+class Superseded(Exception):
+    """A newer job of the same slot and owner replaced this one before it started."""
+
+
+class WorkQueueFull(Exception):
+    """The owner already has ``max_pending`` jobs waiting."""
+
+
+@dataclass(eq=False)
+class _Job:
+    owner: Hashable
+    slot: str | None
+    turn: asyncio.Future[None] = field(repr=False)
+    started: bool = False
+
+
+class FairWorker:
+    """One worker thread shared by many owners, who take turns (see the module docstring).
+
+    ``runner`` replaces the thread (tests model compute time on a virtual clock).
+    Call :meth:`submit` from the event loop only; :meth:`close` when done.
+    """
+
+    def __init__(self, name: str, runner: Runner | None = None, max_pending: int = 4) -> None:
+        self.name = name
+        self.max_pending = max_pending
+        self._executor: ThreadPoolExecutor | None = None
+        if runner is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix=name)
+            executor = self._executor
+
+            def runner(fn: Callable[[], Any]) -> asyncio.Future[Any]:
+                return asyncio.get_running_loop().run_in_executor(executor, fn)
+
+        self._runner: Runner = runner
+        self._queues: dict[Hashable, deque[_Job]] = {}
+        """Owners in turn order (dicts keep insertion order), each with its waiting jobs."""
+        self._busy = False
+        self.jobs_run = 0
+        self.superseded = 0
+
+    @property
+    def waiting(self) -> int:
+        """Jobs queued and not started, over all owners."""
+        return sum(len(q) for q in self._queues.values())
+
+    def waiting_for(self, owner: Hashable) -> int:
+        return len(self._queues.get(owner, ()))
+
+    async def submit(self, owner: Hashable, fn: Callable[[], T], slot: str | None = None) -> T:
+        """Run ``fn()`` on the worker thread when it is ``owner``'s turn; return its result.
+
+        Raises :class:`Superseded` if a newer job of the same ``slot`` replaced it before it
+        started, :class:`WorkQueueFull` if ``owner`` already has ``max_pending`` jobs waiting,
+        and whatever ``fn`` raises. Cancellation drops a job that has not started.
+        """
+        queue = self._queues.get(owner)
+        if queue is None:
+            queue = self._queues[owner] = deque()
+        if slot is not None:
+            for old in [j for j in queue if j.slot == slot]:
+                queue.remove(old)
+                self.superseded += 1
+                old.turn.set_exception(Superseded(f"{self.name}: replaced by a newer job"))
+        if len(queue) >= self.max_pending:
+            self._prune(owner)
+            raise WorkQueueFull(f"{self.name}: {self.max_pending} jobs already waiting")
+        job = _Job(owner, slot, asyncio.get_running_loop().create_future())
+        queue.append(job)
+        self._dispatch()
+        try:
+            await job.turn
+        except BaseException:
+            if job.started:  # our turn came as we were cancelled: pass it on
+                self._release()
+            elif job in queue:
+                queue.remove(job)
+                self._prune(owner)
+            raise
+        future = self._runner(fn)
+        future.add_done_callback(lambda _: self._release())
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # the thread runs on; its result is dropped when it comes
+            future.add_done_callback(_consume)
+            raise
+
+    def _dispatch(self) -> None:
+        if self._busy:
+            return
+        for owner in list(self._queues):
+            queue = self._queues.pop(owner)
+            if not queue:
+                continue
+            job = queue.popleft()
+            if queue:
+                self._queues[owner] = queue  # back of the line, behind the other owners
+            job.started = True
+            self._busy = True
+            self.jobs_run += 1
+            job.turn.set_result(None)
+            return
+
+    def _release(self) -> None:
+        self._busy = False
+        self._dispatch()
+
+    def _prune(self, owner: Hashable) -> None:
+        if not self._queues.get(owner, True):
+            del self._queues[owner]
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved, so asyncio does not log it as never retrieved

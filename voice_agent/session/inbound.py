@@ -1,0 +1,155 @@
+"""The inbound pipeline: caller audio → 20 ms frames → echo removal → VAD → turn audio.
+
+Pure and synchronous (no awaits, no clock reads): :meth:`InboundPipeline.push`
+takes a chunk and the time it arrived and returns the speech events it caused.
+It keeps the turn buffer (with pre-roll), the sample timeline (when each input
+sample was captured) and the VAD hysteresis state.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from voice_agent.audio.echo import EchoGuard
+from voice_agent.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE, Pcm
+from voice_agent.vad.hysteresis import VadHysteresis, VadStart, VadState, VadStop
+
+
+class FrameClassifier(Protocol):
+    name: str
+
+    def is_speech(self, frame: Pcm) -> bool:
+        """One 20 ms frame of 16 kHz int16: speech or not (blocking, cheap)."""
+        ...
+
+
+@dataclass(frozen=True)
+class SpeechOnset:
+    at: float
+    """Clock time the speech began (its first speech frame was captured)."""
+
+
+@dataclass(frozen=True)
+class SpeechEnd:
+    at: float
+    """Clock time of the first silent frame after the speech."""
+
+
+InboundEvent = SpeechOnset | SpeechEnd
+
+
+class InboundPipeline:
+    """Frames, VAD hysteresis, the turn buffer with pre-roll, and sample times.
+
+    A turn buffer opens at a speech onset (with ``preroll_ms`` of audio before
+    it) and grows until :meth:`end_turn`; it keeps at most ``max_turn_s``.
+    """
+
+    def __init__(
+        self,
+        vad: FrameClassifier,
+        echo: EchoGuard | None = None,
+        vad_start_ms: int = 60,
+        vad_stop_ms: int = 120,
+        preroll_ms: int = 300,
+        max_turn_s: float = 28.0,
+    ) -> None:
+        self.vad = vad
+        self.echo = echo
+        self.hysteresis = VadHysteresis.from_ms(20, vad_start_ms, vad_stop_ms)
+        self.samples_in = 0
+        """Input samples framed so far (the input's timeline)."""
+        self.turn_start_sample = 0
+        self.turn_onset: float | None = None
+        """Clock time of the current turn's first speech onset."""
+        self._carry = np.zeros(0, dtype=np.int16)
+        self._turn: list[Pcm] | None = None
+        self._preroll: deque[Pcm] = deque(maxlen=max(1, preroll_ms // 20))
+        self._max_frames = int(max_turn_s * 50)
+        self._arrivals: deque[tuple[int, float]] = deque(maxlen=1000)
+        self._partial_at = 0
+
+    @property
+    def state(self) -> VadState:
+        return self.hysteresis.state
+
+    @property
+    def in_turn(self) -> bool:
+        return self._turn is not None
+
+    def push(self, chunk: Pcm, now: float) -> list[InboundEvent]:
+        """Frame ``chunk`` (16 kHz int16, any length) that arrived at ``now``."""
+        carry = np.concatenate([self._carry, chunk]) if self._carry.size else chunk
+        n = len(carry) // FRAME_SAMPLES
+        events: list[InboundEvent] = []
+        for i in range(n):
+            frame = carry[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
+            if self.echo is not None:  # the VAD and STT hear the caller, not our echo
+                frame = self.echo.near_end(frame)
+            self.samples_in += FRAME_SAMPLES
+            # a frame is captured when its last sample is: later frames of one chunk
+            # arrive together, so date each by its position in the chunk
+            captured = now - (n - 1 - i) * FRAME_SAMPLES / SAMPLE_RATE
+            self._arrivals.append((self.samples_in, captured))
+            event = self.hysteresis.update(self.vad.is_speech(frame))
+            if self._turn is not None:
+                if len(self._turn) < self._max_frames:
+                    self._turn.append(frame)
+            else:
+                self._preroll.append(frame)
+            if isinstance(event, VadStart):
+                at = self.sample_time(event.at_sample)
+                if self._turn is None:
+                    self._begin_turn(at)
+                events.append(SpeechOnset(at))
+            elif isinstance(event, VadStop):
+                events.append(SpeechEnd(self.sample_time(event.at_sample)))
+        self._carry = carry[n * FRAME_SAMPLES :]
+        return events
+
+    def _begin_turn(self, at: float) -> None:
+        self._turn = list(self._preroll)
+        self.turn_start_sample = self.samples_in - len(self._turn) * FRAME_SAMPLES
+        self._preroll.clear()
+        self.turn_onset = at
+        self._partial_at = 0
+
+    def end_turn(self) -> None:
+        """The turn is over (answered or discarded): drop its audio."""
+        self._turn = None
+
+    def turn_audio(self) -> Pcm:
+        if not self._turn:
+            return np.zeros(0, dtype=np.int16)
+        return np.concatenate(self._turn)
+
+    def partial_due(self, every_s: float) -> bool:
+        """True (once) each time the turn has grown by ``every_s`` since the last partial."""
+        if self._turn is None:
+            return False
+        n = len(self._turn) * FRAME_SAMPLES
+        if n - self._partial_at < every_s * SAMPLE_RATE:
+            return False
+        self._partial_at = n
+        return True
+
+    def sample_time(self, sample: int) -> float:
+        """Clock time at which input sample ``sample`` was captured."""
+        for end, t in reversed(self._arrivals):
+            if end <= sample:
+                return t + (sample - end) / SAMPLE_RATE
+        if self._arrivals:
+            end, t = self._arrivals[0]
+            return t - (end - sample) / SAMPLE_RATE
+        return 0.0
+
+    def sample_at(self, t: float) -> int:
+        """The input sample being captured at clock time ``t`` (from the latest arrival)."""
+        if not self._arrivals:
+            return self.samples_in
+        end, at = self._arrivals[-1]
+        return end + round((t - at) * SAMPLE_RATE)

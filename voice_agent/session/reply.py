@@ -1,0 +1,239 @@
+"""One reply: LLM → sentence splitter → TTS → playout, for one generation.
+
+A :class:`Reply` runs as one task with an inner TaskGroup (the LLM stream and
+the TTS feed, joined by a bounded queue of sentences). Cancelling that task
+tears the whole reply down: the LLM stream is closed (``aclosing``), a TTS job
+not yet started is dropped, and audio already queued is cleared by the driver
+(the generation is stale from then on).
+
+A prepared reply (started before the end of the turn) generates and
+synthesizes at once, but its audio is held by the :class:`PlayGate` until
+:meth:`Reply.commit`. Fixed lines (the idle prompt, goodbye) are replies with
+no LLM call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+
+from voice_agent.audio.playout import Playout
+from voice_agent.core.clock import Clock
+from voice_agent.core.enums import ReplyKind, ReplyStatus
+from voice_agent.errors import LLMError
+from voice_agent.llm.base import Message, TextDelta, ToolCall
+from voice_agent.session.engine import Engine
+from voice_agent.session.metrics import TurnMetrics
+from voice_agent.session.writer import PacedWriter
+from voice_agent.text.sentences import SentenceSplitter
+
+Emit = Callable[..., Awaitable[None]]
+
+
+class Fillers:
+    """Picks the filler lines, never the same one twice in a row."""
+
+    def __init__(self, lines: tuple[str, ...]) -> None:
+        self.lines = lines
+        self.last: str | None = None
+
+    def pick(self, turn: int, preferred: str | None = None) -> str:
+        if preferred and preferred != self.last:
+            return preferred
+        choices = [f for f in self.lines if f != self.last]
+        return choices[turn % len(choices)] if choices else self.lines[0]
+
+
+@dataclass
+class ReplyContext:
+    """What every reply of one session shares."""
+
+    engine: Engine
+    owner: Hashable
+    """Whose turn it is on the shared model workers (the session)."""
+    playout: Playout
+    writer: PacedWriter
+    clock: Clock
+    emit: Emit
+    fillers: Fillers
+    max_tool_rounds: int = 3
+
+
+class Reply:
+    """Reply ``gen`` to ``messages`` (or the ``fixed`` line), recording into ``metrics``."""
+
+    def __init__(
+        self,
+        ctx: ReplyContext,
+        metrics: TurnMetrics,
+        messages: list[Message],
+        fixed: str | None = None,
+        turn: int = 0,
+    ) -> None:
+        self.ctx = ctx
+        self.m = metrics
+        self.gen = metrics.gen
+        self.messages = messages
+        self.fixed = fixed
+        self.turn = turn
+        self.finished = False
+        """Set by the driver once the reply's task is over."""
+        self.committed = asyncio.Event()
+        if metrics.committed:
+            self.committed.set()
+        metrics.context = [dict(msg) for msg in messages]
+
+    def commit(self) -> None:
+        """The turn is over: the held audio may play."""
+        self.m.committed = True
+        self.committed.set()
+        self.ctx.writer.wake()
+
+    async def run(self) -> None:
+        """Generate, speak, then wait until every frame has been played."""
+        m = self.m
+        sentences: asyncio.Queue[str | None] = asyncio.Queue(8)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                if self.fixed is None:
+                    tg.create_task(self._generate(sentences))
+                else:
+                    tg.create_task(self._fixed_line(sentences, self.fixed))
+                tg.create_task(self._speak(sentences))
+            await self.committed.wait()
+            await self.ctx.writer.wait_played(self.gen)
+        except asyncio.CancelledError:
+            if m.status is ReplyStatus.PENDING:
+                m.status = ReplyStatus.INTERRUPTED
+            raise
+        m.reply_done = self.ctx.clock.now()
+        played = self.ctx.playout.played_samples(self.gen)
+        await self.ctx.emit("reply.audio.end", gen=self.gen, samples=played)
+        if m.status is ReplyStatus.PENDING:
+            m.status = ReplyStatus.COMPLETED
+
+    def settle(self, interrupted: bool) -> None:
+        """Fill in the reply's text and what the caller heard of it (after :meth:`run`)."""
+        m, playout = self.m, self.ctx.playout
+        m.reply_text = "".join(m.parts).strip()
+        m.reply_samples = playout.played_samples(self.gen)
+        if interrupted and m.client_played_samples > 0:
+            # what the client confirmed playing (its cursor, or what WebRTC sent)
+            m.heard_source = "client"
+            m.heard_text = playout.heard_text(self.gen, m.client_played_samples)
+        else:
+            m.heard_text = playout.heard_text(self.gen)
+
+    def history_entry(self, interrupted: bool) -> Message | None:
+        """The assistant message the caller heard (None: nothing to remember)."""
+        content = self.m.reply_text
+        if interrupted:
+            content = f"{self.m.heard_text} [interrupted by the caller]".strip()
+        return {"role": "assistant", "content": content} if content else None
+
+    async def _generate(self, out: asyncio.Queue[str | None]) -> None:
+        m, ctx = self.m, self.ctx
+        splitter = SentenceSplitter()
+        messages = [dict(msg) for msg in self.messages]
+        m.llm_request = ctx.clock.now()
+        tools = ctx.engine.tools.schemas() or None
+        try:
+            for _ in range(ctx.max_tool_rounds + 1):
+                calls: list[ToolCall] = []
+                async with contextlib.aclosing(ctx.engine.llm.stream(messages, tools)) as stream:
+                    async for ev in stream:
+                        if isinstance(ev, TextDelta):
+                            if m.llm_first_token is None:
+                                m.llm_first_token = ctx.clock.now()
+                            m.parts.append(ev.text)
+                            if m.committed:
+                                await ctx.emit("reply.delta", gen=self.gen, text=ev.text)
+                            for sentence in splitter.feed(ev.text):
+                                await self._put_sentence(out, sentence)
+                        else:
+                            calls.append(ev)
+                if not calls:
+                    break
+                messages += await self._run_tools(calls)
+        except LLMError as exc:
+            m.status = ReplyStatus.LLM_ERROR
+            m.error = str(exc)
+            await ctx.emit("error", gen=self.gen, message=str(exc))
+        for sentence in splitter.flush():
+            await self._put_sentence(out, sentence)
+        await out.put(None)
+
+    async def _fixed_line(self, out: asyncio.Queue[str | None], text: str) -> None:
+        self.m.parts.append(text)
+        await self.ctx.emit("reply.start", gen=self.gen, purpose=self.m.kind)
+        await self.ctx.emit("reply.delta", gen=self.gen, text=text)
+        await self._put_sentence(out, text)
+        await out.put(None)
+
+    async def _put_sentence(self, out: asyncio.Queue[str | None], sentence: str) -> None:
+        if self.m.first_sentence is None:
+            self.m.first_sentence = self.ctx.clock.now()
+        await out.put(sentence)
+
+    async def _run_tools(self, calls: list[ToolCall]) -> list[Message]:
+        ctx = self.ctx
+        msgs: list[Message] = [
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": c.id,
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
+                    }
+                    for c in calls
+                ],
+            }
+        ]
+        for call in calls:
+            tool = ctx.engine.tools.get(call.name)
+            self.m.tool_calls.append(call.name)
+            status = tool.status if tool else "One moment."
+            await ctx.emit("status", gen=self.gen, text=status)
+            await self.play_filler(preferred=status)  # the caller hears it too
+            result = await ctx.engine.tools.run(call)
+            msgs.append({"role": "tool", "tool_call_id": call.id, "content": result})
+        return msgs
+
+    async def _speak(self, sentences: asyncio.Queue[str | None]) -> None:
+        ctx, m = self.ctx, self.m
+        while (sentence := await sentences.get()) is not None:
+            if m.kind is not ReplyKind.REPLY:
+                pcm = await ctx.engine.clip(sentence, ctx.owner)
+            else:
+                pcm = await ctx.engine.run_tts(sentence, ctx.owner)
+            if m.tts_first_audio is None:
+                m.tts_first_audio = ctx.clock.now()
+            await ctx.writer.wait_room()
+            ctx.playout.push(self.gen, pcm, sentence)
+            ctx.writer.wake()
+
+    async def play_filler(self, preferred: str | None = None) -> bool:
+        """A short clip while the agent thinks (``preferred``: a tool's own spoken status).
+
+        It is queued behind any audio of the reply already waiting, so it never plays over
+        answer audio, and is part of the reply's generation, so it is interruptible. Its
+        words never enter the heard text or the history. Returns whether it was queued."""
+        ctx = self.ctx
+        if preferred is None and ctx.playout.pending(self.gen) > 0:
+            return False  # the answer is about to play: no filler
+        text = ctx.fillers.pick(self.turn, preferred)
+        pcm = await ctx.engine.clip(text, ctx.owner)
+        if self.finished or (preferred is None and ctx.playout.pending(self.gen) > 0):
+            return False
+        ctx.fillers.last = text
+        ctx.playout.push(self.gen, pcm, text, filler=True)
+        ctx.writer.wake()
+        self.m.fillers.append((ctx.clock.now(), text))
+        await ctx.emit("filler", gen=self.gen, text=text)
+        return True
+
