@@ -10,7 +10,13 @@ from voice_agent.errors import LLMError
 from voice_agent.llm.base import LLMEvent, Message, TextDelta, ToolCall
 from voice_agent.session.output import OutputBase
 
-Step = str | ToolCall | LLMError
+
+class Hang:
+    """A scripted step that never completes (the endpoint stalls); only a cancel ends it."""
+
+
+HANG = Hang()
+Step = str | ToolCall | LLMError | Hang
 
 
 class ScriptedLLMDouble:
@@ -43,6 +49,8 @@ class ScriptedLLMDouble:
         try:
             for step in steps:
                 await asyncio.sleep(self.token_delay_s)
+                if isinstance(step, Hang):
+                    await asyncio.get_running_loop().create_future()
                 if isinstance(step, LLMError):
                     raise step
                 yield TextDelta(step) if isinstance(step, str) else step
@@ -139,7 +147,13 @@ def run_virtual(main: Any, start: float = 1000.0) -> Any:
         pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
         assert not pending, f"tasks left pending: {pending}"
         return result
-    finally:
+    finally:  # after a failure: cancel what is left, so it does not outlive the loop
+        left = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for t in left:
+            t.cancel()
+        if left:
+            loop.run_until_complete(asyncio.wait(left, timeout=60))
+        loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
 
 
@@ -188,12 +202,13 @@ class ScriptedSTTDouble:
 
 
 class ToneTTSDouble:
-    """0.1 s of a constant tone per word (so heard text maps to samples exactly)."""
+    """A constant tone, 10 ms per character (counting one space after the last word): the
+    same proportion the heard-text estimate uses, so what was heard maps to samples exactly."""
 
     name = "tone-tts-double"
 
-    def __init__(self, per_word_s: float = 0.1, level: int = 1000) -> None:
-        self.per_word_s = per_word_s
+    def __init__(self, per_char_s: float = 0.01, level: int = 1000) -> None:
+        self.per_char_s = per_char_s
         self.level = level
         self.texts: list[str] = []
 
@@ -201,7 +216,7 @@ class ToneTTSDouble:
         import numpy as np
 
         self.texts.append(text)
-        n = int(len(text.split()) * self.per_word_s * 16000)
+        n = round((len(text) + 1) * self.per_char_s * 16000)
         return np.full(n, self.level, dtype=np.int16)
 
 
@@ -236,11 +251,14 @@ def double_engine(
 ) -> Any:
     """An Engine of doubles on modeled compute times (for the virtual-time loop)."""
     from voice_agent.core.work import FairWorker
-    from voice_agent.session.engine import Engine
+    from voice_agent.session.engine import FILLERS, GOODBYE, IDLE_PROMPT, Engine
 
+    tts = ToneTTSDouble()
     return Engine(
         stt=ScriptedSTTDouble(words or {}),
-        tts=ToneTTSDouble(),
+        tts=tts,
+        # synthesized at start-up, as the product's warm-up does
+        clips={line: tts.synthesize(line) for line in (*FILLERS, IDLE_PROMPT, GOODBYE)},
         llm=llm,
         new_vad=EnergyVadDouble,
         stt_worker=FairWorker("stt", modeled_runner(stt_s)),

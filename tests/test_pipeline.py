@@ -188,8 +188,10 @@ async def test_dead_llm_endpoint_is_a_clear_error(stt_tts: Any) -> None:
     turn = session.turns[0]
     assert turn.status == "llm_error"
     assert turn.error is not None and "cannot reach the LLM" in turn.error
+    assert "VOICE_AGENT_LLM_BASE_URL" in turn.error  # the fix, for the operator's report
     errors = [e for e in out.events if e["type"] == "error"]
-    assert len(errors) == 1 and "VOICE_AGENT_LLM_BASE_URL" in errors[0]["message"]
+    assert len(errors) == 1 and errors[0]["code"] == "llm_error"
+    assert str(port) not in errors[0]["message"]  # no internal address reaches the client
 
 
 async def test_whisper_base_is_selectable(jfk_path: Path) -> None:

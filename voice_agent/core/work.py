@@ -67,7 +67,10 @@ class FairWorker:
 
         self._runner: Runner = runner
         self._queues: dict[Hashable, deque[_Job]] = {}
-        """Owners in turn order (dicts keep insertion order), each with its waiting jobs."""
+        """Owners with jobs waiting, in the order they came (dicts keep insertion order)."""
+        self._served: dict[Hashable, int] = {}
+        """When each owner was last served (a dispatch count); trimmed to the owners with
+        jobs waiting once it grows past ``64 + 4 x`` their number."""
         self._busy = False
         self.jobs_run = 0
         self.superseded = 0
@@ -120,20 +123,20 @@ class FairWorker:
             raise
 
     def _dispatch(self) -> None:
-        if self._busy:
+        """Start the next job: that of the owner served longest ago (never: first come)."""
+        if self._busy or not self._queues:
             return
-        for owner in list(self._queues):
-            queue = self._queues.pop(owner)
-            if not queue:
-                continue
-            job = queue.popleft()
-            if queue:
-                self._queues[owner] = queue  # back of the line, behind the other owners
-            job.started = True
-            self._busy = True
-            self.jobs_run += 1
-            job.turn.set_result(None)
-            return
+        owner = min(self._queues, key=lambda o: self._served.get(o, -1))
+        queue = self._queues[owner]
+        job = queue.popleft()
+        self.jobs_run += 1
+        self._served[owner] = self.jobs_run
+        self._prune(owner)
+        if len(self._served) > 64 + 4 * len(self._queues):
+            self._served = {o: n for o, n in self._served.items() if o in self._queues}
+        job.started = True
+        self._busy = True
+        job.turn.set_result(None)
 
     def _release(self) -> None:
         self._busy = False

@@ -21,7 +21,7 @@ from voice_agent.audio.pcm import SAMPLE_RATE, Pcm
 from voice_agent.audio.playout import Playout, Segment
 from voice_agent.core.clock import Clock
 from voice_agent.core.enums import BargeOutcome, ReplyKind
-from voice_agent.core.work import Superseded
+from voice_agent.core.work import Superseded, WorkQueueFull
 from voice_agent.llm.base import Message
 from voice_agent.session import turns as t
 from voice_agent.session.config import DEFAULT_SYSTEM_PROMPT, SessionConfig
@@ -219,7 +219,7 @@ class Session:
         self._partial_running = True
         try:
             result = await self._stt(partial=True)
-        except Superseded:
+        except (Superseded, WorkQueueFull):
             return
         finally:
             self._partial_running = False
@@ -227,7 +227,7 @@ class Session:
             await self._emit("transcript.partial", text=result.text)
 
     async def _final_transcript(self, request: int) -> None:
-        with contextlib.suppress(Superseded):
+        with contextlib.suppress(Superseded, WorkQueueFull):  # a newer request answers
             result = await self._stt(partial=False)
             now = self.clock.now()
             text = self.filter.final(result, self.inbound.turn_start_sample)
@@ -238,7 +238,7 @@ class Session:
         """The words so far of speech that began while the agent was talking."""
         try:
             result = await self._stt(partial=True)
-        except Superseded:  # no answer proves nothing: the machine checks again
+        except (Superseded, WorkQueueFull):  # no answer proves nothing: checked again
             text, echo = "", False
         else:
             text, echo = self.filter.check(result, self.inbound.turn_start_sample)

@@ -31,6 +31,7 @@ from voice_agent.session.writer import PacedWriter
 from voice_agent.text.sentences import SentenceSplitter
 
 Emit = Callable[..., Awaitable[None]]
+LLM_FAILED = "the language model failed mid-reply; what it said is kept"
 
 
 class Fillers:
@@ -161,7 +162,8 @@ class Reply:
         except LLMError as exc:
             m.status = ReplyStatus.LLM_ERROR
             m.error = str(exc)
-            await ctx.emit("error", gen=self.gen, message=str(exc))
+            # the detail (an endpoint's address) stays in the session's report
+            await ctx.emit("error", gen=self.gen, code="llm_error", message=LLM_FAILED)
         for sentence in splitter.flush():
             await self._put_sentence(out, sentence)
         await out.put(None)

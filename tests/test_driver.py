@@ -1,0 +1,641 @@
+"""The session driver on virtual time, with model doubles: whole sessions in milliseconds.
+
+Each test runs on a fresh :class:`VirtualTimeLoopDouble` (time jumps to the next timer
+when nothing is ready), with modeled compute times for STT (0.3 s final, 0.2 s partial)
+and TTS (0.1 s a sentence), an energy VAD and a scripted LLM. A caller feeds audio in
+20 ms chunks, each arriving when its last sample is captured. ``run_virtual`` fails a
+test that leaves any task pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+from doubles import (
+    HANG,
+    CollectingOutput,
+    ScriptedLLMDouble,
+    double_engine,
+    run_virtual,
+    silence,
+    tone,
+)
+
+from voice_agent.core.clock import LoopClock
+from voice_agent.errors import LLMError
+from voice_agent.llm.base import ToolCall
+from voice_agent.llm.tools import Tool, ToolRegistry
+from voice_agent.session.driver import Session, SessionConfig
+from voice_agent.session.engine import Engine
+from voice_agent.session.turns import DuplexPolicy
+
+WORDS = {
+    500: "What time is it?",
+    600: "Stop, tell me about the weather instead.",
+    700: "and the date?",
+}
+"""What the STT double hears in a tone of each level; any other level (a cough) is ""."""
+CHUNK = 320
+
+
+@dataclass
+class Call:
+    """A caller on the line of one session: audio flows in real (virtual) time."""
+
+    session: Session
+    out: CollectingOutput
+    llm: ScriptedLLMDouble
+    task: asyncio.Task[None]
+    fed: int = 0
+
+    @property
+    def engine(self) -> Engine:
+        return self.session.engine
+
+    def now_ms(self) -> float:
+        return round((self.session.clock.now() - self.session.t0) * 1000, 1)
+
+    async def say(self, pcm: Any) -> None:
+        for k in range(0, len(pcm), CHUNK):
+            chunk = pcm[k : k + CHUNK]
+            self.fed += len(chunk)
+            await self.session.clock.sleep_until(self.session.t0 + self.fed / 16000)
+            self.session.feed(chunk)
+
+    async def quiet(self, seconds: float) -> None:
+        await self.say(silence(seconds))
+
+    async def until(self, cond: Callable[[], bool], limit_s: float = 60.0) -> None:
+        """Silence on the line until ``cond()`` holds (fails after ``limit_s``)."""
+        for _ in range(int(limit_s * 50)):
+            if cond():
+                return
+            await self.say(silence(0.02))
+        raise AssertionError("condition not reached in time")
+
+    async def end(self) -> None:
+        self.session.hangup()
+        await self.task
+
+    def events(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.out.events if e["type"] == kind]
+
+    def frames_ms(self, gen: int) -> list[float]:
+        t0 = self.session.t0
+        return [round((t - t0) * 1000, 1) for t, g, _ in self.out.frames if g == gen]
+
+    def samples(self, gen: int) -> int:
+        return sum(n for _, g, n in self.out.frames if g == gen)
+
+
+async def dial(
+    llm: ScriptedLLMDouble,
+    config: SessionConfig | None = None,
+    tools: ToolRegistry | None = None,
+    engine: Engine | None = None,
+    **policy: Any,
+) -> Call:
+    engine = engine or double_engine(llm, WORDS)
+    if tools is not None:
+        engine.tools = tools
+    if config is None:
+        config = SessionConfig(echo_guard=False, duplex=DuplexPolicy(**policy))
+    out = CollectingOutput()
+    session = Session(engine, out, LoopClock(), config)
+    return Call(session, out, llm, asyncio.create_task(session.run()))
+
+
+def completed(call: Call, n: int = 1) -> Callable[[], bool]:
+    """Turn ``n``'s reply has played to its end."""
+    s = call.session
+    return lambda: len(s.turns) >= n and s.turns[n - 1].reply_done is not None
+
+
+def test_a_spoken_turn_end_to_end_on_exact_times() -> None:
+    async def main() -> Call:
+        llm = ScriptedLLMDouble([["It is ", "noon. ", "Have a ", "nice day."]], 0.05)
+        call = await dial(llm, idle_prompt_s=None)
+        await call.quiet(0.5)
+        await call.say(tone(1.0, 500))
+        await call.until(completed(call))
+        await call.end()
+        return call
+
+    call = run_virtual(main())
+    s, m = call.session, call.session.turns[0]
+    assert [e["t_ms"] for e in call.events("speech.started")] == [500.0]
+    assert [e["t_ms"] for e in call.events("speech.stopped")] == [1500.0]
+    # the VAD confirms the stop at 1.62 s; the final pass takes 0.3 s; the reply is prepared
+    # at once (the pause has passed 0.25 s) and committed at 0.6 s of silence (a full stop)
+    assert m.stt_final == pytest.approx(s.t0 + 1.92)
+    assert m.llm_request == pytest.approx(s.t0 + 1.92)
+    assert m.decided == pytest.approx(s.t0 + 2.1)
+    # "noon." is a sentence once the third token shows it is over (3 x 50 ms); TTS takes
+    # 0.1 s, so its audio is ready after the end of turn and plays at once
+    assert m.first_sentence == pytest.approx(s.t0 + 2.07)
+    assert m.tts_first_audio == pytest.approx(s.t0 + 2.17)
+    assert m.first_audio_out == pytest.approx(s.t0 + 2.17)
+    assert m.voice_to_voice == pytest.approx(0.67)
+    types = call.out.types()
+    assert types == [
+        "speech.started", "transcript.partial", "speech.stopped", "transcript.final",
+        "reply.start", "reply.delta", "reply.delta", "reply.audio.start", "reply.audio.end",
+        "reply.done", "metrics",
+    ]  # fmt: skip
+    # every frame 20 ms after the one before (the second sentence was queued in time)
+    times = call.frames_ms(1)
+    assert np.diff(times).tolist() == pytest.approx([20.0] * (len(times) - 1))
+    # "It is noon." is 12 characters with its space: 120 ms → 1920 samples → 6 frames;
+    # "Have a nice day." 170 ms → 2720 → padded to 9 frames
+    assert call.samples(1) == m.reply_samples == (6 + 9) * 320
+    assert m.heard_text == m.reply_text == "It is noon. Have a nice day."
+    assert s.history[1:] == [
+        {"role": "user", "content": "What time is it?"},
+        {"role": "assistant", "content": "It is noon. Have a nice day."},
+    ]
+    assert call.llm.closed_streams == 1
+
+
+def test_an_llm_dying_mid_reply_keeps_the_partial_reply_and_tells_no_internals() -> None:
+    boom = LLMError("LLM stream from http://10.0.0.7:8080 broke: reset", "check the server")
+
+    async def main() -> Call:
+        llm = ScriptedLLMDouble([["The answer is ", "forty two. ", "And also", boom]])
+        call = await dial(llm, idle_prompt_s=None)
+        call.session.send_text("What is the answer?")
+        await call.until(completed(call))
+        await call.end()
+        return call
+
+    call = run_virtual(main())
+    m = call.session.turns[0]
+    assert m.status == "llm_error"
+    assert m.reply_text == m.heard_text == "The answer is forty two. And also"
+    assert call.session.history[-1] == {"role": "assistant", "content": m.reply_text}
+    assert call.session.errors == [str(boom)]  # the detail stays in the server's report
+    (error,) = call.events("error")
+    assert error["code"] == "llm_error" and "10.0.0.7" not in error["message"]
+    assert error["message"] == "the language model failed mid-reply; what it said is kept"
+
+
+def test_a_new_turn_cancels_the_reply_and_the_history_keeps_only_what_was_heard() -> None:
+    story = [f"Sentence {w} is here. " for w in ("one", "two", "three", "four", "five")]
+
+    async def main() -> Call:
+        llm = ScriptedLLMDouble([story, ["Okay."]], 0.01)
+        call = await dial(llm, idle_prompt_s=None)
+        call.session.send_text("Tell me a story.")
+        await call.until(lambda: call.samples(1) >= 16000 * 0.5)
+        call.session.send_text("Stop.")
+        await call.until(completed(call, 2))
+        await call.end()
+        return call
+
+    call = run_virtual(main())
+    first, second = call.session.turns
+    assert first.status == "interrupted" and second.status == "completed"
+    # sent: "Sentence one is here." and "… two …" (0.22 s, 11 frames each), then 4 frames
+    # (80 ms) of "Sentence three is here." (0.24 s): not yet the end of "Sentence" (90 ms)
+    assert call.samples(1) == 26 * 320
+    assert first.heard_text == "Sentence one is here. Sentence two is here."
+    assert call.session.history[2] == {
+        "role": "assistant",
+        "content": "Sentence one is here. Sentence two is here. [interrupted by the caller]",
+    }
+    assert call.llm.requests[1][2]["content"] == call.session.history[2]["content"]
+    (clear,) = call.events("clear")  # the frame in flight went out as the typed turn came
+    assert clear["gen"] == 1 and max(call.frames_ms(1)) == clear["t_ms"] == 620.0
+    assert call.llm.closed_streams == 2
+
+
+def test_a_tool_call_reports_its_status_and_the_caller_hears_it() -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def lookup(args: dict[str, Any]) -> str:
+        seen.append(args)
+        await asyncio.sleep(1.0)
+        return '{"status": "shipped"}'
+
+    tools = ToolRegistry(
+        [Tool("lookup_order", "Look up an order", {"type": "object"}, lookup, "Checking.")]
+    )
+
+    async def main() -> Call:
+        llm = ScriptedLLMDouble([[ToolCall("c1", "lookup_order", {"id": 7})], ["Shipped."]])
+        call = await dial(llm, tools=tools, idle_prompt_s=None)
+        call.session.send_text("Where is order 7?")
+        await call.until(completed(call))
+        await call.end()
+        return call
+
+    call = run_virtual(main())
+    m = call.session.turns[0]
+    assert seen == [{"id": 7}]
+    assert [e["text"] for e in call.events("status")] == ["Checking."]
+    assert [e["text"] for e in call.events("filler")] == ["Checking."]
+    second = call.llm.requests[1]
+    assert second[-2]["tool_calls"][0]["function"]["name"] == "lookup_order"
+    assert second[-1] == {"role": "tool", "tool_call_id": "c1", "content": '{"status": "shipped"}'}
+    assert m.reply_text == m.heard_text == "Shipped." and m.tool_calls == ["lookup_order"]
+    assert [text for _, text in m.fillers] == ["Checking."]
+    assert call.session.history[-1] == {"role": "assistant", "content": "Shipped."}
+    # the filler (0.1 s) played while the tool ran; the answer came after the tool's 1 s
+    first_frame = call.frames_ms(1)[0]
+    assert m.first_audio_out is not None
+    assert (m.first_audio_out - call.session.t0) * 1000 - first_frame >= 1000
+
+
+def test_a_prepared_reply_dropped_when_the_caller_goes_on_leaves_no_trace() -> None:
+    async def main() -> Call:
+        llm = ScriptedLLMDouble([["Noon."], ["Noon, the first."]], 0.05)
+        call = await dial(llm, idle_prompt_s=None)
+        await call.say(tone(1.0, 500))
+        await call.quiet(0.5)  # prepared at 0.42 s into the pause (transcript ready)
+        await call.say(tone(0.6, 700))
+        await call.until(completed(call))
+        await call.end()
+        return call
+
+    call = run_virtual(main())
+    s = call.session
+    assert len(call.llm.requests) == 2 and call.llm.closed_streams == 2
+    assert s.prepared_dropped == 1 and len(s.turns) == 1
+    (turn,) = s.turns
+    assert turn.gen == 2 and turn.user_text == "What time is it? and the date?"
+    assert {g for _, g, _ in call.out.frames} == {2}
+    assert [e["gen"] for e in call.events("transcript.final")] == [2]
+    assert all(e["gen"] == 2 for e in call.events("reply.delta"))
+    assert [m["role"] for m in s.history] == ["system", "user", "assistant"]
+
+
+def test_a_filler_plays_when_the_answer_is_late_never_the_same_twice() -> None:
+    async def main() -> Call:
+        llm = ScriptedLLMDouble([["Fine, ", "thanks."], ["Sure."]], token_delay_s=0.6)
+        call = await dial(llm, filler_after_s=0.3, idle_prompt_s=None)
+        call.session.send_text("How are you?")
+        await call.until(completed(call))
+        call.session.send_text("Can you help?")
+        await call.until(completed(call, 2))
+        await call.end()
+        return call
+
+    call = run_virtual(main())
+    first, _second = call.session.turns
+    fillers = call.events("filler")
+    assert [e["gen"] for e in fillers] == [1, 2]
+    assert fillers[0]["text"] != fillers[1]["text"]
+    at, _ = first.fillers[0]
+    assert first.decided is not None and at - first.decided == pytest.approx(0.3)
+    assert first.first_audio_out is not None and first.first_audio_out > at
+    assert first.heard_text == first.reply_text == "Fine, thanks."
+    assert [m["content"] for m in call.session.history if m["role"] == "assistant"] == [
+        "Fine, thanks.",
+        "Sure.",
+    ]
+    assert all(fillers[0]["text"] not in str(m) for m in call.llm.requests[1])
+
+
+def test_an_interrupted_filler_cancels_the_reply_and_no_answer_word_is_kept() -> None:
+    async def main() -> Call:
+        llm = ScriptedLLMDouble([["Slow ", "answer."]], token_delay_s=1.5)
+        call = await dial(llm, filler_after_s=0.2, idle_prompt_s=None)
+        call.session.send_text("Question?")
+        await call.until(lambda: call.samples(1) > 0)
+        call.session.interrupt()
+        await call.until(lambda: bool(call.session.turns[0].status == "interrupted"))
+        await call.end()
+        return call
+
+    call = run_virtual(main())
+    m = call.session.turns[0]
+    assert m.fillers and m.heard_text == ""
+    assert [e["gen"] for e in call.events("clear")] == [1]
+    assert [h for h in call.session.history if h["role"] == "assistant"] == [
+        {"role": "assistant", "content": "[interrupted by the caller]"}
+    ]
+
+
+def test_an_idle_caller_is_prompted_then_hears_goodbye_and_the_call_closes() -> None:
+    async def main() -> Call:
+        llm = ScriptedLLMDouble([])
+        call = await dial(llm, filler_after_s=None, idle_prompt_s=5.0, idle_end_s=5.0)
+        await call.until(lambda: call.task.done())
+        await call.task
+        return call
+
+    call = run_virtual(main())
+    s = call.session
+    prompt, goodbye = s.turns
+    assert [m.kind for m in s.turns] == ["idle_prompt", "goodbye"]
+    assert prompt.decided == pytest.approx(s.t0 + 5.0)
+    # "Are you still there?" is a cached clip of 0.21 s (11 frames), played from 5.0 s
+    assert prompt.reply_done == pytest.approx(s.t0 + 5.0 + 11 * 0.02)
+    assert goodbye.decided == pytest.approx(prompt.reply_done + 5.0)
+    assert [e.get("purpose") for e in call.events("reply.start")] == ["idle_prompt", "goodbye"]
+    assert [e["reason"] for e in call.events("session.ending")] == ["idle"]
+    assert s.end_reason == "idle" and call.llm.requests == []
+    assert [m["content"] for m in s.history if m["role"] == "assistant"] == [
+        "Are you still there?",
+        "It seems you have stepped away. Goodbye!",
+    ]
+
+
+LONG = ["One two three four five six seven eight nine ten. "] * 4
+
+
+def test_a_barge_in_pauses_at_onset_confirms_clears_and_keeps_the_heard_words() -> None:
+    async def main() -> Call:
+        llm = ScriptedLLMDouble([LONG, ["Sunny."]], 0.01)
+        call = await dial(llm, idle_prompt_s=None)
+        call.session.send_text("Count for me.")
+        await call.until(lambda: call.samples(1) >= 16000 * 0.8)
+        await call.say(tone(1.2, 600))
+        await call.until(completed(call, 2))
+        await call.end()
+        return call
+
+    call = run_virtual(main())
+    s = call.session
+    first, second = s.turns
+    (paused,) = call.events("reply.paused")
+    # speech from 0.9 s; the VAD confirms it after 60 ms, and the reply pauses at once:
+    # the last frame of generation 1 is the one sent before that decision
+    assert paused["onset_ms"] == 900.0 and paused["t_ms"] == 960.0
+    assert max(call.frames_ms(1)) == 950.0
+    (barge,) = call.events("barge_in")
+    assert barge["text"] == WORDS[600]
+    assert [e["gen"] for e in call.events("clear")] == [1]
+    assert first.status == "interrupted"
+    (i,) = first.interruptions
+    assert i.outcome == "confirmed" and i.words == WORDS[600]
+    assert i.last_sent == pytest.approx(s.t0 + 0.95)
+    # the first check starts 0.2 s after the onset and takes 0.2 s: its words confirm
+    assert i.resolved is not None and (i.resolved - i.onset) == pytest.approx(0.4)
+    # 43 frames sent: the first sentence (25 frames, in two parts), then 18 of the
+    # second's 25: 36 of its 50 characters, which end after "seven"
+    assert call.samples(1) == 43 * 320
+    assert first.heard_text == (
+        "One two three four five six seven eight nine ten. One two three four five six seven"
+    )
+    assert s.history[2]["content"] == first.heard_text + " [interrupted by the caller]"
+    assert second.user_text == WORDS[600] and second.reply_text == "Sunny."
+
+
+def test_a_cough_pauses_the_reply_then_it_resumes_with_no_audio_lost() -> None:
+    async def main() -> Call:
+        llm = ScriptedLLMDouble([LONG[:2]], 0.01)
+        call = await dial(llm, idle_prompt_s=None)
+        call.session.send_text("Count for me.")
+        await call.until(lambda: call.samples(1) >= 16000 * 0.4)
+        await call.say(tone(0.3, 300))  # a cough: the STT double hears no words
+        await call.until(completed(call))
+        await call.end()
+        return call
+
+    call = run_virtual(main())
+    m = call.session.turns[0]
+    assert call.out.types().count("reply.paused") == 1
+    assert call.out.types().count("reply.resumed") == 1
+    assert not call.events("clear") and not call.events("barge_in")
+    assert m.status == "completed" and m.interruptions[0].outcome == "recovered"
+    # every sample of both sentences (49 characters + 1: 0.5 s, 25 frames each) reached
+    # the caller, in order
+    assert call.samples(1) == m.reply_samples == 2 * 25 * 320
+    assert m.heard_text == m.reply_text
+
+
+# -- cancellation at each await point of a reply ---------------------------------------
+
+
+@dataclass
+class Point:
+    """A place a reply can be waiting, and how to get it there."""
+
+    script: list[Any]
+    reached: Callable[[Call], bool]
+    config: dict[str, Any]
+    engine: dict[str, Any]
+    spoken: bool = False  # the caller speaks the turn (instead of typing it)
+    tool_s: float | None = None
+    hog_tts: bool = False  # another session holds the TTS worker
+
+
+POINTS = {
+    # the LLM has the request and has not answered
+    "llm_first_token": Point([HANG], lambda c: len(c.llm.requests) == 1, {}, {}),
+    # the first sentence plays while the LLM stalls mid-stream
+    "llm_mid_stream": Point(
+        ["First part is here. ", "And", HANG], lambda c: c.samples(1) >= 1600, {}, {}
+    ),
+    # a sentence is being synthesized (TTS takes 60 s here)
+    "tts_running": Point(
+        ["Hello there."], lambda c: c.engine.tts_worker.jobs_run == 1, {}, {"tts_s": 60.0}
+    ),
+    # the sentence waits for the TTS worker, which another session holds
+    "tts_queued": Point(
+        ["Hello there."], lambda c: c.engine.tts_worker.waiting_for(c.session) == 1, {},
+        {"tts_s": 5.0}, hog_tts=True,
+    ),
+    # the playout buffer (0.3 s) is full: the next sentence waits for room
+    "playout_room": Point(
+        [f"Sentence {n} goes on and on. " for n in range(6)],
+        lambda c: c.samples(1) > 0 and not c.session.playout.has_room(),
+        {"playout_capacity_s": 0.3}, {},
+    ),
+    # a prepared reply is ready and held for the end of the turn (2 s of silence here)
+    "held_for_commit": Point(
+        ["Noon."], lambda c: c.session.gate.held == 1 and c.session.playout.pending(1) > 0,
+        {"min_silence_s": 2.0, "max_silence_s": 2.0}, {}, spoken=True,
+    ),
+    # everything is generated and synthesized; the audio is playing out
+    "playing_out": Point(
+        ["One two three four five six seven eight nine ten."],
+        lambda c: c.llm.closed_streams == 1 and c.samples(1) > 0 and c.session.playout.pending(1) > 0,
+        {}, {},
+    ),
+    # a tool is running (60 s)
+    "tool_running": Point(
+        [ToolCall("c1", "slow_tool", {})], lambda c: bool(c.session.turns) and c.session.turns[0].tool_calls != [], {}, {},
+        tool_s=60.0,
+    ),
+}  # fmt: skip
+
+
+async def reach(name: str, then: list[Any]) -> tuple[Call, asyncio.Task[Any] | None]:
+    p = POINTS[name]
+    llm = ScriptedLLMDouble([p.script, *then], 0.01)
+    tools = None
+    if p.tool_s is not None:
+
+        async def slow(_: dict[str, Any]) -> str:
+            await asyncio.sleep(p.tool_s or 0)
+            return "done"
+
+        tools = ToolRegistry([Tool("slow_tool", "A slow tool", {"type": "object"}, slow)])
+    engine = double_engine(llm, WORDS, **p.engine)
+    config = SessionConfig(echo_guard=False, duplex=DuplexPolicy(idle_prompt_s=None), **p.config)
+    hog = None
+    if p.hog_tts:
+        hog = asyncio.create_task(engine.tts_worker.submit("other", lambda: 0))
+        await asyncio.sleep(0)
+    call = await dial(llm, config, tools=tools, engine=engine)
+    if p.spoken:
+        await call.say(tone(1.0, 500))
+    else:
+        call.session.send_text("What time is it?")
+    await call.until(lambda: p.reached(call))
+    return call, hog
+
+
+def no_trace_after(call: Call, gen: int, cut_ms: float) -> None:
+    assert all(t <= cut_ms for t in call.frames_ms(gen)), "audio of the old generation after the cut"
+    assert call.llm.closed_streams == len(call.llm.requests)  # every LLM stream was closed
+    for worker in (call.engine.stt_worker, call.engine.partial_worker, call.engine.tts_worker):
+        assert worker.waiting_for(call.session) == 0
+
+
+@pytest.mark.parametrize("point", list(POINTS))
+def test_a_hangup_at_each_await_point_leaves_nothing_running(point: str) -> None:
+    async def main() -> tuple[Call, float, int]:
+        call, hog = await reach(point, [])
+        cut = call.now_ms()
+        tts_jobs = call.engine.tts_worker.jobs_run
+        await call.end()
+        if hog is not None:
+            await hog
+        return call, cut, tts_jobs
+
+    call, cut, tts_jobs = run_virtual(main())
+    no_trace_after(call, 1, cut)
+    # no TTS job of the session started after the hangup (the hog's was already running)
+    assert call.engine.tts_worker.jobs_run == tts_jobs
+    s = call.session
+    if point == "held_for_commit":  # the caller never heard the prepared reply
+        assert s.turns == [] and s.prepared_dropped == 1 and not call.frames_ms(1)
+        return
+    (m,) = s.turns
+    assert m.status == "interrupted"
+    heard = m.heard_text
+    assert s.history[-1] == {"role": "assistant", "content": f"{heard} [interrupted by the caller]".strip()}
+    assert call.events("reply.done")[-1]["status"] == "interrupted"
+
+
+@pytest.mark.parametrize("point", list(POINTS))
+def test_a_barge_in_at_each_await_point_cancels_the_reply_and_the_caller_is_answered(
+    point: str,
+) -> None:
+    async def main() -> tuple[Call, float]:
+        call, hog = await reach(point, [["Sunny."]])
+        onset = call.now_ms()
+        await call.say(tone(1.2, 600))
+        # (a TTS job that is running cannot be aborted: with tts_running the answer waits
+        # for the 60 s job to finish, then takes its own 60 s)
+        await call.until(
+            lambda: any("Stop," in m.user_text and m.reply_done for m in call.session.turns),
+            limit_s=200,
+        )
+        await call.end()
+        if hog is not None:
+            await hog
+        return call, onset
+
+    call, onset = run_virtual(main())
+    s = call.session
+    # the reply stopped when the VAD confirmed the caller's speech (60 ms after its onset)
+    no_trace_after(call, 1, onset + 60)
+    answered = s.turns[-1]
+    assert answered.reply_text == answered.heard_text == "Sunny."
+    if point == "held_for_commit":  # the caller went on: the prepared reply was dropped
+        assert s.prepared_dropped == 1 and len(s.turns) == 1
+        assert answered.user_text == "What time is it? Stop, tell me about the weather instead."
+        return
+    first = s.turns[0]
+    assert first.status == "interrupted" and [e["gen"] for e in call.events("clear")] == [1]
+    assert answered.user_text == WORDS[600]
+    assert s.history[2]["content"] == f"{first.heard_text} [interrupted by the caller]".strip()
+
+
+@pytest.mark.parametrize("point", ["llm_first_token", "tool_running", "playing_out"])
+def test_a_server_drain_lets_a_reply_finish_or_ends_it_at_the_grace_period(point: str) -> None:
+    from voice_agent.server import ServerConfig, ServerState
+
+    async def main() -> tuple[Call, float, float]:
+        call, _ = await reach(point, [])
+        state = ServerState(ServerConfig(drain_grace_s=2.0), call.session.config)
+        state.sessions["s1"] = call.session
+        call.task.add_done_callback(lambda _: state.sessions.pop("s1", None))
+        start = call.now_ms()
+        drain = asyncio.create_task(state.drain())
+        await call.until(lambda: call.task.done())
+        await call.task
+        await drain
+        return call, start, call.now_ms()
+
+    call, start, end = run_virtual(main())
+    (m,) = call.session.turns
+    no_trace_after(call, 1, end)
+    if point == "playing_out":  # a reply that can finish does, then the session ends
+        assert m.status == "completed" and m.heard_text == m.reply_text
+        assert m.reply_done is not None and end - start < 2000
+    else:  # a stuck one is cut at the grace period
+        assert m.status == "interrupted" and 2000 <= end - start <= 2100
+
+
+# -- one caller cannot starve another ----------------------------------------------------
+
+
+def test_a_caller_flooding_the_models_cannot_starve_another_and_ends_at_once() -> None:
+    """The abusive client of issue 9: speech 400 ms on, 300 ms off, for 45 s, sent at 10x
+    real time. Every pause asks for a final transcript and the growing turn for partials
+    (0.5 s of compute each here, so the workers are saturated). Another caller speaks one
+    sentence meanwhile."""
+
+    async def main() -> tuple[Call, Call, dict[str, int], float, float]:
+        llm = ScriptedLLMDouble([], 0.01, default=["Okay."])
+        engine = double_engine(llm, WORDS, stt_s=0.5, partial_s=0.5)
+        a = await dial(llm, engine=engine, idle_prompt_s=None)
+        b = await dial(llm, engine=engine, idle_prompt_s=None)
+        most = {"stt": 0, "stt-partial": 0}
+        loop = asyncio.get_running_loop()
+
+        async def flood() -> None:
+            cycle = np.concatenate([tone(0.4, 500), silence(0.3)])
+            for _ in range(64):  # 45 s of audio in 4.5 s
+                for k in range(0, len(cycle), CHUNK):
+                    await asyncio.sleep(CHUNK / 16000 / 10)
+                    a.session.feed(cycle[k : k + CHUNK])
+                    for w in (engine.stt_worker, engine.partial_worker):
+                        most[w.name] = max(most[w.name], w.waiting_for(a.session))
+
+        flooding = asyncio.create_task(flood())
+        await b.quiet(1.0)
+        await b.say(tone(1.0, 600))
+        await b.until(completed(b))
+        await flooding
+        hung_up = loop.time()
+        await a.end()
+        ended = loop.time()
+        await b.end()
+        return a, b, most, hung_up, ended
+
+    a, b, most, hung_up, ended = run_virtual(main())
+    (turn,) = b.session.turns
+    assert turn.user_text == WORDS[600] and turn.reply_text == "Okay."
+    (stopped,) = b.events("speech.stopped")
+    (final,) = b.events("transcript.final")
+    assert stopped["t_ms"] == 2000.0
+    # the VAD confirms the stop after 120 ms; the final pass waits at most for the job of
+    # the flooding caller that is running (0.5 s), then takes its own 0.5 s
+    assert final["t_ms"] - stopped["t_ms"] <= 120 + 500 + 500
+    # the flood never had more than one job waiting on a worker: newer ones superseded it
+    assert most == {"stt": 1, "stt-partial": 1}
+    assert a.engine.stt_worker.superseded > 20
+    # the flooding session ended the moment it hung up: its queued work was dropped
+    assert ended == hung_up
+    for w in (a.engine.stt_worker, a.engine.partial_worker, a.engine.tts_worker):
+        assert w.waiting_for(a.session) == 0

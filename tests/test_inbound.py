@@ -1,0 +1,67 @@
+"""InboundPipeline: framing, VAD hysteresis, the turn buffer with pre-roll, sample times.
+Pure: exact values, no event loop."""
+
+from __future__ import annotations
+
+import numpy as np
+from doubles import EnergyVadDouble, silence, tone
+
+from voice_agent.session.inbound import InboundPipeline, SpeechEnd, SpeechOnset
+from voice_agent.vad.hysteresis import VadState
+
+
+def feed(p: InboundPipeline, pcm: np.ndarray, t0: float, chunk: int = 320) -> list[object]:
+    """Feed ``pcm`` in chunks, each arriving when its last sample is captured."""
+    events: list[object] = []
+    for k in range(0, len(pcm), chunk):
+        events += p.push(pcm[k : k + chunk], t0 + (k + chunk) / 16000)
+    return events
+
+
+def test_onset_and_end_are_dated_by_the_sample_they_happened_at() -> None:
+    p = InboundPipeline(EnergyVadDouble(), vad_start_ms=60, vad_stop_ms=120, preroll_ms=100)
+    audio = np.concatenate([silence(0.5), tone(1.0, 500), silence(0.5)])
+    events = feed(p, audio, t0=100.0)
+    assert events == [SpeechOnset(100.5), SpeechEnd(101.5)]
+    assert p.samples_in == len(audio)
+    # the turn opened where the VAD confirmed the speech (its third speech frame, 0.56 s)
+    # with 100 ms of pre-roll back from there, and holds everything since
+    assert p.turn_start_sample == int(0.46 * 16000)
+    assert len(p.turn_audio()) == len(audio) - int(0.46 * 16000)
+    assert p.state is VadState.QUIET
+
+
+def test_frames_of_one_big_chunk_are_dated_by_their_place_in_it() -> None:
+    p = InboundPipeline(EnergyVadDouble())
+    audio = np.concatenate([silence(0.3), tone(0.5, 500), silence(0.2)])  # 1 s in one chunk
+    assert p.push(audio, now=50.0) == [SpeechOnset(49.3), SpeechEnd(49.8)]
+    assert p.sample_time(16000) == 50.0 and p.sample_at(50.5) == 24000
+
+
+def test_a_chunk_that_is_not_a_whole_number_of_frames_is_carried() -> None:
+    p = InboundPipeline(EnergyVadDouble())
+    p.push(silence(0.015), 1.0)
+    assert p.samples_in == 0  # 240 samples: not yet a frame
+    p.push(silence(0.015), 1.015)
+    assert p.samples_in == 320
+
+
+def test_the_turn_buffer_is_capped_and_dropped_at_the_end_of_the_turn() -> None:
+    p = InboundPipeline(EnergyVadDouble(), preroll_ms=0, max_turn_s=1.0)
+    feed(p, tone(3.0, 500), t0=0.0)
+    # pre-roll of one frame minimum, then at most 1 s (50 frames) of turn
+    assert len(p.turn_audio()) == 50 * 320
+    p.end_turn()
+    assert not p.in_turn and len(p.turn_audio()) == 0
+
+
+def test_a_partial_is_due_each_time_the_turn_grows_by_the_interval() -> None:
+    p = InboundPipeline(EnergyVadDouble(), preroll_ms=0)
+    due = []
+    for k in range(100):  # 2 s of speech, a frame at a time
+        p.push(tone(0.02, 500), (k + 1) * 0.02)
+        if p.partial_due(0.8):
+            due.append(k)
+    # the turn opens at the third speech frame (k = 2) with one frame (the minimum pre-roll):
+    # a partial is due at 40 frames (0.8 s) of turn, k = 41, and again at k = 81
+    assert due == [41, 81]

@@ -1,0 +1,53 @@
+"""TranscriptFilter: noise by measured speech, echo by the agent words sent while the
+caller spoke. Pure: exact values."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from voice_agent.audio.playout import Playout
+from voice_agent.session.transcripts import TranscriptFilter
+from voice_agent.stt.base import Transcript
+
+
+def heard(text: str, speech_s: float | None = 1.0) -> Transcript:
+    return Transcript(text=text, audio_samples=16000, compute_s=0.1, speech_s=speech_s)
+
+
+def sent_sentence(f: TranscriptFilter, text: str, start_sample: int, seconds: float) -> None:
+    """The agent said ``text`` (``seconds`` long), its first frame playing at input sample
+    ``start_sample``."""
+    playout = Playout()
+    playout.push(1, np.ones(int(seconds * 16000), dtype=np.int16), text)
+    k = 0
+    while (item := playout.pull()) is not None:
+        f.agent_frame(start_sample + k * 320, item[2])
+        k += 1
+
+
+def test_words_over_no_measured_speech_are_noise() -> None:
+    f = TranscriptFilter(min_speech_s=0.06)
+    assert f.final(heard("I'm gonna go to the end", speech_s=0.0), turn_start=0) == ""
+    assert f.final(heard("Wait", speech_s=0.08), turn_start=0) == "Wait"
+    assert f.final(heard("Hello there", speech_s=None), turn_start=0) == "Hello there"
+
+
+def test_the_agents_own_words_while_the_caller_spoke_are_echo() -> None:
+    f = TranscriptFilter(echo_reach_s=0.6)
+    sent_sentence(f, "The weather in Paris is sunny today.", start_sample=32000, seconds=2.0)
+    # the caller's turn began at 2.5 s, while that sentence played
+    assert f.final(heard("weather in Paris is sunny"), turn_start=40000) == ""
+    assert f.check(heard("Paris is sunny"), turn_start=40000) == ("", True)
+    # the caller's own words over it are not
+    assert f.final(heard("Stop, tell me about London"), turn_start=40000) == (
+        "Stop, tell me about London"
+    )
+    # one word the agent said proves nothing either way: the check says "" and not echo
+    assert f.check(heard("sunny"), turn_start=40000) == ("", False)
+
+
+def test_a_caller_quoting_a_finished_line_later_is_heard() -> None:
+    f = TranscriptFilter(echo_reach_s=0.6)
+    sent_sentence(f, "The weather in Paris is sunny today.", start_sample=0, seconds=2.0)
+    # the line ended at 2 s; the caller's turn began at 3 s, 1 s later (> 0.6 s reach)
+    assert f.final(heard("Paris is sunny today?"), turn_start=48000) == "Paris is sunny today?"

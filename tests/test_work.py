@@ -1,0 +1,103 @@
+"""FairWorker: owners take turns, superseded and cancelled jobs never run, queues are bounded.
+
+On virtual time, with a modeled runner (each job takes 1 s, no thread)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from doubles import modeled_runner, run_virtual
+
+from voice_agent.core.work import FairWorker, Superseded, WorkQueueFull
+
+
+def job(log: list[str], name: str) -> Any:
+    def fn() -> str:
+        log.append(name)
+        return name
+
+    return fn
+
+
+def test_owners_take_turns_so_a_flood_delays_another_owner_by_one_job() -> None:
+    async def main() -> tuple[list[str], dict[str, float]]:
+        w = FairWorker("w", modeled_runner(1.0), max_pending=10)
+        log: list[str] = []
+        done: dict[str, float] = {}
+        loop = asyncio.get_running_loop()
+
+        async def run(owner: str, name: str) -> None:
+            await w.submit(owner, job(log, name))
+            done[name] = loop.time() - 1000.0
+
+        flood = [asyncio.create_task(run("a", f"a{i}")) for i in range(5)]
+        await asyncio.sleep(0.5)  # a0 is running, a1..a4 wait
+        await run("b", "b0")
+        await asyncio.gather(*flood)
+        return log, done
+
+    log, done = run_virtual(main())
+    assert log == ["a0", "b0", "a1", "a2", "a3", "a4"]
+    assert done == {"a0": 1.0, "b0": 2.0, "a1": 3.0, "a2": 4.0, "a3": 5.0, "a4": 6.0}
+
+
+def test_a_newer_job_in_the_same_slot_supersedes_the_waiting_one() -> None:
+    async def main() -> tuple[list[str], list[str], int]:
+        w = FairWorker("w", modeled_runner(1.0))
+        log: list[str] = []
+        results: list[str] = []
+
+        async def run(name: str, slot: str | None) -> None:
+            try:
+                results.append(await w.submit("a", job(log, name), slot=slot))
+            except Superseded:
+                results.append(f"{name} superseded")
+
+        tasks = [asyncio.create_task(run(n, "final")) for n in ("f0", "f1", "f2")]
+        tasks.append(asyncio.create_task(run("other", None)))
+        await asyncio.gather(*tasks)
+        return log, results, w.superseded
+
+    log, results, superseded = run_virtual(main())
+    # f0 started at once; f1 waited and was replaced by f2; a job with no slot is kept
+    assert log == ["f0", "f2", "other"]
+    assert results == ["f1 superseded", "f0", "f2", "other"]
+    assert superseded == 1
+
+
+def test_an_owner_with_max_pending_jobs_waiting_is_refused() -> None:
+    async def main() -> tuple[int, int]:
+        w = FairWorker("w", modeled_runner(1.0), max_pending=2)
+        log: list[str] = []
+        tasks = [asyncio.create_task(w.submit("a", job(log, f"a{i}"))) for i in range(3)]
+        await asyncio.sleep(0)  # a0 runs, a1 and a2 wait
+        with pytest.raises(WorkQueueFull):
+            await w.submit("a", job(log, "a3"))
+        other = await w.submit("b", job(log, "b0"))  # another owner is not refused
+        assert other == "b0"
+        await asyncio.gather(*tasks)
+        return len(log), w.waiting
+
+    assert run_virtual(main()) == (4, 0)
+
+
+def test_a_cancelled_waiting_job_never_runs_and_a_running_one_holds_the_worker() -> None:
+    async def main() -> tuple[list[str], float]:
+        w = FairWorker("w", modeled_runner(1.0))
+        log: list[str] = []
+        loop = asyncio.get_running_loop()
+        running = asyncio.create_task(w.submit("a", job(log, "a0")))
+        waiting = asyncio.create_task(w.submit("a", job(log, "a1")))
+        await asyncio.sleep(0.5)
+        waiting.cancel()
+        running.cancel()
+        await asyncio.wait({waiting, running})
+        assert w.waiting == 0
+        # the running job goes on in its thread: the next job starts when it ends (t = 1 s)
+        await w.submit("b", job(log, "b0"))
+        return log, loop.time() - 1000.0
+
+    log, t = run_virtual(main())
+    assert log == ["a0", "b0"] and t == 2.0
