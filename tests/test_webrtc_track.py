@@ -90,8 +90,14 @@ async def test_output_resamples_16k_frames_into_48k_track_frames_and_clears() ->
     for i in range(50):  # one second of 20 ms session frames
         await out.send_audio(7, pcm[i * 320 : (i + 1) * 320])
     assert 47 <= track.queued_frames <= 50  # the resampler holds back a few ms
-    await out.send_event({"type": "clear", "gen": 7})
+    await out.clear(7)
     assert track.queued_frames == 0
+    # an event named "clear" is only passed on: the transport acts on calls, not names
+    await out.send_audio(8, pcm[:320])
+    await out.send_audio(8, pcm[320:640])
+    queued = track.queued_frames
+    await out.send_event({"type": "clear", "gen": 8})
+    assert track.queued_frames == queued > 0
     assert out._pending and '"clear"' in out._pending[-1]  # waits for the data channel
 
 
@@ -115,10 +121,45 @@ async def test_a_paused_generation_waits_in_the_track_and_resumes_in_order() -> 
     for v in (1, 2, 3):
         track.push(5, tone_frame(v))
     first = await track.recv()
-    await out.send_event({"type": "reply.paused", "gen": 5})
+    await out.pause(5)
     held = [await track.recv() for _ in range(3)]
-    await out.send_event({"type": "reply.resumed", "gen": 5})
+    await out.resume(4)  # another generation's resume releases nothing
+    assert track.held == 5
+    await out.resume(5)
     after = [await track.recv() for _ in range(3)]
     values = [int(f.to_ndarray()[0, 0]) for f in [first, *held, *after]]
     assert values == [1, 0, 0, 0, 2, 3, 0]  # silence while held, then the rest, nothing lost
     assert track.sent[5] == 3 * RTC_FRAME
+
+
+class ChannelDouble:
+    """A data channel whose peer stopped reading: what it is sent stays buffered."""
+
+    readyState = "open"
+
+    def __init__(self) -> None:
+        self.bufferedAmount = 0
+        self.sent: list[str] = []
+
+    def send(self, text: str) -> None:
+        self.sent.append(text)
+        self.bufferedAmount += len(text)
+
+
+async def test_a_data_channel_that_does_not_drain_ends_the_session_as_a_slow_client() -> None:
+    from voice_agent.session.output import SlowClient
+
+    out = WebRtcOutput(PacedAudioTrack(AutoAdvanceClockDouble()), max_buffered=1000)
+    channel = ChannelDouble()
+    out.attach(channel)
+    event = {"type": "reply.delta", "gen": 1, "text": "x" * 75}
+    sent = 0
+    with pytest.raises(SlowClient, match="1000 bytes"):
+        while True:
+            await out.send_event(event)
+            sent += 1
+    # it took events until more than 1000 bytes were buffered (120 bytes each: 9), then no more
+    assert len(json.dumps(event)) == 120
+    assert len(channel.sent) == sent == 9 and channel.bufferedAmount == 1080
+    out.sent(1, 48000)  # a playout position is dropped, not raised (it comes from the track)
+    assert len(channel.sent) == 9 and out.dropped_events == 2

@@ -200,6 +200,23 @@ async def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _find_benchmarks() -> None:
+    """The benchmarks live in the checkout (``benchmarks/``), outside the product package:
+    make them importable from the checkout this package was installed from."""
+    import importlib.util
+
+    if importlib.util.find_spec("benchmarks") is None:
+        root = Path(__file__).resolve().parent.parent
+        if not (root / "benchmarks" / "__init__.py").exists():
+            raise VoiceAgentError(
+                "voice-agent bench needs the benchmarks/ folder of a checkout",
+                "clone the repository and run `bash scripts/install.sh` there",
+            )
+        sys.path.insert(0, str(root))
+    if importlib.util.find_spec("jiwer") is None:
+        raise VoiceAgentError("the bench needs jiwer", "pip install -e '.[bench]'")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -219,10 +236,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             return asyncio.run(_serve(args))
         if args.command == "bench":
-            from voice_agent.bench import run_bench, run_server_bench, run_transport_bench
+            _find_benchmarks()
+            from benchmarks.latency import run_bench, run_server_bench
+            from benchmarks.transports import run_transport_bench
 
             if args.barge_in:
-                from voice_agent.bench_barge import run_barge_bench
+                from benchmarks.barge import run_barge_bench
 
                 return asyncio.run(run_barge_bench(args, _engine_config(args), _log))
             if args.transports:

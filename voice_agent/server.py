@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.resources
+import logging
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -47,6 +48,7 @@ from voice_agent.transports.websocket import (
 
 WEB_CLIENT = Path(str(importlib.resources.files("voice_agent") / "web_client"))
 """The browser page, shipped as package data."""
+log = logging.getLogger("voice_agent.server")
 STALL_S = 1.0  # no audio from a WebSocket client for this long counts as silence
 
 
@@ -251,8 +253,9 @@ def create_app(
             code, reason = CLOSE_SLOW_CLIENT, str(_leaf(group))
         except* WebSocketDisconnect:
             code, reason = CLOSE_GOING_AWAY, "client went away"
-        except* Exception as group:
-            code, reason = CLOSE_INTERNAL, f"internal error: {_leaf(group)!r}"
+        except* Exception as group:  # the detail goes to the log, never to the client
+            log.error("session %s failed", sid, exc_info=_leaf(group))
+            code, reason = CLOSE_INTERNAL, "internal error"
         finally:
             state.sessions.pop(sid, None)
             state.keep_report(sid, session.report() | {"close_code": code, "close_reason": reason})
@@ -346,17 +349,17 @@ async def _read_client(
 
 async def _dispatch(session: Session, output: Any, ctl: dict[str, Any], out_rate: int) -> bool:
     """Carry out one client control message; False when the client ends the session."""
-    try:
-        match ctl["type"]:
-            case "playout":
-                session.playout_ack(ctl["gen"], ctl["samples"] * 16000 // out_rate)
-            case "text":
-                session.send_text(ctl["text"])
-            case "interrupt":
-                session.interrupt()
-            case "session.end":
-                return False
-    except asyncio.QueueFull:
+    accepted = True
+    match ctl["type"]:
+        case "playout":
+            session.playout_ack(ctl["gen"], ctl["samples"] * 16000 // out_rate)
+        case "text":
+            accepted = session.send_text(ctl["text"])
+        case "interrupt":
+            accepted = session.interrupt()
+        case "session.end":
+            return False
+    if not accepted:
         await output.send_event(
             {"type": "error", "code": "busy",
              "message": f"too many messages at once; {ctl['type']} was dropped"}
@@ -402,7 +405,12 @@ async def _answer_offer(state: ServerState, request: Request) -> dict[str, Any]:
         output.sent(gen, n)
 
     track.on_sent = on_sent
-    tasks: list[asyncio.Task[Any]] = []
+    tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(coro: Any) -> None:  # the peer's own tasks, pruned as they finish
+        task = asyncio.ensure_future(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     @pc.on("datachannel")
     def on_datachannel(channel: Any) -> None:
@@ -410,12 +418,12 @@ async def _answer_offer(state: ServerState, request: Request) -> dict[str, Any]:
 
         @channel.on("message")  # type: ignore[untyped-decorator]
         def on_message(message: Any) -> None:
-            tasks.append(asyncio.ensure_future(_on_channel_message(session, output, message)))
+            spawn(_on_channel_message(session, output, message))
 
     @pc.on("track")
     def on_track(remote: Any) -> None:
         if remote.kind == "audio":
-            tasks.append(asyncio.ensure_future(inbound_audio(remote, session.feed)))
+            spawn(inbound_audio(remote, session.feed))
 
     @pc.on("connectionstatechange")
     async def on_state() -> None:
@@ -434,22 +442,30 @@ async def _answer_offer(state: ServerState, request: Request) -> dict[str, Any]:
     await pc.setLocalDescription(await pc.createAnswer())
 
     async def run() -> None:
+        reason = "session ended"
         try:
             await session.emit(
                 "session.started", session_id=sid, sample_rate=RTC_RATE,
                 output_sample_rate=RTC_RATE, transport="webrtc",
             )  # fmt: skip
             await session.run()
+        except* SlowClient as group:
+            reason = str(_leaf(group))
+        except* Exception as group:
+            log.error("WebRTC session %s failed", sid, exc_info=_leaf(group))
+            reason = "internal error"
         finally:
-            for task in tasks:
+            pending = list(tasks)
+            for task in pending:
                 task.cancel()
-            if tasks:
-                await asyncio.wait(tasks)
+            if pending:
+                await asyncio.wait(pending)
             track.stop()
             await pc.close()
             state.peers.pop(sid, None)
             state.sessions.pop(sid, None)
-            state.keep_report(sid, session.report() | {"transport": "webrtc"})
+            report = session.report() | {"transport": "webrtc", "close_reason": reason}
+            state.keep_report(sid, report)
 
     state.sessions[sid] = session
     state.peers[sid] = (pc, asyncio.create_task(run(), name=f"webrtc-{sid}"))

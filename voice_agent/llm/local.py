@@ -45,7 +45,7 @@ class LocalLlamaServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    async def start(self, timeout: float = 180.0) -> str:
+    async def start(self, within_s: float = 180.0) -> str:
         binary = llama_server_binary()
         path, sha = await asyncio.to_thread(gguf_path, self.model)
         self.port = _free_port()
@@ -68,7 +68,7 @@ class LocalLlamaServer:
         check = asyncio.create_task(asyncio.to_thread(verify, path, sha) if sha else _noop())
         probe = OpenAICompatLLM(self.base_url, self.model)
         try:
-            ready = asyncio.create_task(probe.wait_ready(timeout))
+            ready = asyncio.create_task(probe.wait_ready(within_s))
             died = asyncio.create_task(self.proc.wait())
             done, _ = await asyncio.wait({ready, died}, return_when=asyncio.FIRST_COMPLETED)
             if died in done:
@@ -84,7 +84,7 @@ class LocalLlamaServer:
         except TimeoutError as exc:
             await self.stop()
             raise LLMError(
-                f"llama-server did not become ready in {timeout:.0f}s", f"see {self.log_path}"
+                f"llama-server did not become ready in {within_s:.0f}s", f"see {self.log_path}"
             ) from exc
         except (LLMError, ModelError, asyncio.CancelledError):
             check.cancel()

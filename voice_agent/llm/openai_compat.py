@@ -52,9 +52,9 @@ class OpenAICompatLLM:
     async def close(self) -> None:
         await self._client.close()
 
-    async def wait_ready(self, timeout: float) -> None:
+    async def wait_ready(self, within_s: float) -> None:
         """Poll the endpoint's model list until it answers (used right after a server starts)."""
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within_s):
             while True:
                 try:
                     await self._client.models.list(timeout=2.0)

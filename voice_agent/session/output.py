@@ -7,6 +7,11 @@ from typing import Any, Protocol
 from voice_agent.audio.pcm import Pcm
 
 
+class SlowClient(Exception):
+    """The client does not take what is sent fast enough (a full send queue or data channel);
+    raised by an :class:`Output`, it ends the session."""
+
+
 class Output(Protocol):
     """Where one session's audio and events go.
 

@@ -329,6 +329,15 @@ def looks_finished(text: str) -> bool:
 
 
 class TurnMachine:
+    """Who holds the floor, as a pure state machine (see the module docstring).
+
+    Calling contract: one driver calls :meth:`handle` with events in the order they
+    happened (their ``t`` never decreases) and carries out the returned commands in
+    order; it calls :meth:`next_deadline` after each :meth:`handle` and sends a
+    :class:`Tick` once that time has come. Nothing here awaits, blocks, reads a clock
+    or does I/O.
+    """
+
     def __init__(
         self,
         min_silence_s: float = 0.6,
@@ -367,6 +376,9 @@ class TurnMachine:
         self._goodbye: int | None = None
 
     def next_deadline(self) -> float | None:
+        """When the driver must call :meth:`handle` with a :class:`Tick` (clock seconds), or
+        None if nothing is timed. It only changes inside :meth:`handle`, so ask again after
+        each call. A deadline already past means "tick now". Never raises."""
         times = [self._deadline, self._prepare_at, self._filler_at, self._idle_deadline()]
         if self.barge is not None:
             grace = self.duplex.check_grace_s if self.duplex else 0.0
@@ -386,6 +398,14 @@ class TurnMachine:
         return None if d.idle_end_s is None else self._idle_since + d.idle_end_s
 
     def handle(self, event: Event) -> list[Command]:
+        """Feed one event; returns the commands to carry out, in order.
+
+        Stale answers (a transcript or barge-in check whose ``request`` is not the
+        latest, a generation that is not current) are ignored. After :class:`Close` has
+        been returned the machine is closed and every later event returns ``[]``.
+        Raises nothing for any event in any state; ``ValueError`` only comes from the
+        constructor (bad silence settings).
+        """
         if self.closed:
             return []
         match event:

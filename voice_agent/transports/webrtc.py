@@ -22,6 +22,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from voice_agent.audio.pcm import SAMPLE_RATE, Pcm
 from voice_agent.audio.resample import StreamResampler
 from voice_agent.core.clock import Clock
+from voice_agent.session.output import SlowClient
 
 RTC_RATE = 48_000
 RTC_FRAME = RTC_RATE // 50  # 960 samples = 20 ms
@@ -150,12 +151,22 @@ class PacedAudioTrack(MediaStreamTrack):
 
 class WebRtcOutput:
     """Session :class:`Output` for a peer: audio into a :class:`PacedAudioTrack`, events as
-    JSON on a data channel (once it is open; earlier events wait in a bounded list)."""
+    JSON on a data channel (once it is open; earlier events wait in a bounded list).
+
+    A channel holding more than ``max_buffered`` bytes not yet sent (a client that stopped
+    reading) gets no more: playout positions are dropped, and the next event raises
+    :class:`SlowClient`, which ends the session."""
 
     def __init__(
-        self, track: PacedAudioTrack, max_pending_events: int = 200, position_every_ms: int = 200
+        self,
+        track: PacedAudioTrack,
+        max_pending_events: int = 200,
+        position_every_ms: int = 200,
+        max_buffered: int = 256 * 1024,
     ) -> None:
         self.track = track
+        self.max_buffered = max_buffered
+        self.dropped_events = 0
         self.channel: Any = None
         self._resampler = StreamResampler(SAMPLE_RATE, RTC_RATE)
         self._carry: dict[int, Pcm] = {}
@@ -189,7 +200,8 @@ class WebRtcOutput:
             self._carry = {gen: buf[n * RTC_FRAME :]}
 
     async def send_event(self, event: dict[str, Any]) -> None:
-        self._send_text(json.dumps(event))
+        if not self._send_text(json.dumps(event)):
+            raise SlowClient(f"the data channel holds over {self.max_buffered} bytes unsent")
 
     async def clear(self, gen: int) -> None:
         self.track.clear(gen)
@@ -203,11 +215,17 @@ class WebRtcOutput:
         if self.track.held == gen:
             self.track.held = None
 
-    def _send_text(self, text: str) -> None:
-        if self.channel is not None and self.channel.readyState == "open":
-            self.channel.send(text)
+    def _send_text(self, text: str) -> bool:
+        """Send or keep ``text``; False (and dropped) when the channel is backed up."""
+        channel = self.channel
+        if channel is not None and channel.readyState == "open":
+            if channel.bufferedAmount > self.max_buffered:
+                self.dropped_events += 1
+                return False
+            channel.send(text)
         else:
             self._pending.append(text)
+        return True
 
 
 class OfferError(Exception):

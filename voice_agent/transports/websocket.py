@@ -18,7 +18,9 @@ import numpy as np
 
 from voice_agent.audio.pcm import SAMPLE_RATE, Pcm, from_bytes
 from voice_agent.audio.resample import StreamResampler
-from voice_agent.session.output import OutputBase
+from voice_agent.session.output import OutputBase, SlowClient
+
+__all__ = ["SlowClient", "WebSocketOutput"]
 
 SUPPORTED_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 AUDIO_HEADER = struct.Struct("<II")  # generation, sequence number
@@ -117,10 +119,6 @@ class InboundAudio:
     def convert(self, data: bytes) -> Pcm:
         """Raises ValueError for an odd byte count."""
         return self._resampler.process(from_bytes(data))
-
-
-class SlowClient(Exception):
-    """The client does not read fast enough: its send queue is full."""
 
 
 class WebSocketOutput(OutputBase):

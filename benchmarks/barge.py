@@ -27,16 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from voice_agent.audio.files import load_audio_16k
-from voice_agent.audio.pcm import SAMPLE_RATE, Pcm, rms_dbfs
-from voice_agent.bench import (
-    SAMPLES,
-    SHARED_AUDIO,
-    _cpu_name,
-    _espeak,
-    _pct,
-    in_process_server,
-)
+from benchmarks.corpus import backchannels, interjections, onset
+from benchmarks.harness import in_process_server
+from benchmarks.stats import cpu_name, pct
+from voice_agent.audio.pcm import SAMPLE_RATE, Pcm
 from voice_agent.caller import WsCaller
 from voice_agent.session.driver import SessionConfig
 from voice_agent.session.engine import Engine, EngineConfig
@@ -45,59 +39,6 @@ from voice_agent.session.turns import DuplexPolicy
 PROMPT = "Tell me a long story about a lighthouse keeper and a storm, in about ten sentences."
 OFFSETS_S = (0.6, 1.4, 2.2, 3.0)
 NOISE_OFFSETS_S = (0.8, 2.0, 3.2)
-
-
-def cough(ms: int, level: float, seed: int) -> Pcm:
-    """A cough-like burst: noise with a fast attack and an exponential decay."""
-    n = SAMPLE_RATE * ms // 1000
-    rng = np.random.default_rng(seed)
-    env = np.exp(-np.linspace(0, 5, n)) * (1 - np.exp(-np.linspace(0, 40, n)))
-    x = np.convolve(rng.standard_normal(n) * env * level * 32767, np.ones(4) / 4, mode="same")
-    return np.asarray(x, dtype=np.int16)
-
-
-def breath(ms: int = 500, level: float = 0.05, seed: int = 3) -> Pcm:
-    """A breath: low, smoothed noise with a slow rise and fall."""
-    n = SAMPLE_RATE * ms // 1000
-    rng = np.random.default_rng(seed)
-    x = np.convolve(rng.standard_normal(n), np.ones(8) / 8, mode="same") * np.hanning(n)
-    return np.asarray(x * level * 32767 * 3, dtype=np.int16)
-
-
-def onset(clip: Pcm, floor_db: float = 30.0) -> int:
-    """Sample where the clip's sound begins: the first 10 ms within ``floor_db`` of its
-    loudest 10 ms."""
-    levels = [rms_dbfs(clip[i : i + 160]) for i in range(0, len(clip) - 159, 160)]
-    peak = max(levels)
-    return next(i for i, lv in enumerate(levels) if lv >= peak - floor_db) * 160
-
-
-def interjections() -> list[tuple[str, Pcm]]:
-    path = SHARED_AUDIO / "jfk.flac"
-    jfk = load_audio_16k(path if path.exists() else SAMPLES / "jfk.flac")
-    clip = jfk[int(5.3 * SAMPLE_RATE) : int(7.8 * SAMPLE_RATE)].astype(np.float32)
-    clip[:800] *= np.linspace(0, 1, 800)
-    out = [("jfk: what your country can do for you", clip.astype(np.int16))]
-    stereo = SHARED_AUDIO / "stereo_diarization.wav"
-    if stereo.exists():
-        right = load_audio_16k(stereo, channel=1)
-        out.append(("recorded: the horizon seems extremely distant", right[: int(3.2 * 16000)]))
-    out.append(("espeak: wait, stop, I have a question", _espeak("Wait, stop. I have a question.")))
-    out.append(("espeak: hold on, what about the price", _espeak("Hold on, what about the price?")))
-    out.append(("espeak: sorry, can you repeat that", _espeak("Sorry, can you repeat that?")))
-    return out
-
-
-def backchannels() -> list[tuple[str, Pcm]]:
-    return [
-        ("espeak: uh-huh", _espeak("uh-huh")),
-        ("espeak: yeah", _espeak("yeah")),
-        ("espeak: mm-hmm", _espeak("mm-hmm")),
-        ("espeak: right", _espeak("right")),
-        ("cough 300 ms", cough(300, 0.35, 7)),
-        ("cough 500 ms, loud", cough(500, 0.6, 11)),
-        ("breath 500 ms", breath()),
-    ]
 
 
 async def _scenario(
@@ -266,7 +207,7 @@ def _summarize(
     false = [r for r in nvalid if r["false_barge_in"]]
     pauses = [r["paused_for_ms"] for r in nvalid if "paused_for_ms" in r]
     return {
-        "machine": f"{os.cpu_count()} cores ({_cpu_name()}), {platform.system()}",
+        "machine": f"{os.cpu_count()} cores ({cpu_name()}), {platform.system()}",
         "llm": engine.info.get("llm"),
         "stt": cfg.stt_model,
         "vad": cfg.vad,
@@ -274,13 +215,13 @@ def _summarize(
         "interjections": len(valid),
         "interjections_confirmed": len(confirmed),
         "agent_silent_at_onset": sum(bool(r.get("agent_silent_at_onset")) for r in confirmed),
-        "client_stop_ms_p50": _pct(stops, 50),
-        "client_stop_ms_p95": _pct(stops, 95),
-        "server_stop_ms_p50": _pct(server, 50),
-        "server_stop_ms_p95": _pct(server, 95),
-        "ack_stop_ms_p50": _pct(acks, 50),
-        "confirmed_after_ms_p50": _pct(decided, 50),
-        "confirmed_after_ms_p95": _pct(decided, 95),
+        "client_stop_ms_p50": pct(stops, 50),
+        "client_stop_ms_p95": pct(stops, 95),
+        "server_stop_ms_p50": pct(server, 50),
+        "server_stop_ms_p95": pct(server, 95),
+        "ack_stop_ms_p50": pct(acks, 50),
+        "confirmed_after_ms_p50": pct(decided, 50),
+        "confirmed_after_ms_p95": pct(decided, 95),
         "truncation_checked": len(errs),
         "truncation_error_words_mean": round(float(np.mean(errs)), 2) if errs else None,
         "truncation_within_1_word": round(sum(e <= 1 for e in errs) / len(errs), 3)
@@ -289,7 +230,7 @@ def _summarize(
         "noise_trials": len(nvalid),
         "false_barge_ins": len(false),
         "false_barge_in_rate": round(len(false) / len(nvalid), 3) if nvalid else None,
-        "noise_paused_for_ms_p50": _pct(pauses, 50),
+        "noise_paused_for_ms_p50": pct(pauses, 50),
     }
 
 
