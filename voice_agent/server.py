@@ -388,7 +388,7 @@ async def _answer_offer(state: ServerState, request: Request) -> dict[str, Any]:
     try:
         body = await request.json()
     except Exception as exc:
-        raise OfferError(400, f"the body is not valid JSON: {exc}") from exc
+        raise OfferError(400, "the body is not valid JSON") from exc
     sdp = check_offer(body)
     assert state.engine is not None
     sid = uuid.uuid4().hex[:12]
@@ -437,7 +437,8 @@ async def _answer_offer(state: ServerState, request: Request) -> dict[str, Any]:
         text = str(exc) or type(exc).__name__
         if "send parameters" in text:
             raise OfferError(400, "unsupported codec: offer Opus (or PCMU/PCMA) audio") from exc
-        raise OfferError(400, f"malformed SDP: {text}") from exc
+        log.info("offer refused: %s", text)  # the parser's words stay in the log
+        raise OfferError(400, "malformed SDP: the offer could not be parsed") from exc
     pc.addTrack(track)
     await pc.setLocalDescription(await pc.createAnswer())
 

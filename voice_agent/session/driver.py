@@ -13,7 +13,6 @@ keeps a stale, cleared or held generation from the output.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 from voice_agent.audio.echo import EchoGuard
@@ -21,14 +20,16 @@ from voice_agent.audio.pcm import SAMPLE_RATE, Pcm
 from voice_agent.audio.playout import Playout, Segment
 from voice_agent.core.clock import Clock
 from voice_agent.core.enums import BargeOutcome, ReplyKind
-from voice_agent.core.work import Superseded, WorkQueueFull
-from voice_agent.llm.base import Message
+from voice_agent.core.queues import DropOldestQueue
 from voice_agent.session import turns as t
 from voice_agent.session.config import DEFAULT_SYSTEM_PROMPT, SessionConfig
 from voice_agent.session.engine import Engine
 from voice_agent.session.inbound import InboundPipeline, SpeechEnd, SpeechOnset
-from voice_agent.session.metrics import Interruption, TurnMetrics
-from voice_agent.session.output import Output
+from voice_agent.session.listener import Listener
+from voice_agent.session.metrics import TurnMetrics
+from voice_agent.session.output import Events, Output
+from voice_agent.session.record import CallRecord
+from voice_agent.session.replies import Replies
 from voice_agent.session.reply import Fillers, Reply, ReplyContext
 from voice_agent.session.transcripts import TranscriptFilter
 from voice_agent.session.writer import PacedWriter, PlayGate
@@ -50,6 +51,11 @@ class Session:
         self.engine, self.output, self.clock = engine, output, clock
         self.config = cfg = config or SessionConfig()
         self.t0 = clock.now()
+        self.record = CallRecord(cfg.system_prompt, self.t0)
+        self.history, self.turns = self.record.history, self.record.turns
+        self.errors = self.record.errors
+        self.events = Events(output, clock, self.t0, self.record.errors)
+        self._emit = self.emit = self.events.emit
         self.machine = t.TurnMachine(
             cfg.min_silence_s, cfg.max_silence_s, cfg.preemptive, cfg.prepare_after_s,
             duplex=cfg.duplex, t0=self.t0,
@@ -70,35 +76,30 @@ class Session:
             engine, self, self.playout, self.writer, clock, self._emit, Fillers(cfg.fillers),
             cfg.max_tool_rounds,
         )  # fmt: skip
-        self.history: list[Message] = [{"role": "system", "content": cfg.system_prompt}]
-        self.turns: list[TurnMetrics] = []
-        self.errors: list[str] = []
-        self.dropped_frames = self.prepared_dropped = 0
         self.end_reason: str | None = None
-        self._inbound_q: asyncio.Queue[Pcm | None] = asyncio.Queue(cfg.inbound_queue_frames)
+        self._inbound_q: DropOldestQueue[Pcm | None] = DropOldestQueue(cfg.inbound_queue_frames)
         self._control: asyncio.Queue[t.Event] = asyncio.Queue(256)
         self._hangup = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
-        self._jobs: set[asyncio.Task[None]] = set()
-        self._partial_running = False
-        self._reply: tuple[Reply, asyncio.Task[None]] | None = None
-        self._metrics: dict[int, TurnMetrics] = {}
-        self._final: tuple[float, float, str] | None = None  # (ready_at, compute_s, text)
-        self._last_sent: dict[int, float] = {}
+        self.replies = Replies(
+            self.record, self.playout, self.gate, self._emit, self.events.emit_safely,
+            self._reply_finished,
+        )  # fmt: skip
+        self.listener = Listener(
+            engine, self, self.inbound, self.filter, self.machine, clock, self._control.put,
+            self._emit, cfg.partial_interval_s,
+        )  # fmt: skip
 
     # -- input from the transport (never blocks, never raises) -----------------
 
     def feed(self, pcm: Pcm | None) -> None:
         """Queue 16 kHz mono int16 audio (None: the input ended). When the queue is full
         the oldest chunk is dropped and counted."""
-        while True:
-            try:
-                return self._inbound_q.put_nowait(pcm)
-            except asyncio.QueueFull:
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    self._inbound_q.get_nowait()
-                    self._inbound_q.task_done()
-                    self.dropped_frames += 1
+        self._inbound_q.put_nowait(pcm)
+
+    @property
+    def dropped_frames(self) -> int:
+        return self._inbound_q.dropped
 
     def end_input(self) -> None:
         """No more audio will come (the file ended or the caller hung up the stream)."""
@@ -134,12 +135,11 @@ class Session:
 
     def playout_ack(self, gen: int, samples: int) -> None:
         """The client reports ``samples`` (16 kHz) of generation ``gen`` actually played."""
-        m = self._metrics.get(gen)
-        if m is None:
-            return
-        m.client_played_samples = max(m.client_played_samples, samples)
-        if m.interruptions and len(m.interruptions[-1].acks) < 500:
-            m.interruptions[-1].acks.append((self.clock.now(), samples))
+        self.record.playout_ack(gen, samples, self.clock.now())
+
+    @property
+    def prepared_dropped(self) -> int:
+        return self.record.prepared_dropped
 
     @property
     def idle(self) -> bool:
@@ -163,23 +163,19 @@ class Session:
         everything down; an exception from the output ends it too."""
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
+            self.listener.start(tg)
             loops = [tg.create_task(self._inbound_loop()), tg.create_task(self.writer.run())]
             try:
                 await self._control_loop()
             finally:
-                await self._cancel_reply()
-                for task in [*loops, *self._jobs]:
+                await self.replies.cancel()
+                self.listener.stop()
+                for task in loops:
                     task.cancel()
         self._tg = None
 
     def report(self) -> dict[str, Any]:
-        return {
-            "turns": [m.to_dict(self.t0) for m in self.turns],
-            "history": self.history,
-            "errors": self.errors,
-            "dropped_input_frames": self.dropped_frames,
-            "preemptive_replies_dropped": self.prepared_dropped,
-        }
+        return self.record.report(self.dropped_frames)
 
     # -- inbound --------------------------------------------------------------
 
@@ -188,63 +184,16 @@ class Session:
             try:
                 for ev in self.inbound.push(chunk, self.clock.now()):
                     if isinstance(ev, SpeechOnset):
-                        await self._emit("speech.started", t_ms=self._ms(ev.at))
+                        await self._emit("speech.started", t_ms=self.events.ms(ev.at))
                         await self._control.put(t.SpeechStarted(self.clock.now(), ev.at))
                     elif isinstance(ev, SpeechEnd):
-                        await self._emit("speech.stopped", t_ms=self._ms(ev.at))
+                        await self._emit("speech.stopped", t_ms=self.events.ms(ev.at))
                         await self._control.put(t.SpeechStopped(self.clock.now(), ev.at))
-                if self.inbound.state is VadState.SPEAKING and self._may_partial():
-                    self._job(self._partial())
+                if self.inbound.state is VadState.SPEAKING:
+                    self.listener.frames_pushed()
             finally:
                 self._inbound_q.task_done()
         self._inbound_q.task_done()
-
-    def _may_partial(self) -> bool:
-        # while a barge-in is pending its checks transcribe the turn; they come first
-        if self._partial_running or self.machine.barge is not None:
-            return False
-        return self.inbound.partial_due(self.config.partial_interval_s)
-
-    def _job(self, coro: Any) -> None:
-        """Model work as a task of the session: cancelled (and dropped) when it ends."""
-        assert self._tg is not None
-        task = self._tg.create_task(coro)
-        self._jobs.add(task)
-        task.add_done_callback(self._jobs.discard)
-
-    async def _stt(self, partial: bool) -> Any:
-        return await self.engine.run_stt(self.inbound.turn_audio(), partial=partial, owner=self)
-
-    async def _partial(self) -> None:
-        self._partial_running = True
-        try:
-            result = await self._stt(partial=True)
-        except (Superseded, WorkQueueFull):
-            return
-        finally:
-            self._partial_running = False
-        if result.text and self.machine.user is t.UserState.SPEAKING:
-            await self._emit("transcript.partial", text=result.text)
-
-    async def _final_transcript(self, request: int) -> None:
-        with contextlib.suppress(Superseded, WorkQueueFull):  # a newer request answers
-            result = await self._stt(partial=False)
-            now = self.clock.now()
-            text = self.filter.final(result, self.inbound.turn_start_sample)
-            self._final = (now, result.compute_s, text)
-            await self._control.put(t.TranscriptReady(now, request, text))
-
-    async def _barge_check(self, request: int) -> None:
-        """The words so far of speech that began while the agent was talking."""
-        try:
-            result = await self._stt(partial=True)
-        except (Superseded, WorkQueueFull):  # no answer proves nothing: checked again
-            text, echo = "", False
-        else:
-            text, echo = self.filter.check(result, self.inbound.turn_start_sample)
-        await self._control.put(t.BargeInTranscript(self.clock.now(), request, text, echo=echo))
-        if text and self.machine.user is t.UserState.SPEAKING:
-            await self._emit("transcript.partial", text=text)  # it is the turn so far
 
     # -- control --------------------------------------------------------------
 
@@ -283,9 +232,9 @@ class Session:
         """Carry out one command; True means the session is over."""
         match command:
             case t.RequestTranscript(request=req):
-                self._job(self._final_transcript(req))
+                self.listener.request_final(req)
             case t.CheckBargeIn(request=req):
-                self._job(self._barge_check(req))
+                self.listener.check_barge_in(req)
             case t.DiscardTurn():
                 self.inbound.end_turn()
                 await self._emit("turn.discarded")
@@ -298,35 +247,30 @@ class Session:
             case t.CommitReply(gen=gen, decided=decided):
                 await self._commit_reply(gen, decided)
             case t.CancelReply(gen=gen):
-                await self._cancel_reply(gen)
+                await self.replies.cancel(gen)
             case t.ClearPlayout(gen=gen):
-                self.gate.cleared = max(self.gate.cleared, gen)
-                if self.gate.paused is not None and self.gate.paused <= gen:
-                    self.gate.paused = None
+                self.gate.clear(gen)
                 self.playout.clear(gen)
                 await self.output.clear(gen)
                 await self._emit("clear", gen=gen)
             case t.PausePlayout(gen=gen, onset=onset):
                 self.gate.paused = gen
-                if (m := self._metrics.get(gen)) is not None:
-                    sent = self.playout.played_samples(gen)
-                    last = self._last_sent.get(gen)
-                    m.interruptions.append(Interruption(onset, self.clock.now(), last, sent))
+                sent = self.playout.played_samples(gen)
+                self.record.paused(gen, onset, self.clock.now(), sent)
                 await self.output.pause(gen)
-                await self._emit("reply.paused", gen=gen, onset_ms=self._ms(onset))
+                await self._emit("reply.paused", gen=gen, onset_ms=self.events.ms(onset))
             case t.ResumePlayout(gen=gen):
-                if self.gate.paused == gen:
-                    self.gate.paused = None
+                if self.gate.resume(gen):
                     self.writer.wake()
-                self._resolve(gen, BargeOutcome.RECOVERED, "")
+                self.record.resolved(gen, BargeOutcome.RECOVERED, "", self.clock.now())
                 await self.output.resume(gen)
                 await self._emit("reply.resumed", gen=gen)
             case t.ConfirmBargeIn(gen=gen, text=text):
-                self._resolve(gen, BargeOutcome.CONFIRMED, text)
+                self.record.resolved(gen, BargeOutcome.CONFIRMED, text, self.clock.now())
                 await self._emit("barge_in", gen=gen, text=text)
             case t.PlayFiller(gen=gen):
-                if self._reply is not None and self._reply[0].gen == gen:
-                    await self._reply[0].play_filler()
+                if (reply := self.replies.live(gen)) is not None:
+                    await reply.play_filler()
             case t.Say(gen=gen, purpose=purpose):
                 self._say(gen, purpose)
                 if purpose is ReplyKind.GOODBYE:
@@ -335,13 +279,6 @@ class Session:
             case t.Close():
                 return True
         return False
-
-    def _resolve(self, gen: int, outcome: BargeOutcome, words: str) -> None:
-        m = self._metrics.get(gen)
-        if m is not None and m.interruptions:
-            last = m.interruptions[-1]
-            if last.outcome is BargeOutcome.PENDING:
-                last.outcome, last.words, last.resolved = outcome, words, self.clock.now()
 
     # -- replies ----------------------------------------------------------------
 
@@ -352,128 +289,51 @@ class Session:
         m = TurnMetrics(gen=gen, user_text=text, speech_end=speech_end, decided=decided)
         if speech_end is not None:
             m.speech_start = self.inbound.turn_onset
-            if self._final is not None:
-                m.stt_final, m.stt_compute_s, _ = self._final
+            if self.listener.final is not None:
+                m.stt_final, m.stt_compute_s, _ = self.listener.final
         messages = [*self.history, {"role": "user", "content": text}]
-        if decided is None:
-            self.gate.held = gen
-        else:
+        if decided is not None:
             self._commit_turn(m)
-        self._launch(Reply(self.ctx, m, messages, turn=len(self.turns)))
+        assert self._tg is not None
+        self.replies.launch(self._tg, Reply(self.ctx, m, messages, turn=len(self.turns)))
 
     def _say(self, gen: int, purpose: ReplyKind) -> None:
         """A fixed line (the idle prompt, goodbye) spoken as reply ``gen``."""
         text = self.config.goodbye if purpose is ReplyKind.GOODBYE else self.config.idle_prompt
-        m = TurnMetrics(gen, "", decided=self.clock.now(), committed=True, kind=purpose)
-        self.turns.append(m)
-        self._launch(Reply(self.ctx, m, [], fixed=text, turn=len(self.turns)))
-
-    def _launch(self, reply: Reply) -> None:
+        m = TurnMetrics(gen, "", decided=self.clock.now(), kind=purpose)
+        self.record.commit(m)
         assert self._tg is not None
-        self._metrics[reply.gen] = reply.m
-        self._reply = (reply, self._tg.create_task(self._run_reply(reply)))
+        self.replies.launch(self._tg, Reply(self.ctx, m, [], fixed=text, turn=len(self.turns)))
 
     def _commit_turn(self, m: TurnMetrics) -> None:
         """The caller's turn is answered: it enters the history, its audio is dropped."""
-        m.committed = True
+        self.record.commit(m)
         self.inbound.end_turn()
-        self._final = None
-        self.turns.append(m)
-        self.history.append({"role": "user", "content": m.user_text})
+        self.listener.final = None
 
     async def _commit_reply(self, gen: int, decided: float) -> None:
-        assert self._reply is not None and self._reply[0].gen == gen
-        reply = self._reply[0]
+        reply = self.replies.live(gen)
+        assert reply is not None
         reply.m.decided = decided
         self._commit_turn(reply.m)
         reply.turn = len(self.turns)
-        self.gate.held = None
-        reply.commit()
-        await self._emit("transcript.final", text=reply.m.user_text, gen=gen)
-        await self._emit("reply.start", gen=gen)
-        if reply.m.parts:
-            await self._emit("reply.delta", gen=gen, text="".join(reply.m.parts))
+        await self.replies.commit(gen)
 
-    async def _cancel_reply(self, gen: int | None = None) -> None:
-        if self._reply is None or (gen is not None and self._reply[0].gen != gen):
-            return
-        _, task = self._reply
-        self._reply = None
-        task.cancel()
-        await asyncio.wait({task})
-
-    async def _run_reply(self, reply: Reply) -> None:
-        gen, m = reply.gen, reply.m
-        interrupted = False
-        try:
-            await reply.run()
-        except asyncio.CancelledError:
-            interrupted = True
-            raise
-        finally:
-            reply.finished = True
-            reply.settle(interrupted)
-            if m.error:
-                self.errors.append(m.error)
-            if m.committed:
-                if (entry := reply.history_entry(interrupted)) is not None:
-                    self.history.append(entry)
-                await self._emit_safely("reply.done", gen=gen, status=m.status, text=m.reply_text)
-                await self._emit_safely("metrics", turn=m.to_dict(self.t0) | {"context": None})
-            else:  # a prepared reply the caller never heard leaves no trace
-                self.prepared_dropped += 1
-                self.playout.clear(gen)
-                self._metrics.pop(gen, None)
-                if self.gate.held == gen:
-                    self.gate.held = None
-            self.playout.forget(gen)
-            self._last_sent.pop(gen, None)
-            if self.gate.paused == gen:
-                self.gate.paused = None
-            if self._reply is not None and self._reply[0] is reply:
-                self._reply = None
+    async def _reply_finished(self, gen: int) -> None:
         await self._control.put(t.ReplyFinished(self.clock.now(), gen))
 
     # -- the writer's hooks -----------------------------------------------------
 
     async def _before_send(self, gen: int, seg: Segment) -> None:
-        m = self._metrics.get(gen)
-        if m is None:
-            return
-        if m.first_audio_out is None and not seg.filler:
-            m.first_audio_out = self.clock.now()
-        if not m.audio_started:
-            m.audio_started = True
+        if self.record.first_frame(gen, seg, self.clock.now()):
             await self._control.put(t.ReplyAudioStarted(self.clock.now(), gen))
             await self._emit("reply.audio.start", gen=gen)
 
     def _after_send(self, gen: int, frame: Pcm, seg: Segment, at_sample: int) -> None:
-        self._last_sent[gen] = now = self.clock.now()
+        self.record.frame_sent(gen, self.clock.now(), paused=self.gate.paused == gen)
         self.filter.agent_frame(at_sample, seg)
         if self.echo is not None:
             self.echo.far_end(frame, at_sample)
-        m = self._metrics.get(gen)
-        if m is not None and m.interruptions and self.gate.paused == gen:
-            m.interruptions[-1].last_sent = now  # the frame in flight
-
-    # -- events -----------------------------------------------------------------
-
-    def _ms(self, at: float) -> float:
-        return round((at - self.t0) * 1000, 1)
-
-    async def emit(self, kind: str, **fields: Any) -> None:
-        """Send an event stamped with the session's clock (for transports' own events)."""
-        await self._emit(kind, **fields)
-
-    async def _emit(self, kind: str, **fields: Any) -> None:
-        await self.output.send_event({"type": kind, "t_ms": self._ms(self.clock.now()), **fields})
-
-    async def _emit_safely(self, kind: str, **fields: Any) -> None:
-        """Emit from a ``finally`` that may run during cancellation; a failing output is logged."""
-        try:
-            await self._emit(kind, **fields)
-        except Exception as exc:  # the transport died; the session keeps its record
-            self.errors.append(f"could not send {kind}: {exc}")
 
 
 async def _cancel_all(futures: set[asyncio.Future[Any]]) -> None:

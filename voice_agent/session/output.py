@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from voice_agent.audio.pcm import Pcm
+from voice_agent.core.clock import Clock
 
 
 class SlowClient(Exception):
@@ -70,3 +71,25 @@ class OutputBase:
 
     async def resume(self, gen: int) -> None:
         return None
+
+
+class Events:
+    """Events to an :class:`Output`, stamped ``t_ms``: milliseconds of the session's clock
+    since ``t0``."""
+
+    def __init__(self, output: Output, clock: Clock, t0: float, errors: list[str]) -> None:
+        self.output, self.clock, self.t0, self.errors = output, clock, t0, errors
+
+    def ms(self, at: float) -> float:
+        return round((at - self.t0) * 1000, 1)
+
+    async def emit(self, kind: str, **fields: Any) -> None:
+        await self.output.send_event({"type": kind, "t_ms": self.ms(self.clock.now()), **fields})
+
+    async def emit_safely(self, kind: str, **fields: Any) -> None:
+        """Emit from a ``finally`` that may run during cancellation: an output that fails
+        is noted in ``errors`` (the session keeps its record)."""
+        try:
+            await self.emit(kind, **fields)
+        except Exception as exc:
+            self.errors.append(f"could not send {kind}: {exc}")

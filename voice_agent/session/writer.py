@@ -40,6 +40,25 @@ class PlayGate:
     def holds(self, gen: int | None) -> bool:
         return gen is not None and gen in (self.held, self.paused)
 
+    def clear(self, gen: int) -> None:
+        """Generations ``<= gen`` never play again (a pause of one of them is over)."""
+        self.cleared = max(self.cleared, gen)
+        if self.paused is not None and self.paused <= gen:
+            self.paused = None
+
+    def resume(self, gen: int) -> bool:
+        """Release a pause of ``gen``; True if it was paused."""
+        if self.paused != gen:
+            return False
+        self.paused = None
+        return True
+
+    def release(self, gen: int) -> None:
+        """Reply ``gen`` is over: it holds nothing any more."""
+        if self.held == gen:
+            self.held = None
+        self.resume(gen)
+
 
 class PacedWriter:
     """Runs :meth:`run` as one task of the session.

@@ -1,0 +1,92 @@
+"""What a session keeps of a call: the history the LLM sees, each turn's metrics, its
+interruptions and errors. Pure: the driver reports what happened, with clock times."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from voice_agent.audio.playout import Segment
+from voice_agent.core.enums import BargeOutcome
+from voice_agent.llm.base import Message
+from voice_agent.session.metrics import Interruption, TurnMetrics
+
+
+class CallRecord:
+    def __init__(self, system_prompt: str, t0: float) -> None:
+        self.t0 = t0
+        self.history: list[Message] = [{"role": "system", "content": system_prompt}]
+        self.turns: list[TurnMetrics] = []
+        """The turns the caller heard an answer to (or began to), in order."""
+        self.errors: list[str] = []
+        self.prepared_dropped = 0
+        self._by_gen: dict[int, TurnMetrics] = {}
+        self._last_sent: dict[int, float] = {}
+
+    def track(self, m: TurnMetrics) -> None:
+        """A reply of generation ``m.gen`` started (prepared or committed)."""
+        self._by_gen[m.gen] = m
+
+    def commit(self, m: TurnMetrics) -> None:
+        """The caller's turn is answered by ``m``: it enters the history."""
+        m.committed = True
+        self.turns.append(m)
+        if m.user_text:
+            self.history.append({"role": "user", "content": m.user_text})
+
+    def ended(self, m: TurnMetrics, heard: Message | None) -> None:
+        """A reply's task is over; ``heard`` is the assistant message the caller heard."""
+        if m.error:
+            self.errors.append(m.error)
+        if not m.committed:  # a prepared reply the caller never heard leaves no trace
+            self.prepared_dropped += 1
+            self._by_gen.pop(m.gen, None)
+        elif heard is not None:
+            self.history.append(heard)
+        self._last_sent.pop(m.gen, None)
+
+    def playout_ack(self, gen: int, samples: int, now: float) -> None:
+        """The client reports ``samples`` (16 kHz) of ``gen`` played."""
+        m = self._by_gen.get(gen)
+        if m is None:
+            return
+        m.client_played_samples = max(m.client_played_samples, samples)
+        if m.interruptions and len(m.interruptions[-1].acks) < 500:
+            m.interruptions[-1].acks.append((now, samples))
+
+    def paused(self, gen: int, onset: float, now: float, sent_samples: int) -> None:
+        """Caller speech from ``onset`` paused reply ``gen``."""
+        if (m := self._by_gen.get(gen)) is not None:
+            last = self._last_sent.get(gen)
+            m.interruptions.append(Interruption(onset, now, last, sent_samples))
+
+    def resolved(self, gen: int, outcome: BargeOutcome, words: str, now: float) -> None:
+        m = self._by_gen.get(gen)
+        if m is not None and m.interruptions:
+            last = m.interruptions[-1]
+            if last.outcome is BargeOutcome.PENDING:
+                last.outcome, last.words, last.resolved = outcome, words, now
+
+    def first_frame(self, gen: int, seg: Segment, now: float) -> bool:
+        """A frame of ``gen`` is about to go out: True if it is the reply's first audio."""
+        m = self._by_gen.get(gen)
+        if m is None:
+            return False
+        if m.first_audio_out is None and not seg.filler:
+            m.first_audio_out = now
+        started, m.audio_started = m.audio_started, True
+        return not started
+
+    def frame_sent(self, gen: int, now: float, paused: bool) -> None:
+        self._last_sent[gen] = now
+        m = self._by_gen.get(gen)
+        if paused and m is not None and m.interruptions:
+            m.interruptions[-1].last_sent = now  # the frame in flight
+
+    def report(self, dropped_input_frames: int) -> dict[str, Any]:
+        return {
+            "turns": [m.to_dict(self.t0) for m in self.turns],
+            "history": self.history,
+            "errors": self.errors,
+            "dropped_input_frames": dropped_input_frames,
+            "preemptive_replies_dropped": self.prepared_dropped,
+        }
