@@ -101,3 +101,20 @@ def test_a_cancelled_waiting_job_never_runs_and_a_running_one_holds_the_worker()
 
     log, t = run_virtual(main())
     assert log == ["a0", "b0"] and t == 2.0
+
+
+def test_a_runner_that_cannot_start_a_job_does_not_wedge_the_worker() -> None:
+    calls: list[str] = []
+
+    def refusing(fn: Any) -> Any:
+        calls.append("refused")
+        raise RuntimeError("cannot schedule new futures after shutdown")
+
+    async def main() -> str:
+        w = FairWorker("w", refusing)
+        with pytest.raises(RuntimeError):
+            await w.submit("a", lambda: "x")
+        w._runner = modeled_runner(1.0)
+        return await w.submit("b", lambda: "y")  # the worker is free again
+
+    assert run_virtual(main()) == "y"

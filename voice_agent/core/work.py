@@ -113,7 +113,11 @@ class FairWorker:
                 queue.remove(job)
                 self._prune(owner)
             raise
-        future = self._runner(fn)
+        try:
+            future = self._runner(fn)
+        except BaseException:  # it never started (say, the executor is shut down)
+            self._release()
+            raise
         future.add_done_callback(lambda _: self._release())
         try:
             return await asyncio.shield(future)
