@@ -30,7 +30,9 @@ async def measure_pacing(seconds: float) -> dict[str, float]:
         await track.recv()
         times.append(loop.time())
     gaps = np.diff(times) * 1000
-    drift = (times[-1] - times[0]) * 1000 - (len(times) - 1) * 20.0
+    # from the track's own start (the first recv() returns after the first frame's setup)
+    assert track.started_at is not None
+    drift = (times[-1] - track.started_at) * 1000 - (len(times) - 1) * 20.0
     return {
         "frames": len(times),
         "interval_p50_ms": round(float(np.percentile(gaps, 50)), 3),

@@ -550,3 +550,27 @@ def test_one_word_and_still_talking_at_the_window_end_confirms() -> None:
     m.handle(Tick(4.0))
     assert m.handle(BargeInTranscript(t=4.1, request=3, text="")) == []
     assert m.handle(Tick(4.5)) == [ConfirmBargeIn(1, "Wait..."), CancelReply(1), ClearPlayout(1)]
+
+
+def test_function_words_alone_never_confirm_a_barge_in() -> None:
+    """Whisper tiny.en wrote "And then the" into an espeak "mm-hmm" cut off at 0.78 s (seen
+    in the barge-in bench): words that say nothing cannot prove an interruption."""
+    m = caller_starts_at_3(barge_in_min_s=0.2, recheck_s=0.3)
+    m.handle(Tick(3.2))
+    assert m.handle(BargeInTranscript(t=3.4, request=1, text="And then the")) == []
+    m.handle(Tick(3.7))
+    # with a word that means something, two words confirm while the caller talks
+    assert m.handle(BargeInTranscript(t=3.9, request=2, text="Hold on")) == [
+        ConfirmBargeIn(1, "Hold on"),
+        CancelReply(1),
+        ClearPlayout(1),
+    ]
+
+
+def test_a_lone_function_word_at_the_end_of_the_turn_resumes_the_reply() -> None:
+    m = caller_starts_at_3(barge_in_min_s=0.2)
+    m.handle(SpeechStopped(t=3.25, at=3.13))
+    assert m.handle(TranscriptReady(t=3.5, request=1, text="The.")) == [
+        ResumePlayout(1),
+        DiscardTurn(),
+    ]

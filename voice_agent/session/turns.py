@@ -267,6 +267,15 @@ BACKCHANNELS = frozenset(
 )
 
 
+FUNCTION_WORDS = frozenset(
+    "a an the and or but so then than that this these those of to in on at by for with from "
+    "as is are was were be been am do does did have has had it its i me my you your he him his "
+    "she her we us our they them their there here if".split()
+)
+"""Words that say nothing on their own. Whisper writes strings of them into sounds that are
+not words (a hum cut off mid-way: "And then the"), so they never confirm a barge-in alone."""
+
+
 _HESITATION = re.compile(r"^(m+|h*m+h*m*|u+h*|u+m+|a+h+|o+h+|e+r+m*|h+u+h+|a+h*a+)$")
 
 
@@ -609,7 +618,8 @@ class TurnMachine:
         if d.barge_in_words == 0:
             return True
         need = max(d.barge_in_words, d.barge_in_partial_words) if partial else d.barge_in_words
-        return len(set(content_words(text))) >= need
+        words = set(content_words(text))
+        return len(words) >= need and not words <= FUNCTION_WORDS
 
     def _confirm(self, text: str) -> list[Command]:
         b = self.barge
