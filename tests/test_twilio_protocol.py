@@ -1,0 +1,144 @@
+"""The Twilio Media Streams protocol, sans-I/O: message shapes as in Twilio's docs
+(https://www.twilio.com/docs/voice/media-streams/websocket-messages), written out as data."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+
+from voice_agent.audio.g711 import ulaw_decode, ulaw_encode
+from voice_agent.transports.telephony.twilio import (
+    Connected,
+    Dtmf,
+    Mark,
+    Media,
+    Start,
+    Stop,
+    TwilioInputError,
+    TwilioStream,
+)
+
+SID = "MZ18ad3ab5a668481ce02b83e7395059f0"
+CONNECTED = {"event": "connected", "protocol": "Call", "version": "1.0.0"}
+START = {
+    "event": "start",
+    "sequenceNumber": "1",
+    "start": {
+        "accountSid": "AC00000000000000000000000000000001",
+        "streamSid": SID,
+        "callSid": "CA00000000000000000000000000000002",
+        "tracks": ["inbound"],
+        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+        "customParameters": {"FirstName": "Jane", "LastName": "Doe", "RemoteParty": "Bob"},
+    },
+    "streamSid": SID,
+}
+SILENCE_20MS = base64.b64encode(b"\xff" * 160).decode()
+MEDIA = {
+    "event": "media",
+    "sequenceNumber": "3",
+    "media": {"track": "inbound", "chunk": "1", "timestamp": "5", "payload": SILENCE_20MS},
+    "streamSid": SID,
+}
+DTMF = {
+    "event": "dtmf",
+    "streamSid": SID,
+    "sequenceNumber": "5",
+    "dtmf": {"track": "inbound_track", "digit": "1"},
+}
+MARK = {"event": "mark", "sequenceNumber": "4", "streamSid": SID, "mark": {"name": "gen1-s2"}}
+STOP = {
+    "event": "stop",
+    "sequenceNumber": "5",
+    "streamSid": SID,
+    "stop": {"accountSid": "AC00000000000000000000000000000001",
+             "callSid": "CA00000000000000000000000000000002"},
+}  # fmt: skip
+
+
+def started() -> TwilioStream:
+    s = TwilioStream()
+    s.receive(json.dumps(CONNECTED))
+    s.receive(json.dumps(START))
+    return s
+
+
+def test_the_documented_messages_parse_into_typed_events() -> None:
+    s = TwilioStream()
+    assert s.receive(json.dumps(CONNECTED)) == Connected("Call", "1.0.0")
+    start = s.receive(json.dumps(START))
+    assert start == Start(
+        stream_sid=SID,
+        call_sid="CA00000000000000000000000000000002",
+        account_sid="AC00000000000000000000000000000001",
+        encoding="audio/x-mulaw",
+        sample_rate=8000,
+        channels=1,
+        tracks=("inbound",),
+        custom_parameters={"FirstName": "Jane", "LastName": "Doe", "RemoteParty": "Bob"},
+    )
+    media = s.receive(json.dumps(MEDIA))
+    assert media == Media(b"\xff" * 160, chunk=1, timestamp_ms=5)
+    assert np.array_equal(ulaw_decode(media.ulaw), np.zeros(160, dtype=np.int16))  # type: ignore[union-attr]
+    assert s.receive(json.dumps(DTMF)) == Dtmf("1")
+    assert s.receive(json.dumps(MARK)) == Mark("gen1-s2")
+    assert s.receive(json.dumps(STOP)) == Stop("CA00000000000000000000000000000002")
+    assert s.stopped
+
+
+def test_outbound_messages_have_twilios_shapes() -> None:
+    s = started()
+    tone = (np.sin(np.arange(160) / 3) * 8000).astype(np.int16)
+    out = json.loads(s.media(ulaw_encode(tone)))
+    assert set(out) == {"event", "streamSid", "media"} and out["event"] == "media"
+    assert out["streamSid"] == SID and set(out["media"]) == {"payload"}
+    assert base64.b64decode(out["media"]["payload"]) == ulaw_encode(tone)
+    assert json.loads(s.mark("gen1-s2")) == {
+        "event": "mark", "streamSid": SID, "mark": {"name": "gen1-s2"}}  # fmt: skip
+    assert json.loads(s.clear()) == {"event": "clear", "streamSid": SID}
+    with pytest.raises(RuntimeError, match="before the stream's 'start'"):
+        TwilioStream().clear()
+
+
+@pytest.mark.parametrize(
+    ("message", "fatal", "says"),
+    [
+        ("not json", False, "not JSON"),
+        (json.dumps({"no": "event"}), False, "without an 'event'"),
+        (json.dumps({"event": "telepathy", "streamSid": SID}), False, "unknown event 'telepathy'"),
+        (json.dumps(MEDIA | {"streamSid": "MZ-other"}), False, "another streamSid"),
+        (json.dumps(MEDIA | {"media": {"payload": "%%% not base64 %%%"}}), False, "not base64"),
+        (json.dumps(MEDIA | {"media": {"payload": "A" * 20000}}), False, "oversized"),
+        (json.dumps(MEDIA | {"media": {}}), False, "without a payload"),
+        (json.dumps(DTMF | {"dtmf": {"digit": "x"}}), False, "valid digit"),
+        (json.dumps(MARK | {"mark": {}}), False, "mark without a name"),
+        (json.dumps(START), True, "second 'start'"),
+    ],
+)
+def test_bad_input_is_skipped_or_fatal_with_a_clear_reason(
+    message: str, fatal: bool, says: str
+) -> None:
+    s = started()
+    with pytest.raises(TwilioInputError, match=says) as err:
+        s.receive(message)
+    assert err.value.fatal is fatal
+    # a skipped message changes nothing: the stream goes on
+    assert s.receive(json.dumps(MEDIA)) == Media(b"\xff" * 160, 1, 5)
+
+
+def test_media_before_start_is_skipped_and_a_bad_start_is_fatal() -> None:
+    s = TwilioStream()
+    with pytest.raises(TwilioInputError, match="'media' before 'start'") as err:
+        s.receive(json.dumps(MEDIA))
+    assert not err.value.fatal
+    bad = json.loads(json.dumps(START))
+    bad["start"]["mediaFormat"] = {"encoding": "audio/x-l16", "sampleRate": 16000}
+    with pytest.raises(TwilioInputError, match="unsupported media format") as err:
+        s.receive(json.dumps(bad))
+    assert err.value.fatal
+    with pytest.raises(TwilioInputError, match="mediaFormat") as err:
+        s.receive(json.dumps({"event": "start", "start": {"streamSid": SID}}))
+    assert err.value.fatal
