@@ -142,3 +142,49 @@ def test_media_before_start_is_skipped_and_a_bad_start_is_fatal() -> None:
     with pytest.raises(TwilioInputError, match="mediaFormat") as err:
         s.receive(json.dumps({"event": "start", "start": {"streamSid": SID}}))
     assert err.value.fatal
+
+
+# -- the voice webhook ----------------------------------------------------------------------
+
+DOC_URL = "https://mycompany.com/myapp.php?foo=1&bar=2"
+
+
+@pytest.mark.parametrize(
+    ("caller", "signature"),
+    [
+        # twilio-node's own test fixture, and the example in Twilio's webhook-security docs
+        ("+14158675309", "RSOYDt4T1cUTdK1PDd93/VVr8B8="),
+        ("+14158675310", "GvWf1cFY/Q7PnoempGyD5oXAezc="),
+    ],
+)
+def test_request_signatures_match_twilios_published_vectors(caller: str, signature: str) -> None:
+    from voice_agent.transports.telephony.twilio import request_signature, signature_valid
+
+    params = {"CallSid": "CA1234567890ABCDE", "Caller": caller, "Digits": "1234",
+              "From": caller, "To": "+18005551212"}  # fmt: skip
+    assert request_signature("12345", DOC_URL, params) == signature
+    assert signature_valid("12345", DOC_URL, params, signature)
+    # unsigned, mis-signed, another token, a changed parameter or URL: refused
+    assert not signature_valid("12345", DOC_URL, params, None)
+    assert not signature_valid("12345", DOC_URL, params, signature[:-2] + "A=")
+    assert not signature_valid("54321", DOC_URL, params, signature)
+    assert not signature_valid("12345", DOC_URL, params | {"Digits": "9999"}, signature)
+    assert not signature_valid("12345", DOC_URL + "&baz=3", params, signature)
+
+
+def test_the_twiml_connects_a_bidirectional_stream_then_hangs_up() -> None:
+    import xml.etree.ElementTree as ET
+
+    from voice_agent.transports.telephony.twilio import connect_stream_twiml
+
+    xml = connect_stream_twiml(
+        "wss://agent.example.com/v1/telephony/twilio/stream", {"token": 'a&b"<c>'}
+    )
+    assert xml.startswith('<?xml version="1.0" encoding="UTF-8"?>')
+    root = ET.fromstring(xml)
+    assert root.tag == "Response" and [c.tag for c in root] == ["Connect", "Hangup"]
+    (stream,) = list(root[0])
+    assert stream.tag == "Stream"
+    assert stream.get("url") == "wss://agent.example.com/v1/telephony/twilio/stream"
+    (param,) = list(stream)
+    assert (param.tag, param.get("name"), param.get("value")) == ("Parameter", "token", 'a&b"<c>')

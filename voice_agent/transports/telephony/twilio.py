@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 from dataclasses import dataclass, field
 from typing import Any
+from xml.sax.saxutils import quoteattr
 
 TWILIO_RATE = 8000
 MAX_MEDIA_BYTES = 8000
@@ -203,3 +206,39 @@ def _int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+# -- the voice webhook ------------------------------------------------------------------
+
+
+def request_signature(auth_token: str, url: str, params: dict[str, str]) -> str:
+    """Twilio's ``X-Twilio-Signature``: HMAC-SHA1, keyed with the account's auth token, of
+    the full URL followed by each POST parameter's name and value, sorted by name; base64."""
+    data = url + "".join(f"{k}{params[k]}" for k in sorted(params))
+    digest = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def signature_valid(
+    auth_token: str, url: str, params: dict[str, str], signature: str | None
+) -> bool:
+    """Whether ``signature`` (the header; None when absent) signs this request."""
+    if not signature:
+        return False
+    expected = request_signature(auth_token, url, params)
+    return hmac.compare_digest(expected.encode(), signature.encode())
+
+
+def connect_stream_twiml(stream_url: str, parameters: dict[str, str] | None = None) -> str:
+    """TwiML that connects the call to a bidirectional stream at ``stream_url`` (with custom
+    parameters, which Twilio hands back in ``start.customParameters``), then hangs up when
+    the stream closes."""
+    params = "".join(
+        f"<Parameter name={quoteattr(k)} value={quoteattr(v)}/>"
+        for k, v in (parameters or {}).items()
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f"<Response><Connect><Stream url={quoteattr(stream_url)}>{params}</Stream></Connect>"
+        "<Hangup/></Response>"
+    )
