@@ -58,6 +58,11 @@ class Output(Protocol):
         """Play generation ``gen``'s held audio on, in order."""
         ...
 
+    async def flush(self) -> None:
+        """The agent's audio has run dry for now (the reply is done, or waits for TTS): send
+        whatever the transport holds back, such as a streaming resampler's tail."""
+        ...
+
 
 class OutputBase:
     """Defaults for an :class:`Output` whose wire has no audio queue of its own to clear,
@@ -70,6 +75,9 @@ class OutputBase:
         return None
 
     async def resume(self, gen: int) -> None:
+        return None
+
+    async def flush(self) -> None:
         return None
 
 

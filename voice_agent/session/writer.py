@@ -138,3 +138,5 @@ class PacedWriter:
                     await asyncio.sleep(0)
                 if self.playout.pending(gen) == 0:
                     self._drained.set()
+            if k:
+                await self.output.flush()  # the audio ran dry (or is held) for now

@@ -215,6 +215,9 @@ class WebRtcOutput:
         if self.track.held == gen:
             self.track.held = None
 
+    async def flush(self) -> None:
+        return None  # the ~10 ms the 16 -> 48 kHz resampler holds goes out with the next audio
+
     def _send_text(self, text: str) -> bool:
         """Send or keep ``text``; False (and dropped) when the channel is backed up."""
         channel = self.channel
