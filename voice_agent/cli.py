@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--max-peers", type=int, default=8, help="concurrent WebRTC peer connections")
     v.add_argument(
+        "--public-url", default=None, help="public base URL (https://host) for telephony webhooks"
+    )
+    v.add_argument(
+        "--twilio-auth-token",
+        default=None,
+        help="require Twilio-signed webhooks (also VOICE_AGENT_TWILIO_AUTH_TOKEN)",
+    )
+    v.add_argument(
         "--webrtc-ip",
         action="append",
         default=[],
@@ -185,6 +194,10 @@ async def _serve(args: argparse.Namespace) -> int:
         ice_servers=args.ice_server,
         max_peers=args.max_peers,
         ice_addresses=args.webrtc_ip,
+        public_url=args.public_url,
+        twilio_auth_token=args.twilio_auth_token
+        or os.environ.get("VOICE_AGENT_TWILIO_AUTH_TOKEN")
+        or None,
     )
     app = create_app(_engine_config(args), config)
     uv = uvicorn.Config(

@@ -67,6 +67,11 @@ class ServerConfig:
     send_queue: int = 1000
     send_timeout_s: float = 5.0
     kept_reports: int = 200
+    public_url: str | None = None
+    """The server's public base URL (https://host) for telephony webhooks; default: the
+    request's own host."""
+    twilio_auth_token: str | None = None
+    """Set: Twilio webhooks must be signed with it, and streams must come from one."""
 
 
 @dataclass
@@ -283,6 +288,9 @@ def create_app(
         Route("/v1/sessions/{sid}", session_report),
         WebSocketRoute("/v1/voice/ws", voice_ws),
     ]
+    from voice_agent.transports.telephony.routes import twilio_routes
+
+    routes += twilio_routes(state, lambda: _refusal(state))
     if WEB_CLIENT.is_dir():
         routes.append(Mount("/static", StaticFiles(directory=WEB_CLIENT), name="static"))
     app = Starlette(routes=routes, lifespan=lifespan)

@@ -159,7 +159,7 @@ async def run_twilio_stream(
     None) or the session ending; returns the session (None if no valid ``start`` came).
 
     ``make_session(output)`` builds the session for this call (the server passes its
-    engine, clock and config)."""
+    engine, clock and config), or returns None to refuse the stream."""
     import asyncio
 
     stream = TwilioStream()
@@ -180,6 +180,8 @@ async def run_twilio_stream(
         return None
     output = TwilioOutput(stream, send)
     session = make_session(output)
+    if session is None:  # refused (say, no valid stream token)
+        return None
     call = TwilioCall(stream, output)
 
     async def read() -> None:
