@@ -159,3 +159,17 @@ def test_words_spanning_a_range_of_a_sentences_audio_with_a_word_of_slack() -> N
     assert words_spanning(words, 310, 400, 400) == ["cc", "dd"]
     assert words_spanning(words, 200, 200, 400) == []
     assert words_spanning([], 0, 10, 400) == []
+
+
+def test_frame_cutter_streams_whole_frames_and_drains_the_rest_padded() -> None:
+    from voice_agent.audio.pcm import FrameCutter
+
+    cut = FrameCutter(4)
+    x = np.arange(1, 11, dtype=np.int16)
+    assert [f.tolist() for f in cut.cut(x[:3])] == []
+    assert [f.tolist() for f in cut.cut(x[3:])] == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    assert [f.tolist() for f in cut.drain()] == [[9, 10, 0, 0]]
+    assert cut.drain() == []
+    cut.cut(x[:3])
+    cut.clear()
+    assert [f.tolist() for f in cut.cut(x[:4])] == [[1, 2, 3, 4]]

@@ -64,3 +64,26 @@ def split_frames(pcm: Pcm, frame: int = FRAME_SAMPLES) -> list[Pcm]:
             chunk = np.concatenate([chunk, np.zeros(frame - len(chunk), dtype=np.int16)])
         out.append(chunk)
     return out
+
+
+class FrameCutter:
+    """The streaming form of :func:`split_frames`: audio in pieces of any length comes out
+    in whole frames of ``frame`` samples; what is left over waits for the next piece."""
+
+    def __init__(self, frame: int) -> None:
+        self.frame = frame
+        self._rest = np.zeros(0, dtype=np.int16)
+
+    def cut(self, pcm: Pcm) -> list[Pcm]:
+        buf = np.concatenate([self._rest, pcm]) if self._rest.size else pcm
+        n = len(buf) // self.frame * self.frame
+        self._rest = buf[n:]
+        return [buf[i : i + self.frame] for i in range(0, n, self.frame)]
+
+    def drain(self) -> list[Pcm]:
+        """What is left over, as one zero-padded frame (none if nothing is left)."""
+        rest, self._rest = self._rest, np.zeros(0, dtype=np.int16)
+        return split_frames(rest, self.frame)
+
+    def clear(self) -> None:
+        self._rest = np.zeros(0, dtype=np.int16)

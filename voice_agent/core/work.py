@@ -99,7 +99,6 @@ class FairWorker:
                 self.superseded += 1
                 old.turn.set_exception(Superseded(f"{self.name}: replaced by a newer job"))
         if len(queue) >= self.max_pending:
-            self._prune(owner)
             raise WorkQueueFull(f"{self.name}: {self.max_pending} jobs already waiting")
         job = _Job(owner, slot, asyncio.get_running_loop().create_future())
         queue.append(job)

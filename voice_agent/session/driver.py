@@ -55,7 +55,8 @@ class Session:
         self.history, self.turns = self.record.history, self.record.turns
         self.errors = self.record.errors
         self.events = Events(output, clock, self.t0, self.record.errors)
-        self._emit = self.emit = self.events.emit
+        self.emit = self.events.emit
+        """Send an event stamped with the session's clock (transports send their own too)."""
         self.machine = t.TurnMachine(
             cfg.min_silence_s, cfg.max_silence_s, cfg.preemptive, cfg.prepare_after_s,
             duplex=cfg.duplex, t0=self.t0,
@@ -73,7 +74,7 @@ class Session:
             self.inbound.sample_at, cfg.paced,
         )  # fmt: skip
         self.ctx = ReplyContext(
-            engine, self, self.playout, self.writer, clock, self._emit, Fillers(cfg.fillers),
+            engine, self, self.playout, self.writer, clock, self.emit, Fillers(cfg.fillers),
             cfg.max_tool_rounds,
         )  # fmt: skip
         self.end_reason: str | None = None
@@ -82,12 +83,12 @@ class Session:
         self._hangup = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
         self.replies = Replies(
-            self.record, self.playout, self.gate, self._emit, self.events.emit_safely,
+            self.record, self.playout, self.gate, self.emit, self.events.emit_safely,
             self._reply_finished,
         )  # fmt: skip
         self.listener = Listener(
             engine, self, self.inbound, self.filter, self.machine, clock, self._control.put,
-            self._emit, cfg.partial_interval_s,
+            self.emit, cfg.partial_interval_s,
         )  # fmt: skip
 
     # -- input from the transport (never blocks, never raises) -----------------
@@ -184,10 +185,10 @@ class Session:
             try:
                 for ev in self.inbound.push(chunk, self.clock.now()):
                     if isinstance(ev, SpeechOnset):
-                        await self._emit("speech.started", t_ms=self.events.ms(ev.at))
+                        await self.emit("speech.started", t_ms=self.events.ms(ev.at))
                         await self._control.put(t.SpeechStarted(self.clock.now(), ev.at))
                     elif isinstance(ev, SpeechEnd):
-                        await self._emit("speech.stopped", t_ms=self.events.ms(ev.at))
+                        await self.emit("speech.stopped", t_ms=self.events.ms(ev.at))
                         await self._control.put(t.SpeechStopped(self.clock.now(), ev.at))
                 if self.inbound.state is VadState.SPEAKING:
                     self.listener.frames_pushed()
@@ -237,11 +238,11 @@ class Session:
                 self.listener.check_barge_in(req)
             case t.DiscardTurn():
                 self.inbound.end_turn()
-                await self._emit("turn.discarded")
+                await self.emit("turn.discarded")
             case t.StartReply(gen=gen, text=text, speech_end=speech_end, decided=decided):
                 self._start_reply(gen, text, speech_end, decided)
-                await self._emit("transcript.final", text=text, gen=gen)
-                await self._emit("reply.start", gen=gen)
+                await self.emit("transcript.final", text=text, gen=gen)
+                await self.emit("reply.start", gen=gen)
             case t.PrepareReply(gen=gen, text=text, speech_end=speech_end):
                 self._start_reply(gen, text, speech_end, None)
             case t.CommitReply(gen=gen, decided=decided):
@@ -252,22 +253,22 @@ class Session:
                 self.gate.clear(gen)
                 self.playout.clear(gen)
                 await self.output.clear(gen)
-                await self._emit("clear", gen=gen)
+                await self.emit("clear", gen=gen)
             case t.PausePlayout(gen=gen, onset=onset):
                 self.gate.paused = gen
                 sent = self.playout.played_samples(gen)
                 self.record.paused(gen, onset, self.clock.now(), sent)
                 await self.output.pause(gen)
-                await self._emit("reply.paused", gen=gen, onset_ms=self.events.ms(onset))
+                await self.emit("reply.paused", gen=gen, onset_ms=self.events.ms(onset))
             case t.ResumePlayout(gen=gen):
                 if self.gate.resume(gen):
                     self.writer.wake()
                 self.record.resolved(gen, BargeOutcome.RECOVERED, "", self.clock.now())
                 await self.output.resume(gen)
-                await self._emit("reply.resumed", gen=gen)
+                await self.emit("reply.resumed", gen=gen)
             case t.ConfirmBargeIn(gen=gen, text=text):
                 self.record.resolved(gen, BargeOutcome.CONFIRMED, text, self.clock.now())
-                await self._emit("barge_in", gen=gen, text=text)
+                await self.emit("barge_in", gen=gen, text=text)
             case t.PlayFiller(gen=gen):
                 if (reply := self.replies.live(gen)) is not None:
                     await reply.play_filler()
@@ -275,7 +276,7 @@ class Session:
                 self._say(gen, purpose)
                 if purpose is ReplyKind.GOODBYE:
                     self.end_reason = "idle"
-                    await self._emit("session.ending", reason="idle")
+                    await self.emit("session.ending", reason="idle")
             case t.Close():
                 return True
         return False
@@ -327,7 +328,7 @@ class Session:
     async def _before_send(self, gen: int, seg: Segment) -> None:
         if self.record.first_frame(gen, seg, self.clock.now()):
             await self._control.put(t.ReplyAudioStarted(self.clock.now(), gen))
-            await self._emit("reply.audio.start", gen=gen)
+            await self.emit("reply.audio.start", gen=gen)
 
     def _after_send(self, gen: int, frame: Pcm, seg: Segment, at_sample: int) -> None:
         self.record.frame_sent(gen, self.clock.now(), paused=self.gate.paused == gen)

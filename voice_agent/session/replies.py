@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from voice_agent.audio.playout import Playout
 from voice_agent.session.record import CallRecord
@@ -78,7 +77,8 @@ class Replies:
             self.record.ended(m, reply.history_entry(interrupted))
             if m.committed:
                 await self.emit_safely("reply.done", gen=gen, status=m.status, text=m.reply_text)
-                await self.emit_safely("metrics", turn=self._metrics(m))
+                turn = m.to_dict(self.record.t0) | {"context": None}
+                await self.emit_safely("metrics", turn=turn)
             else:  # a prepared reply the caller never heard leaves no trace
                 self.playout.clear(gen)
             self.playout.forget(gen)
@@ -86,6 +86,3 @@ class Replies:
             if self._live is not None and self._live[0] is reply:
                 self._live = None
         await self.finished(gen)
-
-    def _metrics(self, m: Any) -> dict[str, Any]:
-        return dict(m.to_dict(self.record.t0)) | {"context": None}

@@ -19,7 +19,7 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from voice_agent.audio.pcm import SAMPLE_RATE, Pcm
+from voice_agent.audio.pcm import SAMPLE_RATE, FrameCutter, Pcm
 from voice_agent.audio.resample import StreamResampler
 from voice_agent.core.clock import Clock
 from voice_agent.session.output import SlowClient
@@ -169,7 +169,9 @@ class WebRtcOutput:
         self.dropped_events = 0
         self.channel: Any = None
         self._resampler = StreamResampler(SAMPLE_RATE, RTC_RATE)
-        self._carry: dict[int, Pcm] = {}
+        self._frames = FrameCutter(RTC_FRAME)
+        self._frames_gen: int | None = None
+        """The generation the cutter's left-over samples belong to."""
         self._pending: deque[str] = deque(maxlen=max_pending_events)
         self._position_every = RTC_RATE * position_every_ms // 1000
         self._reported: dict[int, int] = {}
@@ -191,13 +193,11 @@ class WebRtcOutput:
             channel.send(self._pending.popleft())
 
     async def send_audio(self, gen: int, pcm: Pcm) -> None:
-        out = self._resampler.process(pcm)
-        buf = np.concatenate([self._carry.pop(gen, np.zeros(0, dtype=np.int16)), out])
-        n = len(buf) // RTC_FRAME
-        for i in range(n):
-            self.track.push(gen, buf[i * RTC_FRAME : (i + 1) * RTC_FRAME])
-        if len(buf) > n * RTC_FRAME:
-            self._carry = {gen: buf[n * RTC_FRAME :]}
+        if gen != self._frames_gen:  # another generation's left-over never plays
+            self._frames.clear()
+            self._frames_gen = gen
+        for frame in self._frames.cut(self._resampler.process(pcm)):
+            self.track.push(gen, frame)
 
     async def send_event(self, event: dict[str, Any]) -> None:
         if not self._send_text(json.dumps(event)):
@@ -206,7 +206,7 @@ class WebRtcOutput:
     async def clear(self, gen: int) -> None:
         self.track.clear(gen)
         self.track.held = None
-        self._carry.clear()
+        self._frames.clear()
 
     async def pause(self, gen: int) -> None:
         self.track.held = gen  # the caller began to talk: hold, don't drop

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import secrets
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -34,7 +33,8 @@ TOKEN_TTL_S = 60.0
 
 def twilio_routes(state: Any, refusal: Callable[[], str | None]) -> list[BaseRoute]:
     """The Twilio endpoints over the server's ``state`` (its config, engine, sessions)."""
-    tokens: dict[str, float] = {}  # one-time stream tokens → expiry (monotonic seconds)
+    tokens: dict[str, float] = {}  # one-time stream tokens → expiry (clock seconds)
+    clock = LoopClock()
 
     def public_base(request: Request | WebSocket) -> str:
         if state.config.public_url:
@@ -55,7 +55,7 @@ def twilio_routes(state: Any, refusal: Callable[[], str | None]) -> list[BaseRou
             return JSONResponse({"error": reason}, 503)
         stream_params: dict[str, str] = {}
         if token:
-            now = time.monotonic()
+            now = clock.now()
             for old in [k for k, exp in tokens.items() if exp < now]:
                 del tokens[old]
             one_time = secrets.token_urlsafe(24)
@@ -87,10 +87,10 @@ def twilio_routes(state: Any, refusal: Callable[[], str | None]) -> list[BaseRou
             if state.config.twilio_auth_token:
                 presented = output.stream.start.custom_parameters.get("token", "")
                 expiry = tokens.pop(presented, None)
-                if expiry is None or expiry < time.monotonic():
+                if expiry is None or expiry < clock.now():
                     log.warning("twilio stream %s: no valid one-time token", sid)
                     return None
-            session = Session(state.engine, output, LoopClock(), state.session_config)
+            session = Session(state.engine, output, clock, state.session_config)
             state.sessions[sid] = session
             return session
 

@@ -21,10 +21,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import numpy as np
-
 from voice_agent.audio.g711 import ulaw_decode, ulaw_encode
-from voice_agent.audio.pcm import SAMPLE_RATE, Pcm
+from voice_agent.audio.pcm import SAMPLE_RATE, FrameCutter, Pcm
 from voice_agent.audio.resample import StreamResampler
 from voice_agent.session.output import OutputBase
 from voice_agent.transports.telephony.twilio import (
@@ -32,7 +30,6 @@ from voice_agent.transports.telephony.twilio import (
     Dtmf,
     Mark,
     Media,
-    Start,
     Stop,
     TwilioInputError,
     TwilioStream,
@@ -56,10 +53,12 @@ class TwilioOutput(OutputBase):
         self.send = send
         self.mark_every = SAMPLE_RATE * mark_every_ms // 1000
         self._resampler = StreamResampler(SAMPLE_RATE, TWILIO_RATE, quality=QUALITY)
-        self._carry = np.zeros(0, dtype=np.int16)
-        self._sent: dict[int, int] = {}
-        """Samples (16 kHz) of each generation sent to Twilio."""
-        self._marked: dict[int, int] = {}
+        self._frames = FrameCutter(CHUNK)
+        self._gen = -1
+        self._sent = 0
+        """Samples (16 kHz) of generation ``_gen`` sent to Twilio."""
+        self._marked = 0
+        """``_sent`` at the last mark."""
         self._pending: set[str] = set()
         """Marks sent and not yet echoed."""
         self._dropped: set[str] = set()
@@ -67,27 +66,23 @@ class TwilioOutput(OutputBase):
         self.marks_sent = 0
 
     async def send_audio(self, gen: int, pcm: Pcm) -> None:
-        out = np.concatenate([self._carry, self._resampler.process(pcm)])
-        n = len(out) // CHUNK * CHUNK
-        self._carry = out[n:]
-        for i in range(0, n, CHUNK):
-            await self.send(self.stream.media(ulaw_encode(out[i : i + CHUNK])))
-        sent = self._sent[gen] = self._sent.get(gen, 0) + len(pcm)
-        if sent - self._marked.get(gen, 0) >= self.mark_every:
-            self._marked[gen] = sent
+        for chunk in self._frames.cut(self._resampler.process(pcm)):
+            await self.send(self.stream.media(ulaw_encode(chunk)))
+        if gen != self._gen:
+            self._gen, self._sent, self._marked = gen, 0, 0
+        self._sent += len(pcm)
+        if self._sent - self._marked >= self.mark_every:
+            self._marked = self._sent
             self.marks_sent += 1
-            name = f"{gen}:{sent}"
+            name = f"{gen}:{self._sent}"
             self._pending.add(name)
             await self.send(self.stream.mark(name))
 
     async def flush(self) -> None:
         """Send the resampler's tail (and the last partial 20 ms, padded) at once."""
-        tail = np.concatenate([self._carry, self._resampler.flush()])
+        tail = self._frames.cut(self._resampler.flush()) + self._frames.drain()
         self._resampler = StreamResampler(SAMPLE_RATE, TWILIO_RATE, quality=QUALITY)
-        self._carry = np.zeros(0, dtype=np.int16)
-        for i in range(0, len(tail), CHUNK):
-            chunk = tail[i : i + CHUNK]
-            chunk = np.concatenate([chunk, np.zeros(CHUNK - len(chunk), dtype=np.int16)])
+        for chunk in tail:
             await self.send(self.stream.media(ulaw_encode(chunk)))
 
     async def send_event(self, event: dict[str, Any]) -> None:
@@ -96,7 +91,7 @@ class TwilioOutput(OutputBase):
     async def clear(self, gen: int) -> None:
         # what the resampler holds is the cleared audio too: drop it, never flush it later
         self._resampler = StreamResampler(SAMPLE_RATE, TWILIO_RATE, quality=QUALITY)
-        self._carry = np.zeros(0, dtype=np.int16)
+        self._frames.clear()
         self._dropped |= self._pending
         self._pending = set()
         await self.send(self.stream.clear())
@@ -144,9 +139,7 @@ class TwilioCall:
                     session.playout_ack(*pos)
             case Stop():
                 return False
-            case Start():  # pragma: no cover - the bridge reads start before the session
-                pass
-        return True
+        return True  # (a second Start never gets here: it is fatal input)
 
 
 async def run_twilio_stream(
