@@ -188,3 +188,28 @@ def test_the_twiml_connects_a_bidirectional_stream_then_hangs_up() -> None:
     assert stream.get("url") == "wss://agent.example.com/v1/telephony/twilio/stream"
     (param,) = list(stream)
     assert (param.tag, param.get("name"), param.get("value")) == ("Parameter", "token", 'a&b"<c>')
+
+
+def test_stream_urls_swap_only_the_scheme() -> None:
+    from voice_agent.transports.telephony.routes import stream_url
+
+    assert stream_url("https://ws.example.com") == "wss://ws.example.com/v1/telephony/twilio/stream"
+    assert stream_url("http://127.0.0.1:8000") == "ws://127.0.0.1:8000/v1/telephony/twilio/stream"
+
+
+def test_one_time_tokens_are_good_once_expire_and_are_bounded() -> None:
+    from doubles import AutoAdvanceClockDouble
+
+    from voice_agent.transports.telephony.routes import OneTimeTokens
+
+    clock = AutoAdvanceClockDouble()
+    tokens = OneTimeTokens(clock, ttl_s=60, limit=3)
+    a = tokens.issue()
+    assert tokens.take(a) and not tokens.take(a)  # once
+    b = tokens.issue()
+    clock.stall(61)
+    assert not tokens.take(b)  # expired
+    first, *rest = [tokens.issue() for _ in range(4)]
+    assert not tokens.take(first)  # the oldest went when a fourth came
+    assert all(tokens.take(t) for t in rest)
+    assert not tokens.take("made-up")

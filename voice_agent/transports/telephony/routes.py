@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from voice_agent.core.clock import LoopClock
+from voice_agent.core.clock import Clock, LoopClock
 from voice_agent.session.driver import Session
 from voice_agent.transports.telephony.twilio import connect_stream_twiml, signature_valid
 from voice_agent.transports.telephony.twilio_bridge import TwilioOutput, log, run_twilio_stream
@@ -31,15 +31,45 @@ STREAM_PATH = "/v1/telephony/twilio/stream"
 TOKEN_TTL_S = 60.0
 
 
+class OneTimeTokens:
+    """Stream tokens handed out by signed webhooks: each is good once, for ``ttl_s``. At
+    most ``limit`` are kept (the oldest go first), so a burst of calls cannot grow it."""
+
+    def __init__(self, clock: Clock, ttl_s: float = TOKEN_TTL_S, limit: int = 4096) -> None:
+        self.clock, self.ttl_s, self.limit = clock, ttl_s, limit
+        self._expiry: dict[str, float] = {}
+
+    def issue(self) -> str:
+        now = self.clock.now()
+        for old in [k for k, exp in self._expiry.items() if exp < now]:
+            del self._expiry[old]
+        while len(self._expiry) >= self.limit:
+            del self._expiry[next(iter(self._expiry))]
+        token = secrets.token_urlsafe(24)
+        self._expiry[token] = now + self.ttl_s
+        return token
+
+    def take(self, token: str) -> bool:
+        """True (once) for a token issued less than ``ttl_s`` ago."""
+        expiry = self._expiry.pop(token, None)
+        return expiry is not None and expiry >= self.clock.now()
+
+
+def stream_url(base: str) -> str:
+    """The stream's WebSocket URL under an http(s) base URL: https → wss, http → ws."""
+    scheme, _, rest = base.partition("://")
+    return f"{'wss' if scheme == 'https' else 'ws'}://{rest}{STREAM_PATH}"
+
+
 def twilio_routes(state: Any, refusal: Callable[[], str | None]) -> list[BaseRoute]:
     """The Twilio endpoints over the server's ``state`` (its config, engine, sessions)."""
-    tokens: dict[str, float] = {}  # one-time stream tokens → expiry (clock seconds)
     clock = LoopClock()
+    tokens = OneTimeTokens(clock)
 
-    def public_base(request: Request | WebSocket) -> str:
+    def public_base(request: Request) -> str:
         if state.config.public_url:
             return str(state.config.public_url).rstrip("/")
-        return f"{request.url.scheme}://{request.url.netloc}".replace("ws", "http", 1)
+        return f"{request.url.scheme}://{request.url.netloc}"
 
     async def voice(request: Request) -> Response:
         body = (await request.body())[:65536].decode("utf-8", "replace")
@@ -55,14 +85,9 @@ def twilio_routes(state: Any, refusal: Callable[[], str | None]) -> list[BaseRou
             return JSONResponse({"error": reason}, 503)
         stream_params: dict[str, str] = {}
         if token:
-            now = clock.now()
-            for old in [k for k, exp in tokens.items() if exp < now]:
-                del tokens[old]
-            one_time = secrets.token_urlsafe(24)
-            tokens[one_time] = now + TOKEN_TTL_S
-            stream_params["token"] = one_time
-        stream_url = base.replace("http", "ws", 1) + STREAM_PATH
-        return Response(connect_stream_twiml(stream_url, stream_params), media_type="text/xml")
+            stream_params["token"] = tokens.issue()
+        twiml = connect_stream_twiml(stream_url(base), stream_params)
+        return Response(twiml, media_type="text/xml")
 
     async def stream(ws: WebSocket) -> None:
         await ws.accept()
@@ -85,9 +110,7 @@ def twilio_routes(state: Any, refusal: Callable[[], str | None]) -> list[BaseRou
         def make_session(output: TwilioOutput) -> Session | None:
             assert output.stream.start is not None
             if state.config.twilio_auth_token:
-                presented = output.stream.start.custom_parameters.get("token", "")
-                expiry = tokens.pop(presented, None)
-                if expiry is None or expiry < clock.now():
+                if not tokens.take(output.stream.start.custom_parameters.get("token", "")):
                     log.warning("twilio stream %s: no valid one-time token", sid)
                     return None
             session = Session(state.engine, output, clock, state.session_config)
