@@ -17,7 +17,8 @@ from voice_agent.audio.g711 import ulaw_decode, ulaw_encode
 from voice_agent.core.clock import LoopClock
 from voice_agent.session.driver import Session, SessionConfig
 from voice_agent.session.turns import DuplexPolicy
-from voice_agent.transports.telephony.twilio_bridge import run_twilio_stream
+from voice_agent.transports.telephony.bridge import run_media_stream
+from voice_agent.transports.telephony.twilio import TwilioStream
 
 SID = "MZ00000000000000000000000000000001"
 WORDS = {500: "What time is it?", 600: "Stop, tell me about the weather instead."}
@@ -106,7 +107,7 @@ async def twilio_call(
         return Session(engine, output, LoopClock(), config)
 
     dialing = asyncio.create_task(phone.call(seconds))
-    session = await run_twilio_stream(phone.receive, phone.send, make)
+    session = await run_media_stream(TwilioStream(), phone.receive, phone.send, make)
     await dialing
     return session, phone
 
@@ -166,7 +167,7 @@ def test_dtmf_reaches_the_agent_and_bad_messages_are_skipped() -> None:
     assert turn.user_text == "5" and turn.reply_text == "You pressed five."
     assert [e for e in session.errors if e.startswith("twilio:")] == [
         "twilio: unknown event 'telepathy' was skipped",
-        "twilio: 'media' for another streamSid was skipped",
+        "twilio: 'media' for another stream was skipped",
         "twilio: a media payload that is not base64 was skipped",
     ]
 
@@ -184,14 +185,16 @@ def test_a_second_start_hangs_up_and_a_stream_that_never_starts_gets_no_session(
         async def nothing(_: str) -> None:
             return None
 
-        return await run_twilio_stream(inbox.get, nothing, lambda o: None, start_timeout_s=5)
+        return await run_media_stream(
+            TwilioStream(), inbox.get, nothing, lambda o: None, start_timeout_s=5
+        )
 
     assert run_virtual(never_starts()) is None
 
 
 def test_the_output_ignores_marks_a_clear_dropped() -> None:
-    from voice_agent.transports.telephony.twilio import Mark, TwilioStream
-    from voice_agent.transports.telephony.twilio_bridge import TwilioOutput
+    from voice_agent.transports.telephony.bridge import StreamOutput
+    from voice_agent.transports.telephony.media import Played as Mark
 
     async def main() -> list[Any]:
         stream = TwilioStream()
@@ -201,7 +204,7 @@ def test_the_output_ignores_marks_a_clear_dropped() -> None:
         async def send(text: str) -> None:
             sent.append(text)
 
-        out = TwilioOutput(stream, send, mark_every_ms=20)
+        out = StreamOutput(stream, send, mark_every_ms=20)
         for _ in range(3):
             await out.send_audio(1, np.full(320, 1000, dtype=np.int16))
         played = out.played(Mark("1:320"))

@@ -10,16 +10,17 @@ import numpy as np
 import pytest
 
 from voice_agent.audio.g711 import ulaw_decode, ulaw_encode
-from voice_agent.transports.telephony.twilio import (
+from voice_agent.transports.telephony.media import (
+    MULAW_8K,
     Connected,
     Dtmf,
-    Mark,
     Media,
+    Played,
     Start,
     Stop,
-    TwilioInputError,
-    TwilioStream,
+    TelephonyInputError,
 )
+from voice_agent.transports.telephony.twilio import TwilioStream
 
 SID = "MZ18ad3ab5a668481ce02b83e7395059f0"
 CONNECTED = {"event": "connected", "protocol": "Call", "version": "1.0.0"}
@@ -68,23 +69,20 @@ def started() -> TwilioStream:
 
 def test_the_documented_messages_parse_into_typed_events() -> None:
     s = TwilioStream()
-    assert s.receive(json.dumps(CONNECTED)) == Connected("Call", "1.0.0")
+    assert s.receive(json.dumps(CONNECTED)) == Connected("Call 1.0.0")
     start = s.receive(json.dumps(START))
     assert start == Start(
-        stream_sid=SID,
-        call_sid="CA00000000000000000000000000000002",
-        account_sid="AC00000000000000000000000000000001",
-        encoding="audio/x-mulaw",
-        sample_rate=8000,
-        channels=1,
+        stream_id=SID,
+        call_id="CA00000000000000000000000000000002",
+        codec=MULAW_8K,
+        parameters={"FirstName": "Jane", "LastName": "Doe", "RemoteParty": "Bob"},
         tracks=("inbound",),
-        custom_parameters={"FirstName": "Jane", "LastName": "Doe", "RemoteParty": "Bob"},
     )
     media = s.receive(json.dumps(MEDIA))
-    assert media == Media(b"\xff" * 160, chunk=1, timestamp_ms=5)
-    assert np.array_equal(ulaw_decode(media.ulaw), np.zeros(160, dtype=np.int16))  # type: ignore[union-attr]
+    assert media == Media(b"\xff" * 160)
+    assert np.array_equal(ulaw_decode(media.audio), np.zeros(160, dtype=np.int16))  # type: ignore[union-attr]
     assert s.receive(json.dumps(DTMF)) == Dtmf("1")
-    assert s.receive(json.dumps(MARK)) == Mark("gen1-s2")
+    assert s.receive(json.dumps(MARK)) == Played("gen1-s2")
     assert s.receive(json.dumps(STOP)) == Stop("CA00000000000000000000000000000002")
     assert s.stopped
 
@@ -99,7 +97,7 @@ def test_outbound_messages_have_twilios_shapes() -> None:
     assert json.loads(s.mark("gen1-s2")) == {
         "event": "mark", "streamSid": SID, "mark": {"name": "gen1-s2"}}  # fmt: skip
     assert json.loads(s.clear()) == {"event": "clear", "streamSid": SID}
-    with pytest.raises(RuntimeError, match="before the stream's 'start'"):
+    with pytest.raises(RuntimeError, match="before its start"):
         TwilioStream().clear()
 
 
@@ -109,7 +107,7 @@ def test_outbound_messages_have_twilios_shapes() -> None:
         ("not json", False, "not JSON"),
         (json.dumps({"no": "event"}), False, "without an 'event'"),
         (json.dumps({"event": "telepathy", "streamSid": SID}), False, "unknown event 'telepathy'"),
-        (json.dumps(MEDIA | {"streamSid": "MZ-other"}), False, "another streamSid"),
+        (json.dumps(MEDIA | {"streamSid": "MZ-other"}), False, "another stream"),
         (json.dumps(MEDIA | {"media": {"payload": "%%% not base64 %%%"}}), False, "not base64"),
         (json.dumps(MEDIA | {"media": {"payload": "A" * 20000}}), False, "oversized"),
         (json.dumps(MEDIA | {"media": {}}), False, "without a payload"),
@@ -122,24 +120,24 @@ def test_bad_input_is_skipped_or_fatal_with_a_clear_reason(
     message: str, fatal: bool, says: str
 ) -> None:
     s = started()
-    with pytest.raises(TwilioInputError, match=says) as err:
+    with pytest.raises(TelephonyInputError, match=says) as err:
         s.receive(message)
     assert err.value.fatal is fatal
     # a skipped message changes nothing: the stream goes on
-    assert s.receive(json.dumps(MEDIA)) == Media(b"\xff" * 160, 1, 5)
+    assert s.receive(json.dumps(MEDIA)) == Media(b"\xff" * 160)
 
 
 def test_media_before_start_is_skipped_and_a_bad_start_is_fatal() -> None:
     s = TwilioStream()
-    with pytest.raises(TwilioInputError, match="'media' before 'start'") as err:
+    with pytest.raises(TelephonyInputError, match="'media' before 'start'") as err:
         s.receive(json.dumps(MEDIA))
     assert not err.value.fatal
     bad = json.loads(json.dumps(START))
     bad["start"]["mediaFormat"] = {"encoding": "audio/x-l16", "sampleRate": 16000}
-    with pytest.raises(TwilioInputError, match="unsupported media format") as err:
+    with pytest.raises(TelephonyInputError, match="unsupported media format") as err:
         s.receive(json.dumps(bad))
     assert err.value.fatal
-    with pytest.raises(TwilioInputError, match="mediaFormat") as err:
+    with pytest.raises(TelephonyInputError, match="mediaFormat") as err:
         s.receive(json.dumps({"event": "start", "start": {"streamSid": SID}}))
     assert err.value.fatal
 

@@ -288,9 +288,9 @@ def create_app(
         Route("/v1/sessions/{sid}", session_report),
         WebSocketRoute("/v1/voice/ws", voice_ws),
     ]
-    from voice_agent.transports.telephony.routes import twilio_routes
+    from voice_agent.transports.telephony.routes import telephony_routes
 
-    routes += twilio_routes(state, lambda: _refusal(state))
+    routes += telephony_routes(state, lambda: _refusal(state))
     if WEB_CLIENT.is_dir():
         routes.append(Mount("/static", StaticFiles(directory=WEB_CLIENT), name="static"))
     app = Starlette(routes=routes, lifespan=lifespan)

@@ -1,18 +1,19 @@
-"""HTTP and WebSocket endpoints of the Twilio bridge.
+"""HTTP and WebSocket endpoints of the telephony bridges.
 
-- ``POST /v1/telephony/twilio/voice``: the voice webhook. It answers TwiML that
+- ``POST /v1/telephony/twilio/voice``: Twilio's voice webhook. It answers TwiML that
   connects the call to ``/v1/telephony/twilio/stream`` and hangs up when the stream
   closes. With an auth token configured, the request must carry a valid
   ``X-Twilio-Signature`` (403 otherwise), and the TwiML hands the stream a one-time
   token that the stream must present in its ``start`` (``customParameters.token``).
-- WebSocket ``/v1/telephony/twilio/stream``: one Media Stream, one session.
+- WebSockets ``/v1/telephony/{twilio,telnyx,plivo,vonage}/stream``: one provider
+  stream, one session.
 """
 
 from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -23,11 +24,25 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from voice_agent.core.clock import Clock, LoopClock
 from voice_agent.session.driver import Session
-from voice_agent.transports.telephony.twilio import connect_stream_twiml, signature_valid
-from voice_agent.transports.telephony.twilio_bridge import TwilioOutput, log, run_twilio_stream
+from voice_agent.transports.telephony.bridge import Message, StreamOutput, log, run_media_stream
+from voice_agent.transports.telephony.media import StreamProtocol
+from voice_agent.transports.telephony.plivo import PlivoStream
+from voice_agent.transports.telephony.telnyx import TelnyxStream
+from voice_agent.transports.telephony.twilio import (
+    TwilioStream,
+    connect_stream_twiml,
+    signature_valid,
+)
+from voice_agent.transports.telephony.vonage import VonageStream
 
 VOICE_PATH = "/v1/telephony/twilio/voice"
 STREAM_PATH = "/v1/telephony/twilio/stream"
+PROTOCOLS: dict[str, type[StreamProtocol]] = {
+    "twilio": TwilioStream,
+    "telnyx": TelnyxStream,
+    "plivo": PlivoStream,
+    "vonage": VonageStream,
+}
 TOKEN_TTL_S = 60.0
 
 
@@ -61,8 +76,8 @@ def stream_url(base: str) -> str:
     return f"{'wss' if scheme == 'https' else 'ws'}://{rest}{STREAM_PATH}"
 
 
-def twilio_routes(state: Any, refusal: Callable[[], str | None]) -> list[BaseRoute]:
-    """The Twilio endpoints over the server's ``state`` (its config, engine, sessions)."""
+def telephony_routes(state: Any, refusal: Callable[[], str | None]) -> list[BaseRoute]:
+    """The telephony endpoints over the server's ``state`` (its config, engine, sessions)."""
     clock = LoopClock()
     tokens = OneTimeTokens(clock)
 
@@ -89,43 +104,55 @@ def twilio_routes(state: Any, refusal: Callable[[], str | None]) -> list[BaseRou
         twiml = connect_stream_twiml(stream_url(base), stream_params)
         return Response(twiml, media_type="text/xml")
 
-    async def stream(ws: WebSocket) -> None:
+    def stream_endpoint(provider: str) -> Callable[[WebSocket], Awaitable[None]]:
+        async def stream(ws: WebSocket) -> None:
+            await serve_stream(ws, PROTOCOLS[provider]())
+
+        return stream
+
+    async def serve_stream(ws: WebSocket, protocol: StreamProtocol) -> None:
         await ws.accept()
         reason = refusal()
         if reason:
             await ws.close(1013, reason)
             return
 
-        async def receive() -> str | None:
+        async def receive() -> Message | None:
             try:
                 msg = await ws.receive()
             except WebSocketDisconnect:
                 return None
             if msg["type"] == "websocket.disconnect":
                 return None
-            return msg.get("text") or ""  # a binary frame is no Twilio message: skipped
+            return msg.get("bytes") if msg.get("bytes") is not None else msg.get("text", "")
+
+        async def send(message: Message) -> None:
+            if isinstance(message, bytes):
+                await ws.send_bytes(message)
+            else:
+                await ws.send_text(message)
 
         sid = uuid.uuid4().hex[:12]
+        signed = protocol.name == "twilio" and bool(state.config.twilio_auth_token)
 
-        def make_session(output: TwilioOutput) -> Session | None:
+        def make_session(output: StreamOutput) -> Session | None:
             assert output.stream.start is not None
-            if state.config.twilio_auth_token:
-                if not tokens.take(output.stream.start.custom_parameters.get("token", "")):
-                    log.warning("twilio stream %s: no valid one-time token", sid)
-                    return None
+            if signed and not tokens.take(output.stream.start.parameters.get("token", "")):
+                log.warning("twilio stream %s: no valid one-time token", sid)
+                return None
             session = Session(state.engine, output, clock, state.session_config)
             state.sessions[sid] = session
             return session
 
         session = None
         try:
-            session = await run_twilio_stream(
-                receive, ws.send_text, make_session, state.config.start_timeout_s
+            session = await run_media_stream(
+                protocol, receive, send, make_session, state.config.start_timeout_s
             )
         finally:
             if session is not None:
                 state.sessions.pop(sid, None)
-                state.keep_report(sid, session.report() | {"transport": "twilio"})
+                state.keep_report(sid, session.report() | {"transport": protocol.name})
             try:
                 if session is not None:
                     await ws.close(1000, "call ended")
@@ -134,4 +161,8 @@ def twilio_routes(state: Any, refusal: Callable[[], str | None]) -> list[BaseRou
             except RuntimeError:
                 pass  # already closed by the peer
 
-    return [Route(VOICE_PATH, voice, methods=["POST"]), WebSocketRoute(STREAM_PATH, stream)]
+    routes: list[BaseRoute] = [Route(VOICE_PATH, voice, methods=["POST"])]
+    routes += [
+        WebSocketRoute(f"/v1/telephony/{name}/stream", stream_endpoint(name)) for name in PROTOCOLS
+    ]
+    return routes

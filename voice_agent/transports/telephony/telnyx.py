@@ -1,0 +1,103 @@
+"""Telnyx media streaming, sans-I/O: Twilio's event set with Telnyx's snake_case fields.
+
+From Telnyx: ``connected``, ``start`` (top-level ``stream_id``; ``start.call_control_id``,
+``custom_parameters``, ``media_format`` {encoding, sample_rate, channels}), ``media``
+(a base64 RTP payload), ``dtmf``, ``mark`` (sent back once the audio before it has played,
+or when a ``clear`` dropped it), ``error`` and ``stop``.
+
+To Telnyx (bidirectional RTP mode, ``stream_bidirectional_mode: rtp``): ``media``
+({"media": {"payload"}}), ``mark`` and ``clear``. Audio goes back in the codec and rate
+the ``start`` announced, so set ``stream_bidirectional_codec`` and
+``stream_bidirectional_sampling_rate`` to match the stream's.
+
+Codecs: PCMU and PCMA at 8 kHz, and L16 (RTP's 16-bit linear, big-endian) at 8 or 16 kHz.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from voice_agent.transports.telephony.media import (
+    Codec,
+    Connected,
+    Played,
+    Start,
+    Stop,
+    StreamEvent,
+    StreamProtocol,
+    TelephonyInputError,
+    b64,
+    digit,
+    obj,
+    params,
+)
+
+CODECS = {
+    ("PCMU", 8000): Codec("mulaw", 8000),
+    ("PCMA", 8000): Codec("alaw", 8000),
+    ("L16", 8000): Codec("l16", 8000, big_endian=True),
+    ("L16", 16000): Codec("l16", 16000, big_endian=True),
+}
+
+
+class TelnyxStream(StreamProtocol):
+    name = "telnyx"
+
+    def receive_json(self, event: str, msg: dict[str, Any]) -> StreamEvent:
+        if event == "connected":
+            return Connected(str(msg.get("version", "")))
+        if event == "start":
+            return self._on_start(msg)
+        self.check_stream(event, msg.get("stream_id"))
+        if event == "media":
+            return self.audio(obj(msg, "media").get("payload"))
+        if event == "dtmf":
+            return digit(obj(msg, "dtmf").get("digit"))
+        if event == "mark":
+            name = obj(msg, "mark").get("name")
+            if not isinstance(name, str):
+                raise TelephonyInputError("a mark without a name was skipped")
+            return Played(name)
+        if event == "error":
+            payload = msg.get("payload")
+            title = payload.get("title") if isinstance(payload, dict) else None
+            raise TelephonyInputError(f"Telnyx reported an error: {str(title or 'unknown')[:80]}")
+        if event == "stop":
+            self.stopped = True
+            stop = msg.get("stop")
+            call = stop.get("call_control_id") if isinstance(stop, dict) else None
+            return Stop(call if isinstance(call, str) else None)
+        raise self.unknown(event)
+
+    def _on_start(self, msg: dict[str, Any]) -> Start:
+        start, fmt = msg.get("start"), None
+        if isinstance(start, dict):
+            fmt = start.get("media_format")
+        if not isinstance(start, dict) or not isinstance(fmt, dict):
+            raise TelephonyInputError("'start' without its start.media_format object", fatal=True)
+        sid = msg.get("stream_id")
+        call = start.get("call_control_id")
+        if not isinstance(sid, str) or not sid or not isinstance(call, str):
+            raise TelephonyInputError("'start' without stream_id and call_control_id", fatal=True)
+        encoding, rate = fmt.get("encoding"), fmt.get("sample_rate")
+        codec = CODECS.get((str(encoding), rate)) if isinstance(rate, int) else None
+        if codec is None:
+            raise TelephonyInputError(
+                f"unsupported media format {str(encoding)[:40]!r} at {str(rate)[:10]} Hz: "
+                "PCMU or PCMA at 8000 Hz, or L16 at 8000 or 16000 Hz",
+                fatal=True,
+            )
+        return self.started(
+            Start(sid, call, codec, params(start.get("custom_parameters")), ("inbound",))
+        )
+
+    # -- to Telnyx -------------------------------------------------------------------
+
+    def media(self, audio: bytes) -> str:
+        return self.json_message({"event": "media", "media": {"payload": b64(audio)}})
+
+    def mark(self, name: str) -> str:
+        return self.json_message({"event": "mark", "mark": {"name": name}})
+
+    def clear(self) -> str:
+        return self.json_message({"event": "clear"})
