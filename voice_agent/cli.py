@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="require Twilio-signed webhooks (also VOICE_AGENT_TWILIO_AUTH_TOKEN)",
     )
     v.add_argument(
+        "--audiosocket",
+        default=None,
+        metavar="HOST:PORT",
+        help="also listen for Asterisk AudioSocket calls on this TCP address",
+    )
+    v.add_argument(
         "--webrtc-ip",
         action="append",
         default=[],
@@ -198,6 +204,7 @@ async def _serve(args: argparse.Namespace) -> int:
         twilio_auth_token=args.twilio_auth_token
         or os.environ.get("VOICE_AGENT_TWILIO_AUTH_TOKEN")
         or None,
+        audiosocket=_host_port(args.audiosocket) if args.audiosocket else None,
     )
     app = create_app(_engine_config(args), config)
     uv = uvicorn.Config(
@@ -211,6 +218,13 @@ async def _serve(args: argparse.Namespace) -> int:
     _log(f"serving on http://{args.host}:{args.port} (models load in the background)")
     await DrainingServer(uv, app.state.va).serve()
     return 0
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise VoiceAgentError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def _find_benchmarks() -> None:

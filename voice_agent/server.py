@@ -72,6 +72,8 @@ class ServerConfig:
     request's own host."""
     twilio_auth_token: str | None = None
     """Set: Twilio webhooks must be signed with it, and streams must come from one."""
+    audiosocket: tuple[str, int] | None = None
+    """(host, port) of an Asterisk AudioSocket TCP listener beside the HTTP server."""
 
 
 @dataclass
@@ -132,6 +134,12 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with _audiosocket(state):
+            async with serving(app):
+                yield
+
+    @contextlib.asynccontextmanager
+    async def serving(app: Starlette) -> AsyncIterator[None]:
         if engine is not None:
             state.engine, state.stage = engine, "ready"
             try:
@@ -296,6 +304,24 @@ def create_app(
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.va = state
     return app
+
+
+@contextlib.asynccontextmanager
+async def _audiosocket(state: ServerState) -> AsyncIterator[None]:
+    """The AudioSocket listener while the app runs (when configured); its calls are hung
+    up by the drain like any session."""
+    if state.config.audiosocket is None:
+        yield
+        return
+    from voice_agent.transports.telephony.routes import serve_audiosocket
+
+    host, port = state.config.audiosocket
+    listener = await serve_audiosocket(state, host, port, lambda: _refusal(state))
+    state.progress(f"AudioSocket listening on {host}:{port}")
+    try:
+        yield
+    finally:
+        listener.close()
 
 
 def _leaf(group: BaseExceptionGroup[Any]) -> BaseException:

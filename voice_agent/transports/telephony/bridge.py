@@ -23,6 +23,7 @@ nothing was heard.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -67,6 +68,8 @@ class StreamOutput(OutputBase):
         """``_sent`` at the last mark."""
         self._pending: set[str] = set()
         """Marks sent and not yet answered (forgotten at a clear)."""
+        self._unclear = False
+        """Audio came since the last clear (a second clear would have nothing to drop)."""
         self.marks_sent = 0
 
     def _new_resampler(self) -> StreamResampler:
@@ -77,11 +80,12 @@ class StreamOutput(OutputBase):
             await self.send(self.stream.media(self.codec.encode(frame)))
 
     async def send_audio(self, gen: int, pcm: Pcm) -> None:
+        self._unclear = True
         await self._send_frames(self._frames.cut(self._resampler.process(pcm)))
         if gen != self._gen:
             self._gen, self._sent, self._marked = gen, 0, 0
         self._sent += len(pcm)
-        if self._sent - self._marked >= self.mark_every:
+        if self.stream.marks and self._sent - self._marked >= self.mark_every:
             self._marked = self._sent
             self.marks_sent += 1
             name = f"{gen}:{self._sent}"
@@ -102,7 +106,9 @@ class StreamOutput(OutputBase):
         self._resampler = self._new_resampler()
         self._frames.clear()
         self._pending.clear()
-        await self.send(self.stream.clear())
+        if self._unclear and (message := self.stream.clear()) is not None:
+            self._unclear = False
+            await self.send(message)
 
     async def pause(self, gen: int) -> None:
         await self.clear(gen)
@@ -190,4 +196,7 @@ async def run_media_stream(
         await session.run()
         reader.cancel()
     session.errors.extend(f"{stream.name}: {e}" for e in call.errors)
+    if (bye := stream.goodbye()) is not None:
+        with contextlib.suppress(Exception):  # the peer may be gone already
+            await send(bye)
     return session

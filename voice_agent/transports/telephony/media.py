@@ -121,6 +121,9 @@ class StreamProtocol:
     """One provider stream's state: which stream it is, once its start has said so."""
 
     name: ClassVar[str] = ""
+    marks: ClassVar[bool] = True
+    """Whether the provider answers marks (AudioSocket has none: what was sent is the
+    playout position)."""
     max_media_bytes: ClassVar[int] = 32000
     """One message's audio at most (1 s of 16-bit audio at 16 kHz); providers send 20 ms."""
 
@@ -200,9 +203,13 @@ class StreamProtocol:
         """The provider answers it (:class:`Played`) once the audio before it has played."""
         raise NotImplementedError
 
-    def clear(self) -> str:
-        """Drop the audio the provider has buffered for the caller."""
-        raise NotImplementedError
+    def clear(self) -> str | None:
+        """Drop the audio the provider has buffered for the caller (None: it buffers none)."""
+        return None
+
+    def goodbye(self) -> str | bytes | None:
+        """What to send as the call ends, before the socket closes (None: nothing)."""
+        return None
 
 
 def obj(msg: dict[str, Any], key: str) -> dict[str, Any]:

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 import uuid
 from collections.abc import Awaitable, Callable
@@ -24,8 +26,21 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from voice_agent.core.clock import Clock, LoopClock
 from voice_agent.session.driver import Session
-from voice_agent.transports.telephony.bridge import Message, StreamOutput, log, run_media_stream
-from voice_agent.transports.telephony.media import StreamProtocol
+from voice_agent.transports.telephony.audiosocket import (
+    KIND_HANGUP,
+    AudioSocketStream,
+    frame,
+    read_frame,
+)
+from voice_agent.transports.telephony.bridge import (
+    Message,
+    Receive,
+    Send,
+    StreamOutput,
+    log,
+    run_media_stream,
+)
+from voice_agent.transports.telephony.media import Start, StreamProtocol
 from voice_agent.transports.telephony.plivo import PlivoStream
 from voice_agent.transports.telephony.telnyx import TelnyxStream
 from voice_agent.transports.telephony.twilio import (
@@ -132,27 +147,15 @@ def telephony_routes(state: Any, refusal: Callable[[], str | None]) -> list[Base
             else:
                 await ws.send_text(message)
 
-        sid = uuid.uuid4().hex[:12]
-        signed = protocol.name == "twilio" and bool(state.config.twilio_auth_token)
-
-        def make_session(output: StreamOutput) -> Session | None:
-            assert output.stream.start is not None
-            if signed and not tokens.take(output.stream.start.parameters.get("token", "")):
-                log.warning("twilio stream %s: no valid one-time token", sid)
-                return None
-            session = Session(state.engine, output, clock, state.session_config)
-            state.sessions[sid] = session
-            return session
+        def accept(start: Start) -> bool:
+            if protocol.name != "twilio" or not state.config.twilio_auth_token:
+                return True
+            return tokens.take(start.parameters.get("token", ""))
 
         session = None
         try:
-            session = await run_media_stream(
-                protocol, receive, send, make_session, state.config.start_timeout_s
-            )
+            session = await serve_call(state, protocol, receive, send, accept)
         finally:
-            if session is not None:
-                state.sessions.pop(sid, None)
-                state.keep_report(sid, session.report() | {"transport": protocol.name})
             try:
                 if session is not None:
                     await ws.close(1000, "call ended")
@@ -166,3 +169,62 @@ def telephony_routes(state: Any, refusal: Callable[[], str | None]) -> list[Base
         WebSocketRoute(f"/v1/telephony/{name}/stream", stream_endpoint(name)) for name in PROTOCOLS
     ]
     return routes
+
+
+async def serve_call(
+    state: Any,
+    protocol: StreamProtocol,
+    receive: Receive,
+    send: Send,
+    accept: Callable[[Start], bool] = lambda start: True,
+) -> Session | None:
+    """One provider call as a session of the server: counted among its sessions while it
+    lasts, its report kept after. ``accept(start)`` may refuse the stream."""
+    sid = uuid.uuid4().hex[:12]
+
+    def make_session(output: StreamOutput) -> Session | None:
+        assert output.stream.start is not None
+        if not accept(output.stream.start):
+            log.warning("%s stream %s: refused (no valid one-time token)", protocol.name, sid)
+            return None
+        session = Session(state.engine, output, LoopClock(), state.session_config)
+        state.sessions[sid] = session
+        return session
+
+    session: Session | None = None
+    try:
+        session = await run_media_stream(
+            protocol, receive, send, make_session, state.config.start_timeout_s
+        )
+    finally:
+        if session is not None:
+            state.sessions.pop(sid, None)
+            state.keep_report(sid, session.report() | {"transport": protocol.name})
+    return session
+
+
+async def serve_audiosocket(
+    state: Any, host: str, port: int, refusal: Callable[[], str | None]
+) -> asyncio.Server:
+    """The Asterisk AudioSocket listener: one TCP connection, one call."""
+
+    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def send(message: Message) -> None:
+            writer.write(message if isinstance(message, bytes) else message.encode())
+            await writer.drain()
+
+        try:
+            reason = refusal()
+            if reason:
+                log.warning("audiosocket call refused: %s", reason)
+                writer.write(frame(KIND_HANGUP))
+            else:
+                await serve_call(state, AudioSocketStream(), lambda: read_frame(reader), send)
+        except ConnectionError:
+            pass  # Asterisk hung up mid-write
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    return await asyncio.start_server(on_connection, host, port)
