@@ -125,6 +125,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _engine_args(v)
 
+    c = sub.add_parser(
+        "call", help="call a telephony bridge as the provider would, and record what is heard"
+    )
+    c.add_argument(
+        "--protocol",
+        required=True,
+        choices=["twilio", "telnyx", "plivo", "vonage", "audiosocket"],
+    )
+    c.add_argument("url", help="the stream's WebSocket URL, or HOST:PORT for AudioSocket")
+    c.add_argument("input", help="the caller's audio (WAV or FLAC, any rate)")
+    c.add_argument("--out", type=Path, default=None, help="stereo WAV: caller L, heard R")
+    c.add_argument("--report", type=Path, default=None, help="write the JSON report here")
+    c.add_argument(
+        "--rate",
+        type=int,
+        choices=[8000, 16000],
+        default=8000,
+        help="16000: L16 at 16 kHz (Telnyx, Plivo, Vonage)",
+    )
+    c.add_argument("--linger", type=float, default=4.0, help="seconds of quiet before hanging up")
+    c.add_argument("--max-seconds", type=float, default=120.0, help="hang up after this long")
+    c.add_argument(
+        "--dtmf",
+        action="append",
+        default=[],
+        metavar="SECONDS:DIGIT",
+        help="press a key at this time (repeatable), e.g. 2.5:5",
+    )
+
     b = sub.add_parser("bench", help="latency benchmark over real and synthetic utterances")
     b.add_argument("--json", type=Path, default=Path("bench.json"), help="write figures here")
     b.add_argument("--limit", type=int, default=None, help="run only the first N utterances")
@@ -220,6 +249,48 @@ async def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _call(args: argparse.Namespace) -> int:
+    from voice_agent.audio.files import load_audio_16k, write_wav
+    from voice_agent.transports.telephony.phone import dial
+
+    if args.protocol in ("twilio", "audiosocket") and args.rate != 8000:
+        raise VoiceAgentError(f"{args.protocol} carries 8 kHz audio only")
+    keys: dict[float, str] = {}
+    for spec in args.dtmf:
+        at, _, key = spec.partition(":")
+        try:
+            keys[float(at)] = key
+        except ValueError:
+            raise VoiceAgentError(f"--dtmf takes SECONDS:DIGIT, got {spec!r}") from None
+    mic = load_audio_16k(args.input, None)
+    _log(f"calling {args.url} as {args.protocol} ({len(mic) / 16000:.1f} s of caller audio)")
+    try:
+        call = await dial(
+            args.protocol, args.url, mic, args.rate, args.linger, args.max_seconds, keys
+        )
+    except (OSError, ValueError) as exc:
+        raise VoiceAgentError(f"could not call {args.url}: {exc}") from None
+    report = call.report() | {"input": str(args.input), "url": args.url}
+    for r in report["replies"]:
+        _log(
+            f"agent audio {r['agent_start_s']:.2f}-{r['agent_end_s']:.2f} s, "
+            f"{r['voice_to_voice_ms']} ms after the caller stopped"
+        )
+    for b in report["barge_ins"]:
+        _log(f"caller talked over the agent at {b['onset_s']:.2f} s: quiet {b['stop_ms']} ms later")
+    _log(
+        f"marks answered {report['marks_answered']}, clears {report['clears']}, "
+        f"errors {len(report['errors'])}" + (", agent hung up" if call.hung_up_by_agent else "")
+    )
+    print(json.dumps(report, indent=2))
+    if args.report:
+        args.report.write_text(json.dumps(report, indent=2))
+    if args.out:
+        write_wav(args.out, call.stereo())
+        _log(f"what was said and heard written to {args.out} (caller left, heard right)")
+    return 0
+
+
 def _host_port(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
@@ -262,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_replay(args))
         if args.command == "serve":
             return asyncio.run(_serve(args))
+        if args.command == "call":
+            return asyncio.run(_call(args))
         if args.command == "bench":
             _find_benchmarks()
             from benchmarks.latency import run_bench, run_server_bench

@@ -394,16 +394,19 @@ class PhoneCall:
         went on after the caller began to talk over it (barge-in stop)."""
         said = [rms_dbfs(f) > speech_dbfs for f in self.said]
         heard = [bool(np.any(np.abs(f) > 64)) for f in self.heard]
-        replies, barge_ins = [], []
-        for start, end in _runs(heard, gap=15):  # 300 ms of silence splits replies
+        replies: list[dict[str, Any]] = []
+        barge_ins, began = [], -1
+        for start, end in _runs(heard, gap=15):  # 300 ms of silence splits the audio
             spoke = [k for k in range(start) if said[k]]
-            if spoke:
+            if spoke and spoke[-1] > began:  # the caller spoke since the last reply began
+                began = start
                 replies.append(
                     {"caller_end_s": round((spoke[-1] + 1) * TICK_S, 3),
                      "agent_start_s": round(start * TICK_S, 3),
-                     "agent_end_s": round(end * TICK_S, 3),
                      "voice_to_voice_ms": round((start - spoke[-1] - 1) * TICK_S * 1000)}
                 )  # fmt: skip
+            if replies:
+                replies[-1]["agent_end_s"] = round(end * TICK_S, 3)
             onsets = [k for k in range(start + 1, end) if said[k] and not said[k - 1]]
             if onsets and end < len(heard):
                 barge_ins.append({"onset_s": round(onsets[0] * TICK_S, 3),
@@ -439,10 +442,12 @@ async def phone_call(
     linger_s: float = 4.0,
     max_s: float = 120.0,
     dtmf: dict[float, str] | None = None,
+    barge_in: tuple[float, Pcm] | None = None,
 ) -> PhoneCall:
     """Call in real time (the running loop's clock): say ``mic`` (16 kHz), then stay on
     the line until ``linger_s`` pass with nothing to play (or ``max_s`` in all), then
-    hang up. ``dtmf`` presses keys at given seconds."""
+    hang up. ``dtmf`` presses keys at given seconds; ``barge_in = (s, pcm)`` says ``pcm``
+    once ``s`` seconds of agent audio have played (talking over the agent)."""
     loop = asyncio.get_running_loop()
     codec, n = side.codec, side.codec.frame_samples
     frames = split_frames(resample(mic, SAMPLE_RATE, codec.rate), n) if len(mic) else []
@@ -489,9 +494,14 @@ async def phone_call(
     listener = asyncio.create_task(listen())
     t0 = loop.time()
     quiet_since = 0.0
-    k = 0
+    k = heard_ticks = 0
     try:
         while not listener.done():
+            if barge_in and heard_ticks * TICK_S >= barge_in[0]:
+                silent = [np.zeros(n, dtype=np.int16)] * max(0, k - len(frames))
+                talk = split_frames(resample(barge_in[1], SAMPLE_RATE, codec.rate), n)
+                frames = frames[:k] + silent + talk
+                barge_in = None
             await asyncio.sleep(max(0.0, t0 + k * TICK_S - loop.time()))
             said = frames[k] if k < len(frames) else np.zeros(n, dtype=np.int16)
             await send(side.audio(codec.encode(said)))
@@ -505,7 +515,8 @@ async def phone_call(
                 await send(side.answer(name))
             await answer_reached_marks()
             k += 1
-            if bool(np.any(call.heard[-1])) or buffer:
+            heard_ticks += bool(np.any(heard))
+            if bool(np.any(heard)) or buffer:
                 quiet_since = k * TICK_S
             if k >= len(frames) and k * TICK_S - max(quiet_since, len(frames) * TICK_S) >= linger_s:
                 break
@@ -542,3 +553,56 @@ def _play(buffer: deque[Pcm | str], n: int) -> tuple[Pcm, list[str]]:
         else:
             buffer[0] = head[take:]
     return out, passed
+
+
+# -- the line ---------------------------------------------------------------------------------
+
+
+async def dial(
+    protocol: str,
+    url: str,
+    mic: Pcm,
+    rate: int = 8000,
+    linger_s: float = 4.0,
+    max_s: float = 120.0,
+    dtmf: dict[float, str] | None = None,
+    barge_in: tuple[float, Pcm] | None = None,
+) -> PhoneCall:
+    """Call the agent at ``url`` as ``protocol``'s media server would: a WebSocket URL for
+    Twilio, Telnyx, Plivo and Vonage, ``host:port`` (or ``tcp://host:port``) for
+    AudioSocket."""
+    side = provider_side(protocol, rate)
+    if protocol == "audiosocket":
+        host, _, port = url.removeprefix("tcp://").rpartition(":")
+        reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+
+        async def tcp_receive() -> Message | None:
+            data = await reader.read(65536)
+            return data or None
+
+        async def tcp_send(message: Message) -> None:
+            writer.write(message if isinstance(message, bytes) else message.encode())
+            await writer.drain()
+
+        try:
+            return await phone_call(
+                side, mic, tcp_receive, tcp_send, linger_s, max_s, dtmf, barge_in
+            )
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+    import websockets
+
+    async with websockets.connect(url, max_size=1 << 20) as ws:
+
+        async def ws_receive() -> Message | None:
+            try:
+                return await ws.recv()
+            except websockets.ConnectionClosed:
+                return None
+
+        async def ws_send(message: Message) -> None:
+            await ws.send(message)
+
+        return await phone_call(side, mic, ws_receive, ws_send, linger_s, max_s, dtmf, barge_in)
