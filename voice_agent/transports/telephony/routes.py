@@ -161,7 +161,7 @@ def telephony_routes(state: Any, refusal: Callable[[], str | None]) -> list[Base
                     await ws.close(1000, "call ended")
                 else:
                     await ws.close(1008, "no valid start, or not started by a signed webhook")
-            except RuntimeError:
+            except (RuntimeError, WebSocketDisconnect):
                 pass  # already closed by the peer
 
     routes: list[BaseRoute] = [Route(VOICE_PATH, voice, methods=["POST"])]
