@@ -121,7 +121,8 @@ async def test_a_killed_server_leaves_no_llama_server_behind() -> None:
                     break
                 assert proc.returncode is None, "voice-agent serve exited"
                 await asyncio.sleep(0.2)
-        llm_pid = body["models"]["llm_pid"]
+        assert "llm_pid" not in body["models"] and "llm_base_url" not in body["models"]
+        (llm_pid,) = _children(proc.pid, "llama-server")
         assert _alive(llm_pid)
         proc.kill()  # no chance to clean up
         await proc.wait()
@@ -130,6 +131,20 @@ async def test_a_killed_server_leaves_no_llama_server_behind() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def _children(pid: int, name: str) -> list[int]:
+    """Child processes of ``pid`` whose command is ``name`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        comm, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :]
+        if comm == name[:15] and int(rest.split()[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
 
 
 def _alive(pid: int) -> bool:

@@ -184,7 +184,7 @@ def create_app(
             "error": state.error,
             "draining": state.draining,
             "sessions": len(state.sessions),
-            "models": state.engine.info if state.engine else None,
+            "models": _public(state.engine.info) if state.engine else None,
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 
@@ -322,6 +322,11 @@ async def _audiosocket(state: ServerState) -> AsyncIterator[None]:
         yield
     finally:
         listener.close()
+
+
+def _public(info: dict[str, Any]) -> dict[str, Any]:
+    """What the models are, without the local LLM's internal URL or process id."""
+    return {k: v for k, v in info.items() if k not in ("llm_base_url", "llm_pid")}
 
 
 def _leaf(group: BaseExceptionGroup[Any]) -> BaseException:
