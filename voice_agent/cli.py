@@ -168,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="WebSocket and WebRTC side by side (in-process server on 127.0.0.1), and pacing",
     )
     b.add_argument(
+        "--telephony",
+        action="store_true",
+        help="phone calls through the Twilio and AudioSocket bridges at 8 kHz",
+    )
+    b.add_argument(
         "--pacing-s", type=float, default=60.0, help="seconds of real-time pacing to measure"
     )
     b.add_argument(
@@ -346,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
                 return asyncio.run(run_barge_bench(args, _engine_config(args), _log))
             if args.transports:
                 return asyncio.run(run_transport_bench(args, _engine_config(args), _log))
+            if args.telephony:
+                from benchmarks.telephony import run_telephony_bench
+
+                return asyncio.run(run_telephony_bench(args, _engine_config(args), _log))
             if args.server:
                 return asyncio.run(run_server_bench(args, _log))
             return asyncio.run(run_bench(args, _engine_config(args), _log))

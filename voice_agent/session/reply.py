@@ -238,4 +238,3 @@ class Reply:
         self.m.fillers.append((ctx.clock.now(), text))
         await ctx.emit("filler", gen=self.gen, text=text)
         return True
-

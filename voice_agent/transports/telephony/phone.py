@@ -368,6 +368,8 @@ class PhoneCall:
     clears: int = 0
     errors: list[str] = field(default_factory=list)
     hung_up_by_agent: bool = False
+    barge_in_at_s: float | None = None
+    """When the caller began to talk over the agent (``phone_call``'s ``barge_in``)."""
 
     def stereo(self) -> Pcm:
         """16 kHz stereo: the caller left, what they heard right, time-aligned."""
@@ -417,7 +419,7 @@ class PhoneCall:
             "seconds": round(len(self.said) * TICK_S, 2), "replies": replies,
             "barge_ins": barge_ins, "marks_answered": self.marks_answered,
             "clears": self.clears, "errors": self.errors,
-            "hung_up_by_agent": self.hung_up_by_agent,
+            "hung_up_by_agent": self.hung_up_by_agent, "barge_in_at_s": self.barge_in_at_s,
         }  # fmt: skip
 
 
@@ -501,7 +503,7 @@ async def phone_call(
                 silent = [np.zeros(n, dtype=np.int16)] * max(0, k - len(frames))
                 talk = split_frames(resample(barge_in[1], SAMPLE_RATE, codec.rate), n)
                 frames = frames[:k] + silent + talk
-                barge_in = None
+                barge_in, call.barge_in_at_s = None, k * TICK_S
             await asyncio.sleep(max(0.0, t0 + k * TICK_S - loop.time()))
             said = frames[k] if k < len(frames) else np.zeros(n, dtype=np.int16)
             await send(side.audio(codec.encode(said)))
