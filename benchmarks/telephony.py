@@ -26,7 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.corpus import interjections, onset, speech_end, utterances
+from benchmarks.corpus import (
+    Utterance,
+    interjections,
+    onset,
+    phone_lines,
+    speech_end,
+    utterances,
+)
 from benchmarks.harness import in_process_server
 from benchmarks.stats import machine, p50_p95, wer
 from voice_agent.audio.g711 import ulaw_decode, ulaw_encode
@@ -37,7 +44,7 @@ from voice_agent.transports.telephony.phone import TICK_S, PhoneCall, dial
 
 PROTOCOLS = ("twilio", "audiosocket")
 PROMPT = "Tell me a long story about a lighthouse keeper and a storm, in about ten sentences."
-BARGE_AFTER_S = (1.0, 2.5)
+BARGE_AFTER_S = (1.2, 2.6)
 
 
 def phone_line(pcm: Pcm) -> Pcm:
@@ -105,18 +112,13 @@ async def run_telephony_bench(
                         "wer": round(wer(u.reference, said), 3),
                         "errors": call.errors + (report or {}).get("errors", []),
                     }
-                wide = (await asyncio.to_thread(engine.stt.transcribe, u.pcm)).text
-                narrow = (await asyncio.to_thread(engine.stt.transcribe, phone_line(u.pcm))).text
-                row["wer_16k"] = round(wer(u.reference, wide), 3)
-                row["wer_8k"] = round(wer(u.reference, narrow), 3)
-                row["text_16k"], row["text_8k"] = wide, narrow
                 rows.append(row)
                 log(f"{u.name:<18} " + ", ".join(
-                    f"{p} {row[p]['v2v_heard_ms']} ms" for p in PROTOCOLS
-                ) + f"; WER 16k {row['wer_16k']:.2f} 8k {row['wer_8k']:.2f}")  # fmt: skip
+                    f"{p} {row[p]['v2v_heard_ms']} ms" for p in PROTOCOLS))  # fmt: skip
+            stt_rows = [await _stt_row(engine.stt, u) for u in corpus + phone_lines(engine.tts)]
             prompt = engine.tts.synthesize(PROMPT)
             barges: list[dict[str, Any]] = []
-            for name, clip in interjections()[:2]:
+            for name, clip in interjections():
                 for after in BARGE_AFTER_S:
                     for protocol in PROTOCOLS:
                         call = await dial(protocol, urls[protocol], prompt, linger_s=2.0,
@@ -124,12 +126,21 @@ async def run_telephony_bench(
                         barges.append(_barge_row(call, protocol, name, after, clip))
                         log(f"barge-in {protocol:<11} {name[:30]:<30} after {after} s: "
                             f"{barges[-1].get('stop_ms')} ms")  # fmt: skip
-    summary = _summarize(rows, barges)
-    args.json.write_text(json.dumps({"summary": summary, "utterances": rows,
+    summary = _summarize(rows, barges, stt_rows)
+    args.json.write_text(json.dumps({"summary": summary, "utterances": rows, "stt": stt_rows,
                                      "barge_ins": barges}, indent=2))  # fmt: skip
     print(_format(summary))
     log(f"figures written to {args.json}")
     return 0
+
+
+async def _stt_row(stt: Any, u: Utterance) -> dict[str, Any]:
+    wide = (await asyncio.to_thread(stt.transcribe, u.pcm)).text
+    narrow = (await asyncio.to_thread(stt.transcribe, phone_line(u.pcm))).text
+    return {"name": u.name, "source": u.source, "reference": u.reference,
+            "wer_16k": round(wer(u.reference, wide), 3),
+            "wer_8k": round(wer(u.reference, narrow), 3),
+            "text_16k": wide, "text_8k": narrow}  # fmt: skip
 
 
 async def _report(state: Any, before: int) -> dict[str, Any] | None:
@@ -150,14 +161,20 @@ def _barge_row(
         return row
     true_onset = call.barge_in_at_s + onset(clip) / SAMPLE_RATE
     end = stopped_s(call, true_onset)
-    row["valid"] = end is not None
-    if end is not None:
+    # the agent was sounding at the onset (not between sentences, where any stop time
+    # would be the sentence's own end)
+    k = int(true_onset / TICK_S)
+    sounding = any(np.any(np.abs(f) > 64) for f in call.heard[max(0, k - 3) : k + 1])
+    row["valid"] = end is not None and sounding
+    if row["valid"] and end is not None:
         row["stop_ms"] = round((end - true_onset) * 1000)
     row["clears"] = call.clears
     return row
 
 
-def _summarize(rows: list[dict[str, Any]], barges: list[dict[str, Any]]) -> dict[str, Any]:
+def _summarize(
+    rows: list[dict[str, Any]], barges: list[dict[str, Any]], stt_rows: list[dict[str, Any]]
+) -> dict[str, Any]:
     out: dict[str, Any] = {"machine": machine(), "utterances": len(rows)}
     for protocol in PROTOCOLS:
         v2v = [r[protocol]["v2v_heard_ms"] for r in rows if r[protocol]["v2v_heard_ms"] is not None]
@@ -169,9 +186,13 @@ def _summarize(rows: list[dict[str, Any]], barges: list[dict[str, Any]]) -> dict
             "barge_ins": len(stops),
             "live_wer_mean": round(float(np.mean(live)), 3) if live else None,
         }
-    out["wer_16k_mean"] = round(float(np.mean([r["wer_16k"] for r in rows])), 3)
-    out["wer_8k_mean"] = round(float(np.mean([r["wer_8k"] for r in rows])), 3)
-    out["wer_8k_minus_16k_points"] = round(100 * (out["wer_8k_mean"] - out["wer_16k_mean"]), 1)
+    recorded = [r for r in stt_rows if r["source"] == "recorded"]
+    for label, subset in (("all", stt_rows), ("recorded", recorded)):
+        wide = float(np.mean([r["wer_16k"] for r in subset]))
+        narrow = float(np.mean([r["wer_8k"] for r in subset]))
+        out[f"stt_{label}"] = {"utterances": len(subset), "wer_16k": round(wide, 3),
+                               "wer_8k": round(narrow, 3),
+                               "points": round(100 * (narrow - wide), 1)}  # fmt: skip
     return out
 
 
@@ -185,8 +206,10 @@ def _format(s: dict[str, Any]) -> str:
             f"{p['barge_in_stop_ms']['p50']} / p95 {p['barge_in_stop_ms']['p95']} ms "
             f"({p['barge_ins']}); live WER {p['live_wer_mean']}"
         )
-    lines.append(
-        f"  STT WER 16 kHz {s['wer_16k_mean']:.3f}, 8 kHz μ-law {s['wer_8k_mean']:.3f} "
-        f"({s['wer_8k_minus_16k_points']:+.1f} points)"
-    )
+    for label in ("all", "recorded"):
+        w = s[f"stt_{label}"]
+        lines.append(
+            f"  STT WER ({label}, {w['utterances']} utterances) 16 kHz {w['wer_16k']:.3f}, "
+            f"8 kHz μ-law {w['wer_8k']:.3f} ({w['points']:+.1f} points)"
+        )
     return "\n".join(lines)

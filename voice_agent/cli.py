@@ -255,6 +255,8 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 async def _call(args: argparse.Namespace) -> int:
+    from websockets.exceptions import WebSocketException
+
     from voice_agent.audio.files import load_audio_16k, write_wav
     from voice_agent.transports.telephony.phone import dial
 
@@ -273,7 +275,7 @@ async def _call(args: argparse.Namespace) -> int:
         call = await dial(
             args.protocol, args.url, mic, args.rate, args.linger, args.max_seconds, keys
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, WebSocketException) as exc:
         raise VoiceAgentError(f"could not call {args.url}: {exc}") from None
     report = call.report() | {"input": str(args.input), "url": args.url}
     for r in report["replies"]:

@@ -174,6 +174,52 @@ class StreamProtocol:
         if stream_id != self.require_start(event).stream_id:
             raise TelephonyInputError(f"'{event}' for another stream was skipped")
 
+    def common(self, event: str, msg: dict[str, Any]) -> StreamEvent | None:
+        """The events Twilio, Telnyx and Plivo spell alike: ``media`` ({"media":
+        {"payload"}}), ``dtmf`` ({"dtmf": {"digit"}}) and ``mark`` ({"mark": {"name"}})."""
+        if event == "media":
+            return self.audio(obj(msg, "media").get("payload"))
+        if event == "dtmf":
+            return digit(obj(msg, "dtmf").get("digit"))
+        if event == "mark":
+            name = obj(msg, "mark").get("name")
+            if not isinstance(name, str):
+                raise TelephonyInputError("a mark without a name was skipped")
+            return Played(name)
+        return None
+
+    def started_with(
+        self,
+        msg: dict[str, Any],
+        fmt_key: str,
+        ids: tuple[Any, Any],
+        codecs: dict[tuple[str, int], Codec],
+        rate_key: str,
+        supported: str,
+        parameters: dict[str, str],
+    ) -> Start:
+        """A ``start`` with its media format object (``msg["start"][fmt_key]``): ``ids`` is
+        (stream id, call id) as the message has them; ``codecs`` maps (encoding, rate) to
+        the codecs the bridge carries (``supported`` says which in words)."""
+        start = msg.get("start")
+        fmt = start.get(fmt_key) if isinstance(start, dict) else None
+        if not isinstance(start, dict) or not isinstance(fmt, dict):
+            raise TelephonyInputError(f"'start' without its start.{fmt_key} object", fatal=True)
+        sid, call = ids
+        if not isinstance(sid, str) or not sid or not isinstance(call, str):
+            raise TelephonyInputError("'start' without its stream and call ids", fatal=True)
+        encoding, rate = fmt.get("encoding"), fmt.get(rate_key)
+        found = codecs.get((str(encoding), rate)) if isinstance(rate, int) else None
+        if found is None:
+            raise TelephonyInputError(
+                f"unsupported media format {str(encoding)[:40]!r} at {str(rate)[:10]} Hz: "
+                f"{supported}",
+                fatal=True,
+            )
+        tracks = start.get("tracks")
+        tracks = tuple(str(t) for t in tracks) if isinstance(tracks, list) else ("inbound",)
+        return self.started(Start(sid, call, found, parameters, tracks))
+
     def unknown(self, event: str) -> TelephonyInputError:
         return TelephonyInputError(f"unknown event '{event[:40]}' was skipped")
 
@@ -227,6 +273,12 @@ def digit(value: Any) -> Dtmf:
 
 def b64(audio: bytes) -> str:
     return base64.b64encode(audio).decode("ascii")
+
+
+def section(msg: dict[str, Any], key: str) -> dict[str, Any]:
+    """``msg[key]`` if it is an object, else an empty one."""
+    value = msg.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def params(value: Any) -> dict[str, str]:

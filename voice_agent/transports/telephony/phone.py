@@ -111,6 +111,17 @@ class ProviderSide:
             raise ValueError("media without a payload")
         return Play(base64.b64decode(media["payload"], validate=True))
 
+    def _media_mark_clear(self, msg: dict[str, Any]) -> list[Command]:
+        """Twilio's and Telnyx's ``media``, ``mark`` and ``clear``."""
+        match msg.get("event"):
+            case "media":
+                return [self._payload(msg.get("media"))]
+            case "mark":
+                return [MarkAt(str(msg["mark"]["name"]))]
+            case "clear":
+                return [ClearAll()]
+        raise ValueError(f"unknown event {msg.get('event')!r}")
+
     def _next_chunk(self) -> int:
         self.chunk += 1
         return self.chunk
@@ -155,14 +166,7 @@ class TwilioSide(ProviderSide):
     def read_json(self, msg: dict[str, Any]) -> list[Command]:
         if msg.get("streamSid") != self.stream_id:
             raise ValueError("a message for another streamSid")
-        match msg.get("event"):
-            case "media":
-                return [self._payload(msg.get("media"))]
-            case "mark":
-                return [MarkAt(str(msg["mark"]["name"]))]
-            case "clear":
-                return [ClearAll()]
-        raise ValueError(f"unknown event {msg.get('event')!r}")
+        return self._media_mark_clear(msg)
 
     def answer(self, name: str) -> Message:
         return json.dumps({"event": "mark", "streamSid": self.stream_id, "mark": {"name": name}})
@@ -201,14 +205,7 @@ class TelnyxSide(ProviderSide):
                             "stop": {"call_control_id": "v3:" + self.call_id}})]  # fmt: skip
 
     def read_json(self, msg: dict[str, Any]) -> list[Command]:
-        match msg.get("event"):
-            case "media":
-                return [self._payload(msg.get("media"))]
-            case "mark":
-                return [MarkAt(str(msg["mark"]["name"]))]
-            case "clear":
-                return [ClearAll()]
-        raise ValueError(f"unknown event {msg.get('event')!r}")
+        return self._media_mark_clear(msg)
 
     def answer(self, name: str) -> Message:
         return json.dumps({"event": "mark", "stream_id": self.stream_id, "mark": {"name": name}})
@@ -583,8 +580,11 @@ async def dial(
             return data or None
 
         async def tcp_send(message: Message) -> None:
+            if writer.is_closing():
+                return  # the agent hung up: the receiving side says so
             writer.write(message if isinstance(message, bytes) else message.encode())
-            await writer.drain()
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
 
         try:
             return await phone_call(
@@ -605,6 +605,7 @@ async def dial(
                 return None
 
         async def ws_send(message: Message) -> None:
-            await ws.send(message)
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await ws.send(message)  # (after a hang-up, the receiving side says so)
 
         return await phone_call(side, mic, ws_receive, ws_send, linger_s, max_s, dtmf, barge_in)

@@ -26,8 +26,7 @@ from voice_agent.transports.telephony.media import (
     StreamProtocol,
     TelephonyInputError,
     b64,
-    digit,
-    obj,
+    section,
 )
 
 CODECS = {
@@ -45,10 +44,8 @@ class PlivoStream(StreamProtocol):
         if event == "start":
             return self._on_start(msg)
         self.check_stream(event, msg.get("streamId"))
-        if event == "media":
-            return self.audio(obj(msg, "media").get("payload"))
-        if event == "dtmf":
-            return digit(obj(msg, "dtmf").get("digit"))
+        if event in ("media", "dtmf") and (common := self.common(event, msg)) is not None:
+            return common
         if event == "playedStream":
             name = msg.get("name")
             if not isinstance(name, str):
@@ -59,31 +56,15 @@ class PlivoStream(StreamProtocol):
         raise self.unknown(event)
 
     def _on_start(self, msg: dict[str, Any]) -> Start:
-        start, fmt = msg.get("start"), None
-        if isinstance(start, dict):
-            fmt = start.get("mediaFormat")
-        if not isinstance(start, dict) or not isinstance(fmt, dict):
-            raise TelephonyInputError("'start' without its start.mediaFormat object", fatal=True)
-        sid, call = start.get("streamId"), start.get("callId")
-        if not isinstance(sid, str) or not sid or not isinstance(call, str):
-            raise TelephonyInputError("'start' without streamId and callId", fatal=True)
-        encoding, rate = fmt.get("encoding"), fmt.get("sampleRate")
-        codec = CODECS.get((str(encoding), rate)) if isinstance(rate, int) else None
-        if codec is None:
-            raise TelephonyInputError(
-                f"unsupported media format {str(encoding)[:40]!r} at {str(rate)[:10]} Hz: "
-                "audio/x-mulaw at 8000 Hz, or audio/x-l16 at 8000 or 16000 Hz",
-                fatal=True,
-            )
-        tracks = start.get("tracks")
-        return self.started(
-            Start(
-                stream_id=sid,
-                call_id=call,
-                codec=codec,
-                parameters=_extra_headers(msg.get("extra_headers")),
-                tracks=tuple(str(t) for t in tracks) if isinstance(tracks, list) else (),
-            )
+        start = section(msg, "start")
+        return self.started_with(
+            msg,
+            "mediaFormat",
+            (start.get("streamId"), start.get("callId")),
+            CODECS,
+            "sampleRate",
+            "audio/x-mulaw at 8000 Hz, or audio/x-l16 at 8000 or 16000 Hz",
+            _extra_headers(msg.get("extra_headers")),
         )
 
     # -- to Plivo --------------------------------------------------------------------

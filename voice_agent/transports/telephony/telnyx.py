@@ -20,16 +20,14 @@ from typing import Any
 from voice_agent.transports.telephony.media import (
     Codec,
     Connected,
-    Played,
     Start,
     Stop,
     StreamEvent,
     StreamProtocol,
     TelephonyInputError,
     b64,
-    digit,
-    obj,
     params,
+    section,
 )
 
 CODECS = {
@@ -49,15 +47,8 @@ class TelnyxStream(StreamProtocol):
         if event == "start":
             return self._on_start(msg)
         self.check_stream(event, msg.get("stream_id"))
-        if event == "media":
-            return self.audio(obj(msg, "media").get("payload"))
-        if event == "dtmf":
-            return digit(obj(msg, "dtmf").get("digit"))
-        if event == "mark":
-            name = obj(msg, "mark").get("name")
-            if not isinstance(name, str):
-                raise TelephonyInputError("a mark without a name was skipped")
-            return Played(name)
+        if (common := self.common(event, msg)) is not None:
+            return common
         if event == "error":
             payload = msg.get("payload")
             title = payload.get("title") if isinstance(payload, dict) else None
@@ -70,25 +61,15 @@ class TelnyxStream(StreamProtocol):
         raise self.unknown(event)
 
     def _on_start(self, msg: dict[str, Any]) -> Start:
-        start, fmt = msg.get("start"), None
-        if isinstance(start, dict):
-            fmt = start.get("media_format")
-        if not isinstance(start, dict) or not isinstance(fmt, dict):
-            raise TelephonyInputError("'start' without its start.media_format object", fatal=True)
-        sid = msg.get("stream_id")
-        call = start.get("call_control_id")
-        if not isinstance(sid, str) or not sid or not isinstance(call, str):
-            raise TelephonyInputError("'start' without stream_id and call_control_id", fatal=True)
-        encoding, rate = fmt.get("encoding"), fmt.get("sample_rate")
-        codec = CODECS.get((str(encoding), rate)) if isinstance(rate, int) else None
-        if codec is None:
-            raise TelephonyInputError(
-                f"unsupported media format {str(encoding)[:40]!r} at {str(rate)[:10]} Hz: "
-                "PCMU or PCMA at 8000 Hz, or L16 at 8000 or 16000 Hz",
-                fatal=True,
-            )
-        return self.started(
-            Start(sid, call, codec, params(start.get("custom_parameters")), ("inbound",))
+        start = section(msg, "start")
+        return self.started_with(
+            msg,
+            "media_format",
+            (msg.get("stream_id"), start.get("call_control_id")),
+            CODECS,
+            "sample_rate",
+            "PCMU or PCMA at 8000 Hz, or L16 at 8000 or 16000 Hz",
+            params(start.get("custom_parameters")),
         )
 
     # -- to Telnyx -------------------------------------------------------------------

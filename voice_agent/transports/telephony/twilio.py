@@ -20,19 +20,18 @@ from xml.sax.saxutils import quoteattr
 from voice_agent.transports.telephony.media import (
     MULAW_8K,
     Connected,
-    Played,
     Start,
     Stop,
     StreamEvent,
     StreamProtocol,
-    TelephonyInputError,
     b64,
-    digit,
     obj,
     params,
+    section,
 )
 
 TWILIO_RATE = 8000
+CODECS = {("audio/x-mulaw", TWILIO_RATE): MULAW_8K}
 
 
 class TwilioStream(StreamProtocol):
@@ -47,15 +46,8 @@ class TwilioStream(StreamProtocol):
         if event == "start":
             return self._on_start(msg)
         self.check_stream(event, msg.get("streamSid"))
-        if event == "media":
-            return self.audio(obj(msg, "media").get("payload"))
-        if event == "dtmf":
-            return digit(obj(msg, "dtmf").get("digit"))
-        if event == "mark":
-            name = obj(msg, "mark").get("name")
-            if not isinstance(name, str):
-                raise TelephonyInputError("a mark without a name was skipped")
-            return Played(name)
+        if (common := self.common(event, msg)) is not None:
+            return common
         if event == "stop":
             self.stopped = True
             call = obj(msg, "stop").get("callSid")
@@ -63,31 +55,15 @@ class TwilioStream(StreamProtocol):
         raise self.unknown(event)
 
     def _on_start(self, msg: dict[str, Any]) -> Start:
-        start, fmt = msg.get("start"), None
-        if isinstance(start, dict):
-            fmt = start.get("mediaFormat")
-        if not isinstance(start, dict) or not isinstance(fmt, dict):
-            raise TelephonyInputError("'start' without its start.mediaFormat object", fatal=True)
-        sid = start.get("streamSid") or msg.get("streamSid")
-        call = start.get("callSid")
-        if not isinstance(sid, str) or not sid or not isinstance(call, str):
-            raise TelephonyInputError("'start' without streamSid and callSid", fatal=True)
-        encoding, rate = fmt.get("encoding"), fmt.get("sampleRate")
-        if encoding != "audio/x-mulaw" or rate != TWILIO_RATE:
-            raise TelephonyInputError(
-                f"unsupported media format {str(encoding)[:40]!r} at {str(rate)[:10]} Hz: "
-                "Media Streams send audio/x-mulaw at 8000 Hz",
-                fatal=True,
-            )
-        tracks = start.get("tracks")
-        return self.started(
-            Start(
-                stream_id=sid,
-                call_id=call,
-                codec=MULAW_8K,
-                parameters=params(start.get("customParameters")),
-                tracks=tuple(str(t) for t in tracks) if isinstance(tracks, list) else (),
-            )
+        start = section(msg, "start")
+        return self.started_with(
+            msg,
+            "mediaFormat",
+            (start.get("streamSid") or msg.get("streamSid"), start.get("callSid")),
+            CODECS,
+            "sampleRate",
+            "Media Streams send audio/x-mulaw at 8000 Hz",
+            params(start.get("customParameters")),
         )
 
     # -- to Twilio ------------------------------------------------------------------
