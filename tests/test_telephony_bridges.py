@@ -123,3 +123,40 @@ def test_dtmf_reaches_the_agent_as_caller_input(protocol: str) -> None:
     (turn,) = session.turns
     assert turn.user_text == "5" and turn.reply_text == "You pressed five."
     assert call.errors == [] and session.errors == []
+
+
+def test_a_provider_that_goes_quiet_without_its_stop_is_hung_up() -> None:
+    llm = ScriptedLLMDouble([["It is noon."]], 0.01)
+    engine = double_engine(llm, WORDS)
+    config = SessionConfig(echo_guard=False, duplex=DuplexPolicy(idle_prompt_s=None))
+    side = provider_side("twilio")
+
+    async def main() -> tuple[Session, float]:
+        inbox: asyncio.Queue[Message | None] = asyncio.Queue()
+        for message in side.opening():
+            inbox.put_nowait(message)
+        mic = np.concatenate([silence(0.5), tone(1.0, 500), silence(1.5)])
+        loop = asyncio.get_running_loop()
+
+        async def stream_then_vanish() -> None:  # 3 s of media, then nothing, never a stop
+            for frame in np.split(mic[::2], 150):
+                await asyncio.sleep(0.02)
+                inbox.put_nowait(side.audio(side.codec.encode(frame)))
+
+        async def ignore(_: Message) -> None:
+            return None
+
+        talking = asyncio.create_task(stream_then_vanish())
+        session = await run_media_stream(
+            TwilioStream(), inbox.get, ignore,
+            lambda out: Session(engine, out, LoopClock(), config),
+        )  # fmt: skip
+        await talking
+        return session, loop.time()
+
+    t0 = 1000.0
+    session, ended = run_virtual(main(), start=t0)
+    (turn,) = session.turns
+    assert turn.reply_text == "It is noon."  # answered while the provider was there
+    assert session.errors == ["twilio: nothing from the provider for 5 s: hung up"]
+    assert 7.99 <= ended - t0 <= 8.5  # hung up 5 s after the last message (at 3 s)

@@ -159,9 +159,13 @@ async def run_media_stream(
     send: Send,
     make_session: Callable[[StreamOutput], Any],
     start_timeout_s: float = 10.0,
+    quiet_timeout_s: float = 5.0,
 ) -> Any:
     """Serve one provider stream until its stop, the socket closing (``receive`` returns
     None) or the session ending; returns the session (None if no valid start came).
+    Providers stream the caller's audio without a break (silence too), so a stream with no
+    message for ``quiet_timeout_s`` is a provider that vanished without its stop: the call
+    hangs up.
 
     ``make_session(output)`` builds the session for this call (the server passes its
     engine, clock and config), or returns None to refuse the stream."""
@@ -187,8 +191,15 @@ async def run_media_stream(
     call = StreamCall(stream, output)
 
     async def read() -> None:
-        while (message := await receive()) is not None and call.handle(message, session):
-            pass
+        try:
+            while True:
+                async with asyncio.timeout(quiet_timeout_s):
+                    message = await receive()
+                if message is None or not call.handle(message, session):
+                    break
+        except TimeoutError:
+            call.errors.append(f"nothing from the provider for {quiet_timeout_s:g} s: hung up")
+            log.warning("%s stream %s: silent, hung up", stream.name, stream.stream_id)
         session.hangup()
 
     async with asyncio.TaskGroup() as tg:

@@ -217,7 +217,12 @@ async def serve_audiosocket(
             reason = refusal()
             if reason:
                 log.warning("audiosocket call refused: %s", reason)
-                writer.write(frame(KIND_HANGUP))
+                # take the call's UUID first: closing with it unread would reset the
+                # connection, and Asterisk might never read the hang-up
+                with contextlib.suppress(TimeoutError, asyncio.IncompleteReadError):
+                    async with asyncio.timeout(1.0):
+                        await read_frame(reader)
+                await send(frame(KIND_HANGUP))
             else:
                 await serve_call(state, AudioSocketStream(), lambda: read_frame(reader), send)
         except ConnectionError:
