@@ -91,11 +91,14 @@ class AudioSocketStream(StreamProtocol):
 async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
     """One frame as :meth:`AudioSocketStream.receive_binary` takes it; None at a clean end.
     A frame cut short comes back as what arrived; an oversized length as its header alone
-    (its payload is never read), so that the stream can say what went wrong."""
+    (its payload is never read), so that the stream can say what went wrong. A reset
+    connection is a hang-up."""
     try:
         header = await reader.readexactly(HEADER)
     except asyncio.IncompleteReadError as exc:
         return exc.partial or None
+    except ConnectionError:
+        return None
     size = int.from_bytes(header[1:3], "big")
     if size > MAX_PAYLOAD:
         return header
@@ -103,3 +106,5 @@ async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
         return header + await reader.readexactly(size)
     except asyncio.IncompleteReadError as exc:
         return header + exc.partial
+    except ConnectionError:
+        return None

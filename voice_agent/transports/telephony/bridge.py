@@ -50,6 +50,10 @@ Send = Callable[[Message], Awaitable[None]]
 Receive = Callable[[], Awaitable[Message | None]]
 
 
+class LineDown(Exception):
+    """The provider stopped taking the agent's audio (a send timed out): hang up."""
+
+
 class StreamOutput(OutputBase):
     """Session :class:`~voice_agent.session.output.Output` onto a provider stream; ``send``
     writes one message to the WebSocket (it may raise to end the session)."""

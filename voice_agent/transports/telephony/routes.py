@@ -33,6 +33,7 @@ from voice_agent.transports.telephony.audiosocket import (
     read_frame,
 )
 from voice_agent.transports.telephony.bridge import (
+    LineDown,
     Message,
     Receive,
     Send,
@@ -142,10 +143,16 @@ def telephony_routes(state: Any, refusal: Callable[[], str | None]) -> list[Base
             return msg.get("bytes") if msg.get("bytes") is not None else msg.get("text", "")
 
         async def send(message: Message) -> None:
-            if isinstance(message, bytes):
-                await ws.send_bytes(message)
-            else:
-                await ws.send_text(message)
+            try:
+                async with asyncio.timeout(state.config.send_timeout_s):
+                    if isinstance(message, bytes):
+                        await ws.send_bytes(message)
+                    else:
+                        await ws.send_text(message)
+            except (WebSocketDisconnect, RuntimeError):
+                return  # the provider hung up: the reader sees it and ends the call
+            except TimeoutError:
+                raise LineDown("the provider stopped reading the agent's audio") from None
 
         def accept(start: Start) -> bool:
             if protocol.name != "twilio" or not state.config.twilio_auth_token:
@@ -191,14 +198,17 @@ async def serve_call(
         state.sessions[sid] = session
         return session
 
-    session: Session | None = None
+    failed: list[str] = []
     try:
-        session = await run_media_stream(
-            protocol, receive, send, make_session, state.config.start_timeout_s
-        )
+        await run_media_stream(protocol, receive, send, make_session, state.config.start_timeout_s)
+    except* LineDown as group:
+        failed += [str(e) for e in group.exceptions]
+        log.warning("%s stream %s: %s; hung up", protocol.name, sid, failed[0])
     finally:
+        # the session's report is kept whatever ended the call: nothing said is lost
+        session = state.sessions.pop(sid, None)
         if session is not None:
-            state.sessions.pop(sid, None)
+            session.errors.extend(f"{protocol.name}: {e}; hung up" for e in failed)
             state.keep_report(sid, session.report() | {"transport": protocol.name})
     return session
 
@@ -210,8 +220,16 @@ async def serve_audiosocket(
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async def send(message: Message) -> None:
+            if writer.is_closing():
+                return  # Asterisk hung up: the reader sees it and ends the call
             writer.write(message if isinstance(message, bytes) else message.encode())
-            await writer.drain()
+            try:
+                async with asyncio.timeout(state.config.send_timeout_s):
+                    await writer.drain()
+            except ConnectionError:
+                return
+            except TimeoutError:
+                raise LineDown("Asterisk stopped reading the agent's audio") from None
 
         try:
             reason = refusal()
