@@ -206,7 +206,7 @@ async def serve_call(
         log.warning("%s stream %s: %s; hung up", protocol.name, sid, failed[0])
     finally:
         # the session's report is kept whatever ended the call: nothing said is lost
-        session = state.sessions.pop(sid, None)
+        session: Session | None = state.sessions.pop(sid, None)
         if session is not None:
             session.errors.extend(f"{protocol.name}: {e}; hung up" for e in failed)
             state.keep_report(sid, session.report() | {"transport": protocol.name})
