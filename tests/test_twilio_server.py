@@ -50,10 +50,10 @@ def post(url: str, form: dict[str, str], signature: str | None) -> tuple[int, st
         return e.code, e.read().decode()
 
 
-async def webhook(addr: str, signed: bool = True) -> tuple[int, str]:
+async def webhook(addr: str, signed: bool = True, form: dict[str, str] = FORM) -> tuple[int, str]:
     url = f"http://{addr}/v1/telephony/twilio/voice"
-    sig = request_signature(TOKEN, url, FORM) if signed else None
-    return await asyncio.to_thread(post, url, FORM, sig)
+    sig = request_signature(TOKEN, url, form) if signed else None
+    return await asyncio.to_thread(post, url, form, sig)
 
 
 def stream_of(twiml: str) -> tuple[str, dict[str, str]]:
@@ -101,10 +101,18 @@ async def test_the_webhook_refuses_unsigned_requests_and_answers_signed_ones(ser
     url, params = stream_of(body)
     assert url == f"ws://{server}/v1/telephony/twilio/stream"
     assert len(params["token"]) >= 24
+    # the same signed request again (captured and replayed): refused
+    status, body = await webhook(server)
+    assert status == 403 and json.loads(body) == {
+        "error": "a replayed request (signature already used)"}  # fmt: skip
+    # a mis-signed one too
+    url = f"http://{server}/v1/telephony/twilio/voice"
+    bad = request_signature("another-token", url, FORM)
+    assert (await asyncio.to_thread(post, url, FORM, bad))[0] == 403
 
 
 async def test_a_signed_call_is_answered_over_the_stream_and_its_token_works_once(server: str) -> None:
-    _, body = await webhook(server)
+    _, body = await webhook(server, form=FORM | {"CallSid": "CA2"})
     url, params = stream_of(body)
     got = await twilio_call(url, params)
     media = [m for m in got if m["event"] == "media"]

@@ -60,30 +60,55 @@ PROTOCOLS: dict[str, type[StreamProtocol]] = {
     "vonage": VonageStream,
 }
 TOKEN_TTL_S = 60.0
+REPLAY_WINDOW_S = 600.0
+"""How long a signed webhook request is remembered, to refuse it if it comes again."""
 
 
-class OneTimeTokens:
-    """Stream tokens handed out by signed webhooks: each is good once, for ``ttl_s``. At
-    most ``limit`` are kept (the oldest go first), so a burst of calls cannot grow it."""
+class ExpiringKeys:
+    """Keys remembered for ``ttl_s`` each. At most ``limit`` are kept (the oldest go first),
+    so a burst of calls cannot grow it."""
 
     def __init__(self, clock: Clock, ttl_s: float = TOKEN_TTL_S, limit: int = 4096) -> None:
         self.clock, self.ttl_s, self.limit = clock, ttl_s, limit
         self._expiry: dict[str, float] = {}
 
-    def issue(self) -> str:
+    def add(self, key: str) -> None:
         now = self.clock.now()
         for old in [k for k, exp in self._expiry.items() if exp < now]:
             del self._expiry[old]
         while len(self._expiry) >= self.limit:
             del self._expiry[next(iter(self._expiry))]
+        self._expiry[key] = now + self.ttl_s
+
+    def holds(self, key: str) -> bool:
+        expiry = self._expiry.get(key)
+        return expiry is not None and expiry >= self.clock.now()
+
+
+class OneTimeTokens(ExpiringKeys):
+    """Stream tokens handed out by signed webhooks: each is good once, for ``ttl_s``."""
+
+    def issue(self) -> str:
         token = secrets.token_urlsafe(24)
-        self._expiry[token] = now + self.ttl_s
+        self.add(token)
         return token
 
     def take(self, token: str) -> bool:
         """True (once) for a token issued less than ``ttl_s`` ago."""
-        expiry = self._expiry.pop(token, None)
-        return expiry is not None and expiry >= self.clock.now()
+        good = self.holds(token)
+        self._expiry.pop(token, None)
+        return good
+
+
+class ReplayGuard(ExpiringKeys):
+    """Signed webhook requests seen in the last ``ttl_s``: Twilio's signature has no
+    timestamp, so a captured request stays valid; the same one again is a replay."""
+
+    def first(self, signature: str) -> bool:
+        if self.holds(signature):
+            return False
+        self.add(signature)
+        return True
 
 
 def stream_url(base: str) -> str:
@@ -96,6 +121,7 @@ def telephony_routes(state: Any, refusal: Callable[[], str | None]) -> list[Base
     """The telephony endpoints over the server's ``state`` (its config, engine, sessions)."""
     clock = LoopClock()
     tokens = OneTimeTokens(clock)
+    seen = ReplayGuard(clock, ttl_s=REPLAY_WINDOW_S)
 
     def public_base(request: Request) -> str:
         if state.config.public_url:
@@ -109,8 +135,11 @@ def telephony_routes(state: Any, refusal: Callable[[], str | None]) -> list[Base
         base = public_base(request)
         if token:
             url = base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            if not signature_valid(token, url, params, request.headers.get("x-twilio-signature")):
+            signature = request.headers.get("x-twilio-signature")
+            if not signature_valid(token, url, params, signature):
                 return JSONResponse({"error": "missing or invalid X-Twilio-Signature"}, 403)
+            if not seen.first(f"{signature}|{params.get('CallSid', '')}"):
+                return JSONResponse({"error": "a replayed request (signature already used)"}, 403)
         reason = refusal()
         if reason:
             return JSONResponse({"error": reason}, 503)
