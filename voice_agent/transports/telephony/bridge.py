@@ -28,6 +28,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import numpy as np
+
 from voice_agent.audio.pcm import SAMPLE_RATE, FrameCutter, Pcm
 from voice_agent.audio.resample import StreamResampler
 from voice_agent.session.output import OutputBase
@@ -41,6 +43,8 @@ from voice_agent.transports.telephony.media import (
 )
 
 log = logging.getLogger("voice_agent.telephony")
+STALL_S = 1.0
+"""No message from the provider for this long counts as that much silence."""
 QUALITY = "VHQ"
 """soxr at VHQ holds back 26 ms between 8 and 16 kHz (HQ: 85 ms, which the caller's audio
 would reach the VAD late by, and a reply's tail would wait in)."""
@@ -167,9 +171,10 @@ async def run_media_stream(
 ) -> Any:
     """Serve one provider stream until its stop, the socket closing (``receive`` returns
     None) or the session ending; returns the session (None if no valid start came).
-    Providers stream the caller's audio without a break (silence too), so a stream with no
-    message for ``quiet_timeout_s`` is a provider that vanished without its stop: the call
-    hangs up.
+    Providers stream the caller's audio without a break (silence too): after ``STALL_S``
+    with no message, that much silence is fed (so a turn being spoken still ends), and a
+    stream with no message for ``quiet_timeout_s`` is a provider that vanished without its
+    stop: the call hangs up.
 
     ``make_session(output)`` builds the session for this call (the server passes its
     engine, clock and config), or returns None to refuse the stream."""
@@ -195,13 +200,20 @@ async def run_media_stream(
     call = StreamCall(stream, output)
 
     async def read() -> None:
-        try:
-            while True:
-                async with asyncio.timeout(quiet_timeout_s):
+        quiet = 0.0
+        while quiet < quiet_timeout_s:
+            try:
+                async with asyncio.timeout(STALL_S):
                     message = await receive()
-                if message is None or not call.handle(message, session):
-                    break
-        except TimeoutError:
+            except TimeoutError:
+                # what the line did not carry was silence: a turn being spoken still ends
+                quiet += STALL_S
+                session.feed(np.zeros(int(STALL_S * SAMPLE_RATE), dtype=np.int16))
+                continue
+            quiet = 0.0
+            if message is None or not call.handle(message, session):
+                break
+        else:
             call.errors.append(f"nothing from the provider for {quiet_timeout_s:g} s: hung up")
             log.warning("%s stream %s: silent, hung up", stream.name, stream.stream_id)
         session.hangup()
