@@ -74,3 +74,32 @@ def test_embedded_models_verify() -> None:
     assert (directory / "model.bin").exists()
     onnx, config = models.piper_voice("joe-medium")
     assert onnx.name == "en_US-joe-medium.onnx" and config.exists()
+
+
+def test_the_end_of_turn_model_is_set_up_from_its_wheel_and_never_fetched_at_run_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At run time a missing file is an error that names the fix (no download). Setup
+    takes the one file out of the pinned wheel (here a stand-in wheel in the cache, with
+    the manifest's hashes patched to it) and checks both hashes."""
+    import zipfile
+
+    monkeypatch.setenv("VOICE_AGENT_CACHE", str(tmp_path))
+    with pytest.raises(ModelError, match="end-of-turn model smart-turn-v3 is not set up") as err:
+        models.smart_turn_path()
+    assert "voice-agent setup" in str(err.value)
+    entry = dict(models.manifest()["turn"]["smart-turn-v3"])
+    wheel = tmp_path / "wheels" / entry["wheel_file"]
+    wheel.parent.mkdir()
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(entry["member"], b"onnx bytes")
+    patched = entry | {"wheel_sha256": hashlib.sha256(wheel.read_bytes()).hexdigest(),
+                       "sha256": hashlib.sha256(b"onnx bytes").hexdigest()}  # fmt: skip
+    monkeypatch.setattr(models, "_entry", lambda section, name: patched)
+    path = models.smart_turn_path(fetch=True)
+    assert path == tmp_path / "turn" / "smart-turn-v3.onnx"
+    assert path.read_bytes() == b"onnx bytes" and not path.with_suffix(".part").exists()
+    assert models.smart_turn_path() == path  # from now on, found and verified
+    path.write_bytes(b"tampered")
+    with pytest.raises(ModelError, match="checksum mismatch"):
+        models.smart_turn_path()

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tarfile
 import tomllib
+import zipfile
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -185,6 +186,40 @@ def gguf_path(name: str, log: Log = _quiet) -> tuple[Path, str | None]:
 # -- llama-server, built once per machine ------------------------------------
 
 
+def smart_turn_path(name: str = "smart-turn-v3", log: Log = _quiet, fetch: bool = False) -> Path:
+    """The end-of-turn model's ONNX file in the cache, verified. With ``fetch`` (setup
+    only), a missing file is taken out of its pinned wheel: ``pip download --no-deps``
+    of that one wheel, its hash checked, the one file extracted and its hash checked.
+    The wheel is never installed."""
+    entry = _entry("turn", name)
+    target = cache_dir() / "turn" / f"{name}.onnx"
+    if not target.exists():
+        if not fetch:
+            raise ModelError(f"end-of-turn model {name} is not set up", INSTALL_FIX)
+        wheels = cache_dir() / "wheels"
+        wheel = wheels / entry["wheel_file"]
+        if not wheel.exists():
+            log(f"downloading the {entry['wheel']} wheel (for its {name} model file)…")
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+                 "-d", str(wheels), entry["wheel"]],
+                check=True, stdout=subprocess.DEVNULL,
+            )  # fmt: skip
+        verify(wheel, entry["wheel_sha256"], "delete it and run `voice-agent setup` again")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".part")
+        with (
+            zipfile.ZipFile(wheel) as zf,
+            zf.open(entry["member"]) as src,
+            partial.open("wb") as out,
+        ):
+            shutil.copyfileobj(src, out)
+        verify(partial, entry["sha256"], "delete it and run `voice-agent setup` again")
+        partial.replace(target)
+    verify(target, entry["sha256"], "delete it and run `voice-agent setup` again")
+    return target
+
+
 def _cpu_key() -> str:
     info = ""
     try:
@@ -264,9 +299,16 @@ def build_llama_server(log: Log = print, jobs: int | None = None) -> Path:
 
 
 def setup(
-    stt: list[str], llm: list[str], tts: list[str], build: bool = True, log: Log = print
+    stt: list[str],
+    llm: list[str],
+    tts: list[str],
+    build: bool = True,
+    log: Log = print,
+    turn: tuple[str, ...] = ("smart-turn-v3",),
 ) -> None:
     """Resolve, assemble and verify every named model, and build llama-server."""
+    for name in turn:
+        log(f"turn {name}: {smart_turn_path(name, log, fetch=True)}")
     for name in stt:
         log(f"stt {name}: {whisper_dir(name, log)}")
     for name in tts:
