@@ -163,3 +163,56 @@ def test_a_provider_that_goes_quiet_without_its_stop_is_hung_up(trailing_s: floa
     assert session.errors == ["twilio: nothing from the provider for 5 s: hung up"]
     last = 1.5 + trailing_s
     assert last + 4.99 <= ended - t0 <= last + 5.5  # hung up 5 s after the last message
+
+
+def test_a_provider_that_stops_reading_is_hung_up_and_the_call_is_still_reported() -> None:
+    """The provider takes the caller's audio but stops taking the agent's: a send that
+    blocks for the send timeout ends the call, and the server keeps its report."""
+    from types import SimpleNamespace
+
+    from voice_agent.server import ServerConfig
+    from voice_agent.transports.telephony.routes import serve_call
+
+    llm = ScriptedLLMDouble([["One two three four five six seven eight nine ten. "] * 8], 0.01)
+    reports: dict[str, Any] = {}
+    state = SimpleNamespace(
+        engine=double_engine(llm, WORDS), sessions={}, reports=reports,
+        config=ServerConfig(send_timeout_s=2.0),
+        session_config=SessionConfig(echo_guard=False, duplex=DuplexPolicy(idle_prompt_s=None)),
+        keep_report=lambda sid, report: reports.__setitem__(sid, report),
+    )  # fmt: skip
+    side = provider_side("twilio")
+
+    async def main() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue[Message | None] = asyncio.Queue()
+        for message in side.opening():
+            inbox.put_nowait(message)
+        stuck_at: list[float] = []
+
+        async def send(message: Message) -> None:  # takes 1 s of audio, then stops reading
+            if loop.time() - t0 > 3.0:
+                stuck_at.append(loop.time())
+                await loop.create_future()
+
+        async def talk() -> None:  # the caller's side keeps streaming (silence after)
+            mic = np.concatenate([silence(0.5), tone(1.0, 500), silence(20.0)])
+            for frame in np.split(mic[::2], len(mic) // 320):
+                await asyncio.sleep(0.02)
+                inbox.put_nowait(side.audio(side.codec.encode(frame)))
+
+        t0 = loop.time()
+        talking = asyncio.create_task(talk())
+        session = await serve_call(state, TwilioStream(), inbox.get, send)
+        ended = loop.time()
+        talking.cancel()
+        assert session is not None and state.sessions == {}
+        return stuck_at[0] - t0, ended - t0
+
+    stuck, ended = run_virtual(main())
+    assert 3.0 <= stuck <= 3.1 and ended == pytest.approx(stuck + 2.0, abs=0.05)
+    (report,) = reports.values()
+    assert report["transport"] == "twilio"
+    assert report["errors"] == ["twilio: the provider stopped reading the agent's audio; hung up"]
+    (turn,) = report["turns"]  # nothing said is lost
+    assert turn["user_text"] == "What time is it?" and turn["reply_text"].startswith("One two")

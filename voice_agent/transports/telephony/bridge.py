@@ -168,13 +168,15 @@ async def run_media_stream(
     make_session: Callable[[StreamOutput], Any],
     start_timeout_s: float = 10.0,
     quiet_timeout_s: float = 5.0,
+    send_timeout_s: float = 5.0,
 ) -> Any:
     """Serve one provider stream until its stop, the socket closing (``receive`` returns
     None) or the session ending; returns the session (None if no valid start came).
     Providers stream the caller's audio without a break (silence too): after ``STALL_S``
     with no message, that much silence is fed (so a turn being spoken still ends), and a
     stream with no message for ``quiet_timeout_s`` is a provider that vanished without its
-    stop: the call hangs up.
+    stop: the call hangs up. A send that takes over ``send_timeout_s`` is a provider that
+    stopped reading: :class:`LineDown` ends the call.
 
     ``make_session(output)`` builds the session for this call (the server passes its
     engine, clock and config), or returns None to refuse the stream."""
@@ -193,7 +195,14 @@ async def run_media_stream(
     except TimeoutError:
         log.warning("%s stream: no start within %.0f s", stream.name, start_timeout_s)
         return None
-    output = StreamOutput(stream, send)
+    async def timed_send(message: Message) -> None:
+        try:
+            async with asyncio.timeout(send_timeout_s):
+                await send(message)
+        except TimeoutError:
+            raise LineDown("the provider stopped reading the agent's audio") from None
+
+    output = StreamOutput(stream, timed_send)
     session = make_session(output)
     if session is None:  # refused (say, no valid stream token)
         return None

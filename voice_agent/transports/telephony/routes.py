@@ -173,15 +173,12 @@ def telephony_routes(state: Any, refusal: Callable[[], str | None]) -> list[Base
 
         async def send(message: Message) -> None:
             try:
-                async with asyncio.timeout(state.config.send_timeout_s):
-                    if isinstance(message, bytes):
-                        await ws.send_bytes(message)
-                    else:
-                        await ws.send_text(message)
+                if isinstance(message, bytes):
+                    await ws.send_bytes(message)
+                else:
+                    await ws.send_text(message)
             except (WebSocketDisconnect, RuntimeError):
                 return  # the provider hung up: the reader sees it and ends the call
-            except TimeoutError:
-                raise LineDown("the provider stopped reading the agent's audio") from None
 
         def accept(start: Start) -> bool:
             if protocol.name != "twilio" or not state.config.twilio_auth_token:
@@ -229,9 +226,13 @@ async def serve_call(
 
     failed: list[str] = []
     try:
-        await run_media_stream(protocol, receive, send, make_session, state.config.start_timeout_s)
+        await run_media_stream(
+            protocol, receive, send, make_session,
+            start_timeout_s=state.config.start_timeout_s,
+            send_timeout_s=state.config.send_timeout_s,
+        )  # fmt: skip
     except* LineDown as group:
-        failed += [str(e) for e in group.exceptions]
+        failed += [str(e) for e in _leaves(group)]
         log.warning("%s stream %s: %s; hung up", protocol.name, sid, failed[0])
     finally:
         # the session's report is kept whatever ended the call: nothing said is lost
@@ -240,6 +241,14 @@ async def serve_call(
             session.errors.extend(f"{protocol.name}: {e}; hung up" for e in failed)
             state.keep_report(sid, session.report() | {"transport": protocol.name})
     return session
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    """The exceptions inside (possibly nested) exception groups."""
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return out
 
 
 async def serve_audiosocket(
@@ -252,13 +261,8 @@ async def serve_audiosocket(
             if writer.is_closing():
                 return  # Asterisk hung up: the reader sees it and ends the call
             writer.write(message if isinstance(message, bytes) else message.encode())
-            try:
-                async with asyncio.timeout(state.config.send_timeout_s):
-                    await writer.drain()
-            except ConnectionError:
-                return
-            except TimeoutError:
-                raise LineDown("Asterisk stopped reading the agent's audio") from None
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
 
         try:
             reason = refusal()
