@@ -9,6 +9,7 @@ import pytest
 import pytest_asyncio
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the checkout's benchmarks/
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"

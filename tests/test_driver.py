@@ -639,3 +639,19 @@ def test_a_caller_flooding_the_models_cannot_starve_another_and_ends_at_once() -
     assert ended == hung_up
     for w in (a.engine.stt_worker, a.engine.partial_worker, a.engine.tts_worker):
         assert w.waiting_for(a.session) == 0
+
+
+def test_the_calls_system_prompt_ends_with_the_date_from_the_injected_wall_clock() -> None:
+    from datetime import UTC, datetime
+
+    from voice_agent.session.config import date_line
+
+    when = datetime(2026, 11, 25, 16, 20, tzinfo=UTC)
+
+    async def main() -> str:
+        engine = double_engine(ScriptedLLMDouble([], 0.01), {})
+        config = SessionConfig(wall_clock=lambda: when)
+        s = Session(engine, CollectingOutput(), LoopClock(), config)
+        return str(s.history[0]["content"])
+
+    assert run_virtual(main()).endswith("\n" + date_line(when))

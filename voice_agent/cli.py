@@ -168,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="WebSocket and WebRTC side by side (in-process server on 127.0.0.1), and pacing",
     )
     b.add_argument(
+        "--answers",
+        action="store_true",
+        help="typed questions: invented facts, general knowledge, reply length",
+    )
+    b.add_argument(
         "--telephony",
         action="store_true",
         help="phone calls through the Twilio and AudioSocket bridges at 8 kHz",
@@ -353,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
                 return asyncio.run(run_barge_bench(args, _engine_config(args), _log))
             if args.transports:
                 return asyncio.run(run_transport_bench(args, _engine_config(args), _log))
+            if args.answers:
+                from benchmarks.answers import run_answers_bench
+
+                return asyncio.run(run_answers_bench(args, _engine_config(args), _log))
             if args.telephony:
                 from benchmarks.telephony import run_telephony_bench
 

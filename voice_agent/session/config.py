@@ -2,22 +2,51 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from voice_agent.session.engine import FILLERS, GOODBYE, IDLE_PROMPT
 from voice_agent.session.turns import DuplexPolicy
 
 DEFAULT_SYSTEM_PROMPT = (
-    "You are a friendly voice assistant speaking with a caller. Everything you write is "
-    "spoken aloud by a text-to-speech voice, so answer in one to three short sentences of "
-    "plain, conversational English. Never use lists, markdown, code or emoji. If you did not "
-    "understand the caller, ask them to say it again."
+    "You are a friendly voice assistant on a phone call. Everything you write is spoken "
+    "aloud by a text-to-speech voice, so answer in one to three short sentences of plain, "
+    "conversational English. Never use lists, markdown, code, emoji, brackets or symbols, "
+    "and write numbers, dates and units the way a person would say them.\n"
+    "What you can and cannot do: you can answer general knowledge questions, explain "
+    "things and help the caller think something through. You cannot look anything up: you "
+    "have no internet and no live information, so you do not know the weather, the news, "
+    "traffic, prices, stock quotes, scores, or any business's opening hours, and you cannot "
+    "see anyone's accounts, orders, bookings or messages. When the caller asks for any of "
+    "that, say plainly that you cannot check it, and offer what you can do instead. Never "
+    "guess or make up facts, names, numbers or times.\n"
+    "If the caller's words do not make sense, ask them to say it again."
 )
+
+
+def local_now() -> datetime:
+    return datetime.now().astimezone()
+
+
+def date_line(now: datetime) -> str:
+    """The current date and time as the system prompt states them (once per call, last,
+    so every call shares the prompt's cached prefix)."""
+    hour = now.hour % 12 or 12
+    half = "in the morning" if now.hour < 12 else "in the afternoon" if now.hour < 18 else (
+        "in the evening")  # fmt: skip
+    return (
+        f"It is now {now:%A}, {now:%B} {now.day}, {now.year}, "
+        f"{hour}:{now.minute:02d} {half} (the caller's local time)."
+    )
 
 
 @dataclass
 class SessionConfig:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    wall_clock: Callable[[], datetime] | None = local_now
+    """Read once at the start of a call for the date line of the system prompt (None: no
+    date line). The session's timing never reads it: that is the injected Clock."""
     vad_start_ms: int = 60
     vad_stop_ms: int = 120
     # A turn whose transcript reads as finished ends after min_silence_s of
@@ -51,3 +80,10 @@ class SessionConfig:
     fillers: tuple[str, ...] = FILLERS
     idle_prompt: str = IDLE_PROMPT
     goodbye: str = GOODBYE
+
+
+def system_message(cfg: SessionConfig) -> str:
+    """The call's system prompt: the configured one, then the date line."""
+    if cfg.wall_clock is None:
+        return cfg.system_prompt
+    return f"{cfg.system_prompt}\n{date_line(cfg.wall_clock())}"

@@ -22,7 +22,7 @@ from voice_agent.core.clock import Clock
 from voice_agent.core.enums import BargeOutcome, ReplyKind
 from voice_agent.core.queues import DropOldestQueue
 from voice_agent.session import turns as t
-from voice_agent.session.config import DEFAULT_SYSTEM_PROMPT, SessionConfig
+from voice_agent.session.config import DEFAULT_SYSTEM_PROMPT, SessionConfig, system_message
 from voice_agent.session.engine import Engine
 from voice_agent.session.inbound import InboundPipeline, SpeechEnd, SpeechOnset
 from voice_agent.session.listener import Listener
@@ -51,7 +51,7 @@ class Session:
         self.engine, self.output, self.clock = engine, output, clock
         self.config = cfg = config or SessionConfig()
         self.t0 = clock.now()
-        self.record = CallRecord(cfg.system_prompt, self.t0)
+        self.record = CallRecord(system_message(cfg), self.t0)
         self.history, self.turns = self.record.history, self.record.turns
         self.errors = self.record.errors
         self.events = Events(output, clock, self.t0, self.record.errors)

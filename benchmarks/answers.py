@@ -1,0 +1,107 @@
+"""``voice-agent bench --answers``: does the agent tell the truth?
+
+Each question of ``benchmarks/questions.toml`` is one call: the session's own system
+prompt (with its date line) and the typed question, through the configured LLM, and what
+would be spoken (the sentence splitter's speakable chunks). Three figures:
+- **invented facts**: live facts and personal data it cannot know, presented anyway (a
+  reply matching one of the question's ``forbid`` patterns); the goal is 0;
+- **general knowledge**: replies matching one of the question's ``expect`` patterns;
+- **reply length**: average words spoken.
+It also counts the live and personal replies that say plainly they cannot check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks.stats import machine
+from voice_agent.llm.base import TextDelta
+from voice_agent.session.config import SessionConfig, system_message
+from voice_agent.session.engine import EngineConfig
+from voice_agent.text.sentences import SentenceSplitter
+
+QUESTIONS = Path(__file__).with_name("questions.toml")
+CANNOT = re.compile(
+    r"\b(can(no|')t|can not|(don't|do not) have|unable|not able|no (way|access)|"
+    r"(don't|do not) know|not connected|no internet|no live)\b",
+    re.IGNORECASE,
+)
+
+
+def questions(path: Path = QUESTIONS) -> list[dict[str, Any]]:
+    with path.open("rb") as f:
+        qs: list[dict[str, Any]] = tomllib.load(f)["q"]
+    return qs
+
+
+def judge(q: dict[str, Any], spoken: str) -> dict[str, Any]:
+    """The checks of one reply (``spoken``: what the voice would say)."""
+    hits = [p for p in q.get("forbid", []) if re.search(p, spoken, re.IGNORECASE)]
+    row: dict[str, Any] = {"kind": q["kind"], "question": q["text"], "reply": spoken,
+                           "words": len(spoken.split())}  # fmt: skip
+    if q["kind"] == "general":
+        row["correct"] = any(re.search(p, spoken, re.IGNORECASE) for p in q["expect"])
+    else:
+        row["invented"] = bool(hits)
+        row["invented_by"] = hits
+        row["says_cannot"] = bool(CANNOT.search(spoken))
+    return row
+
+
+async def ask(llm: Any, system: str, text: str) -> str:
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": text}]
+    splitter, chunks = SentenceSplitter(), []
+    async for event in llm.stream(messages):
+        if isinstance(event, TextDelta):
+            chunks += splitter.feed(event.text)
+    return " ".join(chunks + splitter.flush())
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    unknowable = [r for r in rows if r["kind"] != "general"]
+    general = [r for r in rows if r["kind"] == "general"]
+    return {
+        "questions": len(rows),
+        "invented_facts": sum(r["invented"] for r in unknowable),
+        "unknowable": len(unknowable),
+        "says_cannot": sum(r["says_cannot"] for r in unknowable),
+        "general_correct": sum(r["correct"] for r in general),
+        "general": len(general),
+        "mean_words": round(sum(r["words"] for r in rows) / max(1, len(rows)), 1),
+    }
+
+
+async def run_answers_bench(
+    args: argparse.Namespace, cfg: EngineConfig, log: Callable[[str], None]
+) -> int:
+    from voice_agent.runtime import open_engine
+
+    system = system_message(SessionConfig())
+    rows = []
+    async with open_engine(cfg, log) as engine:
+        for q in questions()[: args.limit] if args.limit else questions():
+            row = judge(q, await ask(engine.llm, system, q["text"]))
+            rows.append(row)
+            flag = (
+                ("correct" if row["correct"] else "WRONG")
+                if q["kind"] == "general"
+                else ("INVENTED" if row["invented"] else "ok")
+            )
+            log(f"{q['kind']:<8} {flag:<8} {q['text'][:50]:<50} → {row['reply'][:90]}")
+        model = engine.info.get("llm")
+    summary = summarize(rows) | {"llm": model, "machine": machine()}
+    args.json.write_text(json.dumps({"summary": summary, "answers": rows}, indent=2))
+    print(
+        f"voice-agent bench --answers ({model}): invented facts {summary['invented_facts']} "
+        f"of {summary['unknowable']} (said it cannot check: {summary['says_cannot']}); "
+        f"general knowledge {summary['general_correct']} of {summary['general']} correct; "
+        f"{summary['mean_words']} words a reply on average"
+    )
+    log(f"figures written to {args.json}")
+    return 0
