@@ -27,6 +27,8 @@ from voice_agent.session.engine import EngineConfig
 from voice_agent.text.sentences import SentenceSplitter
 
 QUESTIONS = Path(__file__).with_name("questions.toml")
+PHONE_NUMBER = r"\b(1-)?\d{3}[-. ]\d{3}[-. ]?\d{4}\b|\b1-800\b"
+"""A made-up phone number: an invented fact in any reply about the unknowable."""
 CANNOT = re.compile(
     r"\b(can(no|')t|can not|(don't|do not) have|unable|not able|no (way|access)|"
     r"(don't|do not) know|not connected|no internet|no live)\b",
@@ -42,7 +44,8 @@ def questions(path: Path = QUESTIONS) -> list[dict[str, Any]]:
 
 def judge(q: dict[str, Any], spoken: str) -> dict[str, Any]:
     """The checks of one reply (``spoken``: what the voice would say)."""
-    hits = [p for p in q.get("forbid", []) if re.search(p, spoken, re.IGNORECASE)]
+    forbid = [*q.get("forbid", []), PHONE_NUMBER] if q["kind"] != "general" else []
+    hits = [p for p in forbid if re.search(p, spoken, re.IGNORECASE)]
     row: dict[str, Any] = {"kind": q["kind"], "question": q["text"], "reply": spoken,
                            "words": len(spoken.split())}  # fmt: skip
     if q["kind"] == "general":
