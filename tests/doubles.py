@@ -184,12 +184,14 @@ class EnergyVadDouble:
 class ScriptedSTTDouble:
     """Reads the words of :func:`tone` utterances from their levels: ``words[level]`` for
     each level with at least 50 ms of samples within 8% of it (so a tone that went through
-    μ-law or a resampler is still read)."""
+    μ-law or a resampler is still read). ``unsure`` levels are read with a low mean
+    log-probability (-1.2), as whisper reads garbled speech; the others with -0.1."""
 
     name = "scripted-stt-double"
 
-    def __init__(self, words: dict[int, str]) -> None:
+    def __init__(self, words: dict[int, str], unsure: frozenset[int] = frozenset()) -> None:
         self.words = words
+        self.unsure = unsure
         self.calls = 0
 
     def transcribe(self, pcm: Any) -> Any:
@@ -199,9 +201,11 @@ class ScriptedSTTDouble:
 
         self.calls += 1
         x = np.abs(pcm.astype(np.int32))
-        heard = [w for level, w in sorted(self.words.items())
-                 if np.count_nonzero(np.abs(x - level) <= 0.08 * level) >= 800]  # fmt: skip
-        return Transcript(text=" ".join(heard), audio_samples=len(pcm), compute_s=0.0, speech_s=None)
+        levels = [level for level in sorted(self.words)
+                  if np.count_nonzero(np.abs(x - level) <= 0.08 * level) >= 800]  # fmt: skip
+        text = " ".join(self.words[level] for level in levels)
+        score = -1.2 if self.unsure & set(levels) else -0.1
+        return Transcript(text=text, audio_samples=len(pcm), compute_s=0.0, avg_logprob=score)
 
 
 class ToneTTSDouble:
@@ -251,17 +255,19 @@ def double_engine(
     stt_s: float = 0.3,
     tts_s: float = 0.1,
     partial_s: float = 0.2,
+    unsure: frozenset[int] = frozenset(),
 ) -> Any:
     """An Engine of doubles on modeled compute times (for the virtual-time loop)."""
     from voice_agent.core.work import FairWorker
-    from voice_agent.session.engine import FILLERS, GOODBYE, IDLE_PROMPT, Engine
+    from voice_agent.session.engine import FILLERS, GOODBYE, IDLE_PROMPT, SAY_AGAIN, Engine
 
     tts = ToneTTSDouble()
+    lines = (*FILLERS, IDLE_PROMPT, GOODBYE, SAY_AGAIN)
     return Engine(
-        stt=ScriptedSTTDouble(words or {}),
+        stt=ScriptedSTTDouble(words or {}, unsure),
         tts=tts,
         # synthesized at start-up, as the product's warm-up does
-        clips={line: tts.synthesize(line) for line in (*FILLERS, IDLE_PROMPT, GOODBYE)},
+        clips={line: tts.synthesize(line) for line in lines},
         llm=llm,
         new_vad=EnergyVadDouble,
         stt_worker=FairWorker("stt", modeled_runner(stt_s)),

@@ -655,3 +655,37 @@ def test_the_calls_system_prompt_ends_with_the_date_from_the_injected_wall_clock
         return str(s.history[0]["content"])
 
     assert run_virtual(main()).endswith("\n" + date_line(when))
+
+
+def test_an_unclear_turn_is_asked_again_without_the_llm() -> None:
+    """Words whisper is unsure of (a low mean log-probability) are not answered: the agent
+    says its fixed line, and the next, clear turn is answered with both in the history."""
+    from voice_agent.core.enums import ReplyKind
+    from voice_agent.session.engine import SAY_AGAIN
+
+    async def main() -> Call:
+        llm = ScriptedLLMDouble([["It is noon."]], 0.05)
+        engine = double_engine(llm, WORDS | {800: "you're opening our month on may"},
+                               unsure=frozenset({800}))  # fmt: skip
+        call = await dial(llm, engine=engine, idle_prompt_s=None)
+        await call.quiet(0.5)
+        await call.say(tone(1.0, 800))
+        await call.until(completed(call))
+        await call.quiet(0.5)
+        await call.say(tone(1.0, 500))
+        await call.until(completed(call, 2))
+        await call.end()
+        return call
+
+    call = run_virtual(main())
+    first, second = call.session.turns
+    assert (first.kind, first.user_text, first.reply_text) == (
+        ReplyKind.SAY_AGAIN, "you're opening our month on may", SAY_AGAIN)
+    assert second.kind is ReplyKind.REPLY and second.reply_text == "It is noon."
+    assert len(call.llm.requests) == 1  # only the clear turn reached the LLM
+    assert [m["role"] for m in call.llm.requests[0]] == ["system", "user", "assistant", "user"]
+    assert call.llm.requests[0][2] == {"role": "assistant", "content": SAY_AGAIN}
+    assert [e.get("purpose") for e in call.events("reply.start")] == ["say_again", None]
+    # no full stop, so the turn ended after 1 s of silence; the line is a cached clip, so
+    # it played at that very moment
+    assert first.voice_to_voice == pytest.approx(1.0)

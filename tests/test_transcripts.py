@@ -51,3 +51,12 @@ def test_a_caller_quoting_a_finished_line_later_is_heard() -> None:
     sent_sentence(f, "The weather in Paris is sunny today.", start_sample=0, seconds=2.0)
     # the line ended at 2 s; the caller's turn began at 3 s, 1 s later (> 0.6 s reach)
     assert f.final(heard("Paris is sunny today?"), turn_start=48000) == "Paris is sunny today?"
+
+
+def test_words_whisper_was_unsure_of_are_unclear() -> None:
+    f = TranscriptFilter(unclear_logprob=-0.7)
+    sure = Transcript("What time is it?", 16000, 0.1, avg_logprob=-0.15)
+    unsure = Transcript("You're opening our month on May.", 16000, 0.1, avg_logprob=-1.0)
+    assert not f.is_unclear(sure) and f.is_unclear(unsure)
+    assert not f.is_unclear(Transcript("x", 16000, 0.1))  # no score: not judged
+    assert not TranscriptFilter().is_unclear(unsure)  # no floor: never

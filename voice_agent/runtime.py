@@ -129,10 +129,10 @@ async def warm_up(engine: Engine) -> None:
     import numpy as np
 
     from voice_agent.session.driver import DEFAULT_SYSTEM_PROMPT
-    from voice_agent.session.engine import FILLERS, GOODBYE, IDLE_PROMPT
+    from voice_agent.session.engine import FILLERS, GOODBYE, IDLE_PROMPT, SAY_AGAIN
 
     await engine.run_stt(np.zeros(16_000, dtype=np.int16))
-    for line in (*FILLERS, IDLE_PROMPT, GOODBYE):  # cached: they play without a TTS pass
+    for line in (*FILLERS, IDLE_PROMPT, GOODBYE, SAY_AGAIN):  # cached: they play without a TTS pass
         await engine.clip(line)
     messages = [
         {"role": "system", "content": DEFAULT_SYSTEM_PROMPT},

@@ -14,6 +14,7 @@ class ReplyKind(StrEnum):
     REPLY = "reply"
     IDLE_PROMPT = "idle_prompt"
     GOODBYE = "goodbye"
+    SAY_AGAIN = "say_again"
 
 
 class ReplyStatus(StrEnum):

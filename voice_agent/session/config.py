@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from voice_agent.session.engine import FILLERS, GOODBYE, IDLE_PROMPT
+from voice_agent.session.engine import FILLERS, GOODBYE, IDLE_PROMPT, SAY_AGAIN
 from voice_agent.session.turns import DuplexPolicy
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -84,6 +84,13 @@ class SessionConfig:
     fillers: tuple[str, ...] = FILLERS
     idle_prompt: str = IDLE_PROMPT
     goodbye: str = GOODBYE
+    say_again: str = SAY_AGAIN
+    """Said, without the LLM, to a turn whose transcript is too unsure to answer."""
+    unclear_logprob: float | None = -0.7
+    """A final transcript whose mean token log-probability is below this is unclear (None:
+    never). Measured with tiny.en: clear speech -0.03 to -0.5 (at 8 kHz down to -0.62 for a
+    mostly right line); reversed speech -0.74 to -0.93, noise -1.97, garbled espeak -0.75
+    to -1.4."""
 
 
 def system_message(cfg: SessionConfig) -> str:

@@ -29,7 +29,7 @@ from voice_agent.session.listener import Listener
 from voice_agent.session.metrics import TurnMetrics
 from voice_agent.session.output import Events, Output
 from voice_agent.session.record import CallRecord
-from voice_agent.session.replies import Replies
+from voice_agent.session.replies import Replies, start_purpose
 from voice_agent.session.reply import Fillers, Reply, ReplyContext
 from voice_agent.session.transcripts import TranscriptFilter
 from voice_agent.session.writer import PacedWriter, PlayGate
@@ -66,7 +66,7 @@ class Session:
             engine.new_vad(), self.echo, cfg.vad_start_ms, cfg.vad_stop_ms, cfg.preroll_ms,
             cfg.max_turn_s,
         )  # fmt: skip
-        self.filter = TranscriptFilter(cfg.min_speech_s, cfg.echo_reach_s)
+        self.filter = TranscriptFilter(cfg.min_speech_s, cfg.echo_reach_s, cfg.unclear_logprob)
         self.playout = Playout(capacity=int(cfg.playout_capacity_s * SAMPLE_RATE))
         self.gate = PlayGate()
         self.writer = PacedWriter(
@@ -240,9 +240,9 @@ class Session:
                 self.inbound.end_turn()
                 await self.emit("turn.discarded")
             case t.StartReply(gen=gen, text=text, speech_end=speech_end, decided=decided):
-                self._start_reply(gen, text, speech_end, decided)
+                kind = self._start_reply(gen, text, speech_end, decided)
                 await self.emit("transcript.final", text=text, gen=gen)
-                await self.emit("reply.start", gen=gen)
+                await self.emit("reply.start", gen=gen, **start_purpose(kind))
             case t.PrepareReply(gen=gen, text=text, speech_end=speech_end):
                 self._start_reply(gen, text, speech_end, None)
             case t.CommitReply(gen=gen, decided=decided):
@@ -285,18 +285,26 @@ class Session:
 
     def _start_reply(
         self, gen: int, text: str, speech_end: float | None, decided: float | None
-    ) -> None:
-        """Start reply ``gen``; with ``decided`` None it is prepared: its audio is held."""
+    ) -> ReplyKind:
+        """Start reply ``gen``; with ``decided`` None it is prepared: its audio is held.
+        Returns what it is: an answer, or the line that asks an unclear turn again."""
         m = TurnMetrics(gen=gen, user_text=text, speech_end=speech_end, decided=decided)
         if speech_end is not None:
             m.speech_start = self.inbound.turn_onset
             if self.listener.final is not None:
                 m.stt_final, m.stt_compute_s, _ = self.listener.final
+        unclear = speech_end is not None and self.listener.unclear
         messages = [*self.history, {"role": "user", "content": text}]
         if decided is not None:
             self._commit_turn(m)
         assert self._tg is not None
-        self.replies.launch(self._tg, Reply(self.ctx, m, messages, turn=len(self.turns)))
+        if unclear:  # the words are a guess: ask for them again, never answer the guess
+            m.kind = ReplyKind.SAY_AGAIN
+            reply = Reply(self.ctx, m, [], fixed=self.config.say_again, turn=len(self.turns))
+        else:
+            reply = Reply(self.ctx, m, messages, turn=len(self.turns))
+        self.replies.launch(self._tg, reply)
+        return m.kind
 
     def _say(self, gen: int, purpose: ReplyKind) -> None:
         """A fixed line (the idle prompt, goodbye) spoken as reply ``gen``."""

@@ -21,6 +21,7 @@ FILLERS = ("Hmm.", "Okay.", "One moment.", "Let me check.")
 """Short clips played while the agent thinks or a tool runs; never part of the context."""
 IDLE_PROMPT = "Are you still there?"
 GOODBYE = "It seems you have stepped away. Goodbye!"
+SAY_AGAIN = "Sorry, I didn't catch that. Could you say it again?"
 
 
 @dataclass

@@ -43,6 +43,8 @@ class Listener:
         self.partial_every_s = partial_every_s
         self.final: tuple[float, float, str] | None = None
         """The last final pass: (ready at, compute seconds, the caller's words)."""
+        self.unclear = False
+        """Whether the last final pass's words are too unsure to answer."""
         self._tg: asyncio.TaskGroup | None = None
         self._jobs: set[asyncio.Task[None]] = set()
         self._partial_running = False
@@ -101,6 +103,7 @@ class Listener:
         now = self.clock.now()
         text = self.transcripts.final(result, self.inbound.turn_start_sample)
         self.final = (now, result.compute_s, text)
+        self.unclear = bool(text) and self.transcripts.is_unclear(result)
         await self.answer(t.TranscriptReady(now, request, text))
 
     async def _barge_check(self, request: int) -> None:

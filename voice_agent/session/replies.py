@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from voice_agent.audio.playout import Playout
+from voice_agent.core.enums import ReplyKind
 from voice_agent.session.record import CallRecord
 from voice_agent.session.reply import Reply
 from voice_agent.session.writer import PlayGate
@@ -50,7 +51,7 @@ class Replies:
         self.gate.held = None
         reply.commit()
         await self.emit("transcript.final", text=reply.m.user_text, gen=gen)
-        await self.emit("reply.start", gen=gen)
+        await self.emit("reply.start", gen=gen, **start_purpose(reply.m.kind))
         if reply.m.parts:
             await self.emit("reply.delta", gen=gen, text="".join(reply.m.parts))
 
@@ -86,3 +87,9 @@ class Replies:
             if self._live is not None and self._live[0] is reply:
                 self._live = None
         await self.finished(gen)
+
+
+def start_purpose(kind: ReplyKind) -> dict[str, ReplyKind]:
+    """A turn's ``reply.start`` names its purpose only when it is not an answer (the line
+    that asks an unclear turn again)."""
+    return {} if kind is ReplyKind.REPLY else {"purpose": kind}

@@ -170,7 +170,8 @@ class Reply:
 
     async def _fixed_line(self, out: asyncio.Queue[str | None], text: str) -> None:
         self.m.parts.append(text)
-        await self.ctx.emit("reply.start", gen=self.gen, purpose=self.m.kind)
+        if self.m.kind is not ReplyKind.SAY_AGAIN:  # (a turn's reply: the driver said so)
+            await self.ctx.emit("reply.start", gen=self.gen, purpose=self.m.kind)
         await self.ctx.emit("reply.delta", gen=self.gen, text=text)
         await self._put_sentence(out, text)
         await out.put(None)

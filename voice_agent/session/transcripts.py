@@ -25,9 +25,15 @@ from voice_agent.stt.base import Transcript
 class TranscriptFilter:
     """Remembers the agent audio sent (by input sample) and judges transcripts against it."""
 
-    def __init__(self, min_speech_s: float = 0.06, echo_reach_s: float = 0.6) -> None:
+    def __init__(
+        self,
+        min_speech_s: float = 0.06,
+        echo_reach_s: float = 0.6,
+        unclear_logprob: float | None = None,
+    ) -> None:
         self.min_speech_s = min_speech_s
         self.echo_reach_s = echo_reach_s
+        self.unclear_logprob = unclear_logprob
         # agent frames sent, by the input sample they start playing at: (at, segment, end of
         # the frame in the segment); 60 s of them
         self._sent: deque[tuple[int, Segment, int]] = deque(maxlen=3000)
@@ -50,6 +56,12 @@ class TranscriptFilter:
         if echo or self.is_noise(result) or self.is_echo(result.text, turn_start, single=True):
             return "", echo  # a single word the agent just said proves nothing: check again
         return result.text, False
+
+    def is_unclear(self, result: Transcript) -> bool:
+        """Words whisper was unsure of (garbled speech, a bad line): ask for them again
+        rather than answer a guess."""
+        floor, score = self.unclear_logprob, result.avg_logprob
+        return floor is not None and score is not None and score < floor
 
     def is_noise(self, result: Transcript) -> bool:
         """Words whisper wrote into a cough or noise: the speech detector found no speech."""

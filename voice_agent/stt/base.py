@@ -17,6 +17,9 @@ class Transcript:
     """Seconds the pass took."""
     speech_s: float | None = None
     """Seconds the speech detector (Silero) took for speech; None when not checked."""
+    avg_logprob: float | None = None
+    """The decoder's mean log-probability per token (None: not known). Clear speech scores
+    about -0.05 to -0.5; garbled speech, reversed speech and noise below -0.7."""
 
 
 class STT(Protocol):

@@ -76,18 +76,24 @@ class WhisperSTT:
         t0 = time.perf_counter()  # measures compute only; session timing uses the injected clock
         audio = to_float32(pcm)
         if self.window == "full":
-            text = self._transcribe_full(audio)
+            text, score = self._transcribe_full(audio)
         else:
-            text, hit_cap = self._decode(audio, tight=True)
+            text, hit_cap, score = self._decode(audio, tight=True)
             if not hit_cap:
                 text = drop_repeated_opening(text)
             if hit_cap or looks_repeated(text):
                 self.full_window_retries += 1
-                text, _ = self._decode(audio, tight=False)
-        return Transcript(text=text, audio_samples=len(pcm), compute_s=time.perf_counter() - t0)
+                text, _, score = self._decode(audio, tight=False)
+        return Transcript(
+            text=text,
+            audio_samples=len(pcm),
+            compute_s=time.perf_counter() - t0,
+            avg_logprob=score,
+        )
 
-    def _decode(self, audio: Floats, tight: bool) -> tuple[str, bool]:
-        """One encoder + greedy decoder pass; returns (text, ran into the token cap)."""
+    def _decode(self, audio: Floats, tight: bool) -> tuple[str, bool, float | None]:
+        """One encoder + greedy decoder pass; returns (text, ran into the token cap, the
+        mean log-probability per token)."""
         seconds = len(audio) / SAMPLE_RATE
         if tight:
             pad = np.zeros(int(self.pad_s * SAMPLE_RATE), dtype=np.float32)
@@ -106,12 +112,14 @@ class WhisperSTT:
             max_length=cap + len(self._prompt),
             suppress_blank=True,
             suppress_tokens=[-1],
+            return_scores=True,
         )
         ids = [i for i in result[0].sequences_ids[0] if i < self._tokenizer.eot]
         text = self._tokenizer.decode(ids).strip()
-        return text, tight and len(ids) >= cap - 1
+        score = float(result[0].scores[0]) if result[0].scores else None
+        return text, tight and len(ids) >= cap - 1, score
 
-    def _transcribe_full(self, audio: Floats) -> str:
+    def _transcribe_full(self, audio: Floats) -> tuple[str, float | None]:
         segments, _info = self._model.transcribe(
             audio,
             language=self.language,
@@ -120,7 +128,9 @@ class WhisperSTT:
             condition_on_previous_text=False,
             vad_filter=False,
         )
-        return " ".join(s.text.strip() for s in segments).strip()
+        parts = list(segments)
+        score = sum(s.avg_logprob for s in parts) / len(parts) if parts else None
+        return " ".join(s.text.strip() for s in parts).strip(), score
 
 
 def _words(text: str) -> list[str]:
