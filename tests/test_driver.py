@@ -689,3 +689,27 @@ def test_an_unclear_turn_is_asked_again_without_the_llm() -> None:
     # no full stop, so the turn ended after 1 s of silence; the line is a cached clip, so
     # it played at that very moment
     assert first.voice_to_voice == pytest.approx(1.0)
+
+
+def test_an_answer_with_nothing_speakable_in_it_is_never_silence() -> None:
+    """A reply of only a template slot (or an echo of the history's own mark, as a small
+    model writes) has nothing to say aloud: the caller hears a request to rephrase, and the
+    history keeps that, not the slot."""
+    from voice_agent.session.reply import REPHRASE
+
+    async def main() -> Call:
+        llm = ScriptedLLMDouble([["[insert ", "the caller's name]"]], 0.05)
+        call = await dial(llm, idle_prompt_s=None)
+        await call.quiet(0.5)
+        await call.say(tone(1.0, 500))
+        await call.until(completed(call))
+        await call.end()
+        return call
+
+    call = run_virtual(main())
+    (turn,) = call.session.turns
+    assert turn.reply_text == turn.heard_text == REPHRASE and turn.status == "completed"
+    assert call.samples(1) == len(REPHRASE + " ") * 160  # the tone TTS: 10 ms a character
+    assert call.session.history[-1] == {"role": "assistant", "content": REPHRASE}
+    deltas = "".join(e["text"] for e in call.events("reply.delta"))
+    assert deltas.endswith(REPHRASE)

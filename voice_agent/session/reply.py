@@ -32,6 +32,9 @@ from voice_agent.text.sentences import SentenceSplitter
 
 Emit = Callable[..., Awaitable[None]]
 LLM_FAILED = "the language model failed mid-reply; what it said is kept"
+REPHRASE = "Sorry, I'm not sure how to answer that. Could you put it another way?"
+"""Said when an answer had nothing speakable in it (only a template slot, markup or an
+echo of the history's own marks): the caller never hears silence instead of a reply."""
 
 
 class Fillers:
@@ -166,6 +169,11 @@ class Reply:
             await ctx.emit("error", gen=self.gen, code="llm_error", message=LLM_FAILED)
         for sentence in splitter.flush():
             await self._put_sentence(out, sentence)
+        if m.first_sentence is None and m.status is not ReplyStatus.LLM_ERROR:
+            m.parts = [REPHRASE]  # what the caller hears is what the history keeps
+            if m.committed:
+                await ctx.emit("reply.delta", gen=self.gen, text=REPHRASE)
+            await self._put_sentence(out, REPHRASE)
         await out.put(None)
 
     async def _fixed_line(self, out: asyncio.Queue[str | None], text: str) -> None:
