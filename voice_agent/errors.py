@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class VoiceAgentError(Exception):
     """An error with a fix the user can apply.
@@ -29,3 +31,11 @@ class AudioInputError(VoiceAgentError):
 
 class LLMError(VoiceAgentError):
     """The LLM endpoint refused, timed out or died."""
+
+
+def leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    """The exceptions inside (possibly nested) exception groups, in order."""
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out += leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return out

@@ -186,6 +186,16 @@ def gguf_path(name: str, log: Log = _quiet) -> tuple[Path, str | None]:
 # -- llama-server, built once per machine ------------------------------------
 
 
+def _pip_download(requirement: str, dest: Path, form: str) -> None:
+    """``pip download`` one pinned distribution, without its dependencies, into ``dest``
+    (``form``: ``--only-binary`` for a wheel, ``--no-binary`` for an sdist). Setup only."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", form, ":all:", "-d", str(dest),
+         requirement],
+        check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 def smart_turn_path(name: str = "smart-turn-v3", log: Log = _quiet, fetch: bool = False) -> Path:
     """The end-of-turn model's ONNX file in the cache, verified. With ``fetch`` (setup
     only), a missing file is taken out of its pinned wheel: ``pip download --no-deps``
@@ -200,11 +210,7 @@ def smart_turn_path(name: str = "smart-turn-v3", log: Log = _quiet, fetch: bool 
         wheel = wheels / entry["wheel_file"]
         if not wheel.exists():
             log(f"downloading the {entry['wheel']} wheel (for its {name} model file)…")
-            subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-                 "-d", str(wheels), entry["wheel"]],
-                check=True, stdout=subprocess.DEVNULL,
-            )  # fmt: skip
+            _pip_download(entry["wheel"], wheels, "--only-binary")
         verify(wheel, entry["wheel_sha256"], "delete it and run `voice-agent setup` again")
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(".part")
@@ -264,11 +270,7 @@ def build_llama_server(log: Log = print, jobs: int | None = None) -> Path:
     sdist = sdist_dir / rt["sdist_file"]
     if not sdist.exists():
         log(f"downloading the {rt['sdist']} source distribution (for llama.cpp's sources)…")
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-             "-d", str(sdist_dir), rt["sdist"]],
-            check=True,
-        )  # fmt: skip
+        _pip_download(rt["sdist"], sdist_dir, "--no-binary")
     verify(sdist, rt["sha256"], "delete it and run `voice-agent setup` again")
     work = cache_dir() / "llama.cpp" / "src"
     src_root = work / rt["sdist_file"].removesuffix(".tar.gz")

@@ -29,6 +29,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from voice_agent.core.clock import LoopClock
+from voice_agent.errors import leaves
 from voice_agent.session.driver import Session, SessionConfig
 from voice_agent.session.engine import Engine, EngineConfig
 from voice_agent.transports.websocket import (
@@ -263,11 +264,11 @@ def create_app(
                 await output.flush()
                 writer.cancel()
         except* SlowClient as group:
-            code, reason = CLOSE_SLOW_CLIENT, str(_leaf(group))
+            code, reason = CLOSE_SLOW_CLIENT, str(leaves(group)[0])
         except* WebSocketDisconnect:
             code, reason = CLOSE_GOING_AWAY, "client went away"
         except* Exception as group:  # the detail goes to the log, never to the client
-            log.error("session %s failed", sid, exc_info=_leaf(group))
+            log.error("session %s failed", sid, exc_info=leaves(group)[0])
             code, reason = CLOSE_INTERNAL, "internal error"
         finally:
             state.sessions.pop(sid, None)
@@ -327,14 +328,6 @@ async def _audiosocket(state: ServerState) -> AsyncIterator[None]:
 def _public(info: dict[str, Any]) -> dict[str, Any]:
     """What the models are, without the local LLM's internal URL or process id."""
     return {k: v for k, v in info.items() if k not in ("llm_base_url", "llm_pid")}
-
-
-def _leaf(group: BaseExceptionGroup[Any]) -> BaseException:
-    """The first real exception inside (possibly nested) exception groups."""
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
 
 
 def _refusal(state: ServerState) -> str | None:
@@ -490,9 +483,9 @@ async def _answer_offer(state: ServerState, request: Request) -> dict[str, Any]:
             )  # fmt: skip
             await session.run()
         except* SlowClient as group:
-            reason = str(_leaf(group))
+            reason = str(leaves(group)[0])
         except* Exception as group:
-            log.error("WebRTC session %s failed", sid, exc_info=_leaf(group))
+            log.error("WebRTC session %s failed", sid, exc_info=leaves(group)[0])
             reason = "internal error"
         finally:
             pending = list(tasks)

@@ -274,6 +274,7 @@ class Session:
                     await reply.play_filler()
             case t.Say(gen=gen, purpose=purpose):
                 self._say(gen, purpose)
+                await self.emit("reply.start", gen=gen, purpose=purpose)
                 if purpose is ReplyKind.GOODBYE:
                     self.end_reason = "idle"
                     await self.emit("session.ending", reason="idle")
@@ -289,16 +290,16 @@ class Session:
         """Start reply ``gen``; with ``decided`` None it is prepared: its audio is held.
         Returns what it is: an answer, or the line that asks an unclear turn again."""
         m = TurnMetrics(gen=gen, user_text=text, speech_end=speech_end, decided=decided)
+        final = self.listener.final if speech_end is not None else None
         if speech_end is not None:
             m.speech_start = self.inbound.turn_onset
-            if self.listener.final is not None:
-                m.stt_final, m.stt_compute_s, _ = self.listener.final
-        unclear = speech_end is not None and self.listener.unclear
+        if final is not None:
+            m.stt_final, m.stt_compute_s = final.ready, final.compute_s
         messages = [*self.history, {"role": "user", "content": text}]
         if decided is not None:
             self._commit_turn(m)
         assert self._tg is not None
-        if unclear:  # the words are a guess: ask for them again, never answer the guess
+        if final is not None and final.unclear:  # a guess: ask again, never answer it
             m.kind = ReplyKind.SAY_AGAIN
             reply = Reply(self.ctx, m, [], fixed=self.config.say_again, turn=len(self.turns))
         else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
-from typing import Any
+from typing import Any, NamedTuple
 
 from voice_agent.core.clock import Clock
 from voice_agent.core.work import Superseded, WorkQueueFull
@@ -22,6 +22,16 @@ from voice_agent.session.transcripts import TranscriptFilter
 from voice_agent.stt.base import Transcript
 
 Dropped = (Superseded, WorkQueueFull)
+
+
+class FinalPass(NamedTuple):
+    ready: float
+    """When it was ready (the session's clock)."""
+    compute_s: float
+    text: str
+    """The caller's words ("" for echo or noise)."""
+    unclear: bool
+    """Words whisper was unsure of: asked again, never answered."""
 
 
 class Listener:
@@ -41,10 +51,8 @@ class Listener:
         self.transcripts, self.machine, self.clock = transcripts, machine, clock
         self.answer, self.emit = answer, emit
         self.partial_every_s = partial_every_s
-        self.final: tuple[float, float, str] | None = None
-        """The last final pass: (ready at, compute seconds, the caller's words)."""
-        self.unclear = False
-        """Whether the last final pass's words are too unsure to answer."""
+        self.final: FinalPass | None = None
+        """The last final pass (None once its turn is answered)."""
         self._tg: asyncio.TaskGroup | None = None
         self._jobs: set[asyncio.Task[None]] = set()
         self._partial_running = False
@@ -102,8 +110,8 @@ class Listener:
             return
         now = self.clock.now()
         text = self.transcripts.final(result, self.inbound.turn_start_sample)
-        self.final = (now, result.compute_s, text)
-        self.unclear = bool(text) and self.transcripts.is_unclear(result)
+        unclear = bool(text) and self.transcripts.is_unclear(result)
+        self.final = FinalPass(now, result.compute_s, text, unclear)
         await self.answer(t.TranscriptReady(now, request, text))
 
     async def _barge_check(self, request: int) -> None:

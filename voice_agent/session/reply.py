@@ -178,9 +178,8 @@ class Reply:
 
     async def _fixed_line(self, out: asyncio.Queue[str | None], text: str) -> None:
         self.m.parts.append(text)
-        if self.m.kind is not ReplyKind.SAY_AGAIN:  # (a turn's reply: the driver said so)
-            await self.ctx.emit("reply.start", gen=self.gen, purpose=self.m.kind)
-        await self.ctx.emit("reply.delta", gen=self.gen, text=text)
+        if self.m.committed:  # a prepared line's text goes out when it is committed
+            await self.ctx.emit("reply.delta", gen=self.gen, text=text)
         await self._put_sentence(out, text)
         await out.put(None)
 

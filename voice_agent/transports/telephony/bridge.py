@@ -76,7 +76,7 @@ class StreamOutput(OutputBase):
         """``_sent`` at the last mark."""
         self._pending: set[str] = set()
         """Marks sent and not yet answered (forgotten at a clear)."""
-        self._unclear = False
+        self._audio_since_clear = False
         """Audio came since the last clear (a second clear would have nothing to drop)."""
         self.marks_sent = 0
 
@@ -88,7 +88,7 @@ class StreamOutput(OutputBase):
             await self.send(self.stream.media(self.codec.encode(frame)))
 
     async def send_audio(self, gen: int, pcm: Pcm) -> None:
-        self._unclear = True
+        self._audio_since_clear = True
         await self._send_frames(self._frames.cut(self._resampler.process(pcm)))
         if gen != self._gen:
             self._gen, self._sent, self._marked = gen, 0, 0
@@ -114,8 +114,8 @@ class StreamOutput(OutputBase):
         self._resampler = self._new_resampler()
         self._frames.clear()
         self._pending.clear()
-        if self._unclear and (message := self.stream.clear()) is not None:
-            self._unclear = False
+        if self._audio_since_clear and (message := self.stream.clear()) is not None:
+            self._audio_since_clear = False
             await self.send(message)
 
     async def pause(self, gen: int) -> None:
@@ -195,6 +195,7 @@ async def run_media_stream(
     except TimeoutError:
         log.warning("%s stream: no start within %.0f s", stream.name, start_timeout_s)
         return None
+
     async def timed_send(message: Message) -> None:
         try:
             async with asyncio.timeout(send_timeout_s):

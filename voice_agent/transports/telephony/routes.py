@@ -25,6 +25,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from voice_agent.core.clock import Clock, LoopClock
+from voice_agent.errors import leaves
 from voice_agent.session.driver import Session
 from voice_agent.transports.telephony.audiosocket import (
     KIND_HANGUP,
@@ -232,7 +233,7 @@ async def serve_call(
             send_timeout_s=state.config.send_timeout_s,
         )  # fmt: skip
     except* LineDown as group:
-        failed += [str(e) for e in _leaves(group)]
+        failed += [str(e) for e in leaves(group)]
         log.warning("%s stream %s: %s; hung up", protocol.name, sid, failed[0])
     finally:
         # the session's report is kept whatever ended the call: nothing said is lost
@@ -241,14 +242,6 @@ async def serve_call(
             session.errors.extend(f"{protocol.name}: {e}; hung up" for e in failed)
             state.keep_report(sid, session.report() | {"transport": protocol.name})
     return session
-
-
-def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
-    """The exceptions inside (possibly nested) exception groups."""
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        out += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
-    return out
 
 
 async def serve_audiosocket(
