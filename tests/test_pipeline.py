@@ -45,6 +45,24 @@ def pieces_at_pauses(pcm: np.ndarray, max_s: float) -> list[np.ndarray]:
     return [p for p in pieces if len(p) > frame]
 
 
+def read_back(stt: Any, pcm: np.ndarray, max_s: float = 12.0) -> str:
+    """What whisper reads out of agent audio as a caller heard it: each silence squeezed to
+    200 ms (whisper tends to end its transcript at a long one: a gap between two replies,
+    or a busy machine's late sentence), then transcribed in pieces of at most ~``max_s``
+    cut at pauses."""
+    frame = 320
+    frames = [pcm[i : i + frame] for i in range(0, len(pcm) - frame + 1, frame)]
+    kept, run = [], 0
+    for f in frames:
+        run = run + 1 if rms_dbfs(f) < -50 else 0
+        if run <= 10:
+            kept.append(f)
+    if not kept:
+        return ""
+    squeezed = np.concatenate(kept)
+    return " ".join(stt.transcribe(p).text for p in pieces_at_pauses(squeezed, max_s)).strip()
+
+
 def word_overlap(reference: str, hypothesis: str) -> float:
     """Share of the reference's words that appear in the hypothesis (multiset)."""
     ref = normalize(reference).split()

@@ -46,6 +46,20 @@ def test_the_agents_own_words_while_the_caller_spoke_are_echo() -> None:
     assert f.check(heard("sunny"), turn_start=40000) == ("", False)
 
 
+def test_on_a_line_that_has_shown_no_echo_the_agents_words_are_the_callers() -> None:
+    """Echo is only judged by words on a line that echoes: a caller saying the agent's
+    words at the same time as the agent is heard (the guard found no echo path)."""
+    found = [False]
+    f = TranscriptFilter(echo_reach_s=0.6, line_echoes=lambda: found[0])
+    sent_sentence(f, "Ask what you can do for your country.", start_sample=32000, seconds=2.0)
+    line = "ask what you can do for your country"
+    assert f.final(heard(line), turn_start=40000) == line
+    assert f.check(heard(line), turn_start=40000) == (line, False)
+    found[0] = True  # the echo guard has found an echo path: the same words are echo
+    assert f.final(heard(line), turn_start=40000) == ""
+    assert f.check(heard(line), turn_start=40000) == ("", True)
+
+
 def test_a_caller_quoting_a_finished_line_later_is_heard() -> None:
     f = TranscriptFilter(echo_reach_s=0.6)
     sent_sentence(f, "The weather in Paris is sunny today.", start_sample=0, seconds=2.0)

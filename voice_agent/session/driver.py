@@ -66,7 +66,11 @@ class Session:
             engine.new_vad(), self.echo, cfg.vad_start_ms, cfg.vad_stop_ms, cfg.preroll_ms,
             cfg.max_turn_s,
         )  # fmt: skip
-        self.filter = TranscriptFilter(cfg.min_speech_s, cfg.echo_reach_s, cfg.unclear_logprob)
+        guard = self.echo
+        self.filter = TranscriptFilter(
+            cfg.min_speech_s, cfg.echo_reach_s, cfg.unclear_logprob,
+            line_echoes=None if guard is None else lambda: guard.had_echo,
+        )  # fmt: skip
         self.playout = Playout(capacity=int(cfg.playout_capacity_s * SAMPLE_RATE))
         self.gate = PlayGate()
         self.writer = PacedWriter(

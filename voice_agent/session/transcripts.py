@@ -9,12 +9,17 @@ Two mistakes whisper makes on a live line, and how they are caught:
   cancellation, transcribes as the agent's words. A transcript whose words are
   mostly the agent words *sent to play while the caller spoke* is echo. Only
   words sent from ``echo_reach_s`` before the caller's turn began count, so a
-  caller quoting a finished line back later is heard.
+  caller quoting a finished line back later is heard. And only on a line that has
+  shown it echoes (``line_echoes``: the echo guard found an echo path in this call):
+  on a line without echo, a caller who says the agent's words *while* the agent says
+  them (jfk's "ask what you can do for your country" over a reply that quotes it) is
+  the caller.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from voice_agent.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE
 from voice_agent.audio.playout import Segment, words_spanning
@@ -30,8 +35,11 @@ class TranscriptFilter:
         min_speech_s: float = 0.06,
         echo_reach_s: float = 0.6,
         unclear_logprob: float | None = None,
+        line_echoes: Callable[[], bool] | None = None,
     ) -> None:
         self.min_speech_s = min_speech_s
+        self.line_echoes = line_echoes
+        """Has this line shown an echo? (None: no way to know, so any line may echo.)"""
         self.echo_reach_s = echo_reach_s
         self.unclear_logprob = unclear_logprob
         # agent frames sent, by the input sample they start playing at: (at, segment, end of
@@ -68,7 +76,10 @@ class TranscriptFilter:
         return result.speech_s is not None and result.speech_s < self.min_speech_s
 
     def is_echo(self, text: str, turn_start: int, single: bool = False) -> bool:
-        """Two words or more, mostly the agent's (with ``single``: exactly one such word)."""
+        """Two words or more, mostly the agent's (with ``single``: exactly one such word),
+        on a line that may echo."""
+        if self.line_echoes is not None and not self.line_echoes():
+            return False
         words = content_words(text)
         if len(words) != 1 if single else len(words) < 2:
             return False
