@@ -48,11 +48,44 @@ def test_a_chunk_that_is_not_a_whole_number_of_frames_is_carried() -> None:
 
 def test_the_turn_buffer_is_capped_and_dropped_at_the_end_of_the_turn() -> None:
     p = InboundPipeline(EnergyVadDouble(), preroll_ms=0, max_turn_s=1.0)
-    feed(p, tone(3.0, 500), t0=0.0)
+    feed(p, np.concatenate([tone(3.0, 500), silence(0.2)]), t0=0.0)
     # pre-roll of one frame minimum, then at most 1 s (50 frames) of turn
     assert len(p.turn_audio()) == 50 * 320
     p.end_turn()
     assert not p.in_turn and len(p.turn_audio()) == 0
+
+
+def test_speech_already_going_on_when_the_turn_ends_opens_the_next_turn() -> None:
+    """The turn ended on a timer while the caller had begun again (the VAD's onset was
+    on its way to the turn machine): the new speech is the next turn's, from its onset."""
+    p = InboundPipeline(EnergyVadDouble(), vad_start_ms=60, vad_stop_ms=120, preroll_ms=100)
+    first = np.concatenate([tone(1.0, 500), silence(0.5)])
+    assert feed(p, first, t0=0.0) == [SpeechOnset(0.0), SpeechEnd(1.0)]
+    second = tone(0.4, 700)
+    assert feed(p, second, t0=1.5) == [SpeechOnset(1.5)]
+    p.end_turn()  # the first turn is answered now
+    # the next turn holds the new speech and the 100 ms before it, nothing of the first
+    assert p.in_turn and p.turn_onset == 1.5
+    assert p.turn_start_sample == int(1.4 * 16000)
+    audio = p.turn_audio()
+    assert len(audio) == int(0.5 * 16000)
+    assert np.array_equal(audio[1600:], second) and not np.any(audio[:1600])
+
+
+def test_a_word_starting_as_the_turn_ends_keeps_its_first_frames() -> None:
+    p = InboundPipeline(EnergyVadDouble(), vad_start_ms=60, vad_stop_ms=120, preroll_ms=100)
+    feed(p, np.concatenate([tone(1.0, 500), silence(0.5), tone(0.04, 700)]), t0=0.0)
+    assert p.state is VadState.STARTING  # two frames of a new word: not yet an onset
+    p.end_turn()
+    assert not p.in_turn
+    assert feed(p, tone(0.2, 700), t0=1.54) == [SpeechOnset(1.5)]
+    # the turn opened 100 ms before the onset was confirmed (its third frame, 1.56 s):
+    # 40 ms of silence, then the word from its first frame, which came before end_turn
+    audio = p.turn_audio()
+    assert p.turn_start_sample == int(1.46 * 16000)
+    assert len(audio) == int(0.28 * 16000)
+    assert np.count_nonzero(audio[:640]) == 0
+    assert np.array_equal(audio[640:], np.concatenate([tone(0.04, 700), tone(0.2, 700)]))
 
 
 def test_a_partial_is_due_each_time_the_turn_grows_by_the_interval() -> None:

@@ -251,12 +251,18 @@ async def test_a_client_that_stops_sending_mid_turn_still_gets_its_turn_ended(
         # reply is interrupted by the caller's second part, or (a short one) completes before
         # it. Wait for the reply that completes after the whole sentence has been heard.
         finals: list[str] = []
+        seen: list[str] = []  # what happened, for the message if it fails
         async with asyncio.timeout(40):
             while True:
-                msg = await ws.recv()
+                try:
+                    msg = await ws.recv()
+                except websockets.ConnectionClosed:
+                    raise AssertionError(seen) from None
                 if not isinstance(msg, str):
                     continue
                 event = json.loads(msg)
+                what = event.get("text", event.get("status", ""))
+                seen.append(f"{event['type']} {event.get('t_ms', '')} {what}")
                 if event["type"] == "transcript.final":
                     finals.append(event["text"])
                 heard_all = "for your country" in " ".join(finals).lower()

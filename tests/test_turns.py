@@ -9,12 +9,14 @@ from voice_agent.session.turns import (
     Close,
     CommitReply,
     DiscardTurn,
+    EndpointPolicy,
     Hangup,
     Interrupt,
     PrepareReply,
     ReplyAudioStarted,
     ReplyFinished,
     RequestTranscript,
+    ScoreTurn,
     SpeechStarted,
     SpeechStopped,
     StartReply,
@@ -22,8 +24,10 @@ from voice_agent.session.turns import (
     Tick,
     TranscriptReady,
     TurnMachine,
+    TurnScore,
     UserState,
     looks_finished,
+    trails_off,
 )
 
 
@@ -64,10 +68,10 @@ def test_unfinished_sentence_waits_for_max_silence() -> None:
     m = machine()
     m.handle(SpeechStarted(t=0.1, at=0.0))
     m.handle(SpeechStopped(t=2.2, at=2.0))
-    assert m.handle(TranscriptReady(t=2.5, request=1, text="ask not what your country,")) == []
+    assert m.handle(TranscriptReady(t=2.5, request=1, text="ask not what your country")) == []
     assert m.next_deadline() == pytest.approx(2.9)
     assert m.handle(Tick(2.9)) == [
-        StartReply(1, "ask not what your country,", speech_end=2.0, decided=2.9)
+        StartReply(1, "ask not what your country", speech_end=2.0, decided=2.9)
     ]
 
 
@@ -91,8 +95,8 @@ def test_transcript_later_than_deadline() -> None:
     m.handle(SpeechStopped(t=2.2, at=2.0))
     assert m.handle(Tick(2.9)) == []  # no transcript yet: keep waiting
     assert m.next_deadline() is None
-    assert m.handle(TranscriptReady(t=3.4, request=1, text="so")) == [
-        StartReply(1, "so", speech_end=2.0, decided=3.4)
+    assert m.handle(TranscriptReady(t=3.4, request=1, text="hello there")) == [
+        StartReply(1, "hello there", speech_end=2.0, decided=3.4)
     ]
 
 
@@ -573,4 +577,131 @@ def test_a_lone_function_word_at_the_end_of_the_turn_resumes_the_reply() -> None
     assert m.handle(TranscriptReady(t=3.5, request=1, text="The.")) == [
         ResumePlayout(1),
         DiscardTurn(),
+    ]
+
+
+# -- the endpoint policy: transcript cues and the end-of-turn model's score ---------------
+
+
+def scored(preemptive: bool = False, **policy: float) -> TurnMachine:
+    """Complete at 0.5 (0.2 s), unsure at 0.2 (0.8 s), else 2 s; whatever the defaults."""
+    values = {"complete_p": 0.5, "complete_wait_s": 0.2, "unsure_p": 0.2, "unsure_wait_s": 0.8,
+              "max_wait_s": 2.0, "finished_to_complete": False} | policy  # fmt: skip
+    return TurnMachine(
+        0.6, 1.0, preemptive=preemptive, prepare_after_s=0.1,
+        endpoint=EndpointPolicy(scored=True, **values),  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "trailing"),
+    [("I'd like a table for.", True), ("My order number is, um", True), ("and", True),
+     ("So the thing is,", True), ("I want to go to the", True), ("What is it for?", False),
+     ("Book it for Friday.", False), ("Ask not what your country can do for you.", False),
+     ("Thanks!", False), ("", False), ("My name is Anna and", True),
+     ("The horizon seems extremely...", True), ("Well…", True)],
+)  # fmt: skip
+def test_a_transcript_that_trails_off(text: str, trailing: bool) -> None:
+    assert trails_off(text) is trailing
+
+
+def test_a_transcript_that_trails_off_waits_the_longest() -> None:
+    m = machine()  # no model: a finished sentence would end at 0.3 s
+    m.handle(SpeechStarted(t=0.1, at=0.0))
+    m.handle(SpeechStopped(t=1.2, at=1.0))
+    assert m.handle(TranscriptReady(t=1.5, request=1, text="I'd like a table for.")) == []
+    assert m.wait_s == 2.0 and m.next_deadline() == pytest.approx(3.0)
+    assert m.handle(Tick(2.9)) == []
+    assert m.handle(Tick(3.0)) == [
+        StartReply(1, "I'd like a table for.", speech_end=1.0, decided=3.0)
+    ]
+
+
+def test_a_complete_score_ends_the_turn_at_its_short_wait() -> None:
+    m = scored()
+    m.handle(SpeechStarted(t=0.1, at=0.0))
+    assert m.handle(SpeechStopped(t=1.12, at=1.0)) == [RequestTranscript(1), ScoreTurn(1)]
+    # the transcript first: until the score comes, the transcript rule (0.6 s) stands
+    assert m.handle(TranscriptReady(t=1.15, request=1, text="What time is it?")) == []
+    assert m.next_deadline() == pytest.approx(1.6)
+    # the score says complete: 0.2 s after the last word, which has passed
+    assert m.handle(TurnScore(t=1.25, request=1, p=0.91)) == [
+        StartReply(1, "What time is it?", speech_end=1.0, decided=1.25)
+    ]
+
+
+def test_a_score_before_the_transcript_is_used_when_it_comes() -> None:
+    m = scored()
+    m.handle(SpeechStarted(t=0.1, at=0.0))
+    m.handle(SpeechStopped(t=1.12, at=1.0))
+    assert m.handle(TurnScore(t=1.14, request=1, p=0.8)) == []
+    assert m.handle(TranscriptReady(t=1.15, request=1, text="What time is it?")) == []
+    assert m.wait_s == 0.2 and m.next_deadline() == pytest.approx(1.2)
+    assert m.handle(Tick(1.2)) == [StartReply(1, "What time is it?", speech_end=1.0, decided=1.2)]
+
+
+@pytest.mark.parametrize(("p", "wait"), [(0.5, 0.2), (0.35, 0.8), (0.2, 0.8), (0.19, 2.0)])
+def test_the_score_sets_the_wait(p: float, wait: float) -> None:
+    m = scored()
+    m.handle(SpeechStarted(t=0.1, at=0.0))
+    m.handle(SpeechStopped(t=1.12, at=1.0))
+    m.handle(TranscriptReady(t=1.15, request=1, text="Ask not what your country can do for you."))
+    m.handle(TurnScore(t=1.18, request=1, p=p))
+    assert m.wait_s == wait and m.next_deadline() == pytest.approx(1.0 + wait)
+
+
+def test_a_low_score_waits_and_the_caller_goes_on_in_the_same_turn() -> None:
+    m = scored(preemptive=True)
+    m.handle(SpeechStarted(t=0.1, at=0.0))
+    m.handle(SpeechStopped(t=4.5, at=4.4))
+    m.handle(TranscriptReady(t=4.8, request=1, text="Ask not what your country can do for you."))
+    # jfk's mid-sentence pause scores 0.015: no reply prepared, the deadline is 2 s out
+    assert m.handle(TurnScore(t=4.9, request=1, p=0.015)) == []
+    assert m.prepared is None and m.next_deadline() == pytest.approx(6.4)
+    assert m.handle(Tick(5.3)) == []
+    assert m.handle(SpeechStarted(t=5.45, at=5.4)) == []  # he goes on: one turn
+    assert m.handle(SpeechStopped(t=11.1, at=11.0)) == [RequestTranscript(2), ScoreTurn(2)]
+    assert m.handle(TurnScore(t=11.2, request=1, p=0.99)) == []  # stale: ignored
+    assert m.handle(TurnScore(t=11.25, request=2, p=0.83)) == []
+    text = "Ask not what your country can do for you, ask what you can do for your country."
+    assert m.handle(TranscriptReady(t=11.3, request=2, text=text)) == [
+        PrepareReply(1, text, speech_end=11.0), CommitReply(1, decided=11.3)
+    ]
+
+
+def test_a_reply_is_prepared_once_the_score_leans_complete() -> None:
+    m = scored(preemptive=True, complete_wait_s=0.5)
+    m.handle(SpeechStarted(t=0.1, at=0.0))
+    m.handle(SpeechStopped(t=1.12, at=1.0))
+    assert m.handle(TranscriptReady(t=1.2, request=1, text="What time is it?")) == []
+    assert m.prepared is None  # no score yet: nothing prepared
+    assert m.handle(TurnScore(t=1.3, request=1, p=0.7)) == [
+        PrepareReply(1, "What time is it?", speech_end=1.0)
+    ]
+    assert m.handle(Tick(1.5)) == [CommitReply(1, decided=1.5)]
+
+
+def test_a_trailing_transcript_prepares_nothing_whatever_the_score() -> None:
+    m = scored(preemptive=True)
+    m.handle(SpeechStarted(t=0.1, at=0.0))
+    m.handle(SpeechStopped(t=1.12, at=1.0))
+    m.handle(TranscriptReady(t=1.2, request=1, text="My order number is three five,"))
+    assert m.handle(TurnScore(t=1.3, request=1, p=0.9)) == []
+    assert m.prepared is None and m.wait_s == 2.0 and m.next_deadline() == pytest.approx(3.0)
+
+
+def test_a_complete_score_needs_a_finished_sentence_when_asked() -> None:
+    m = scored(finished_to_complete=True)
+    m.handle(SpeechStarted(t=0.1, at=0.0))
+    m.handle(SpeechStopped(t=1.12, at=1.0))
+    m.handle(TurnScore(t=1.14, request=1, p=0.9))
+    # the model says complete, the transcript has no full stop: only the unsure wait
+    assert m.handle(TranscriptReady(t=1.3, request=1, text="He began a confused complaint")) == []
+    assert m.wait_s == 0.8 and m.next_deadline() == pytest.approx(1.8)
+    m.handle(SpeechStarted(t=1.5, at=1.45))
+    m.handle(SpeechStopped(t=3.12, at=3.0))
+    m.handle(TurnScore(t=3.14, request=2, p=0.9))
+    text = "He began a confused complaint against the wizard."
+    assert m.handle(TranscriptReady(t=3.3, request=2, text=text)) == [
+        StartReply(1, text, speech_end=3.0, decided=3.3)
     ]

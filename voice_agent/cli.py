@@ -27,6 +27,11 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--vad", choices=["webrtc", "silero", "webrtc+silero"], default=None)
     g.add_argument(
+        "--turn-model", default=None, choices=["smart-turn-v3", "off"],
+        help="end-of-turn model that scores each pause (default smart-turn-v3; off: the "
+        "transcript alone decides)",
+    )  # fmt: skip
+    g.add_argument(
         "--llm-profile",
         default=None,
         help="quality (Qwen2.5-Coder-1.5B, default), fast (0.5B), a manifest name or a .gguf",
@@ -42,6 +47,7 @@ def _engine_config(args: argparse.Namespace) -> Any:
     return EngineConfig.from_env(
         stt_model=args.stt_model,
         vad=args.vad,
+        turn_model=args.turn_model,
         llm_profile=args.llm_profile,
         llm_base_url=args.llm_url,
         llm_model=args.llm_model,
@@ -172,6 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="typed questions: invented facts, general knowledge, reply length",
     )
+    b.add_argument(
+        "--turns",
+        action="store_true",
+        help="end of turn on real speech with pauses: cut-offs against endpoint latency",
+    )
+    b.add_argument(
+        "--turns-dir", type=Path, default=None,
+        help="with --turns: also every WAV/FLAC here, one utterance each",
+    )  # fmt: skip
     b.add_argument(
         "--telephony",
         action="store_true",
@@ -362,6 +377,10 @@ def main(argv: list[str] | None = None) -> int:
                 from benchmarks.answers import run_answers_bench
 
                 return asyncio.run(run_answers_bench(args, _engine_config(args), _log))
+            if args.turns:
+                from benchmarks.turns import run_turns_bench
+
+                return asyncio.run(run_turns_bench(args, _engine_config(args), _log))
             if args.telephony:
                 from benchmarks.telephony import run_telephony_bench
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from voice_agent.audio.pcm import Pcm
 from voice_agent.llm.local import LocalLlamaServer
 from voice_agent.llm.openai_compat import OpenAICompatLLM
-from voice_agent.session.engine import Engine, EngineConfig
+from voice_agent.session.engine import Engine, EngineConfig, TurnModel
 from voice_agent.session.inbound import FrameClassifier
 
 Log = Callable[[str], None]
@@ -25,6 +25,15 @@ def _load_tts(cfg: EngineConfig) -> object:
     from voice_agent.tts.piper import PiperTTS
 
     return PiperTTS(cfg.tts_voice)
+
+
+def _load_turn_model(cfg: EngineConfig) -> TurnModel | None:
+    if cfg.turn_model == "off":
+        return None
+    from voice_agent.endpoint.smart_turn import SmartTurn
+    from voice_agent.models import smart_turn_path
+
+    return SmartTurn(smart_turn_path(cfg.turn_model))
 
 
 def _vad_factory(cfg: EngineConfig) -> Callable[[], FrameClassifier]:
@@ -73,9 +82,13 @@ async def open_engine(cfg: EngineConfig, log: Log = print) -> AsyncIterator[Engi
     server: LocalLlamaServer | None = None
     llm: OpenAICompatLLM | None = None
     try:
-        log(f"loading STT {cfg.stt_model}, TTS {cfg.tts_voice}, VAD {cfg.vad}…")
+        log(
+            f"loading STT {cfg.stt_model}, TTS {cfg.tts_voice}, VAD {cfg.vad}, "
+            f"end-of-turn model {cfg.turn_model}…"
+        )
         stt_job = asyncio.create_task(asyncio.to_thread(_load_stt, cfg))
         tts_job = asyncio.create_task(asyncio.to_thread(_load_tts, cfg))
+        turn_job = asyncio.create_task(asyncio.to_thread(_load_turn_model, cfg))
         if cfg.llm_base_url:
             base_url, model = cfg.llm_base_url, cfg.llm_model or "default"
             log(f"LLM: remote endpoint {base_url} model {model}")
@@ -84,7 +97,7 @@ async def open_engine(cfg: EngineConfig, log: Log = print) -> AsyncIterator[Engi
             log(f"LLM: starting local llama-server with {server.model}…")
             base_url = await server.start()
             model = server.model
-        stt, tts = await stt_job, await tts_job
+        stt, tts, turn_model = await stt_job, await tts_job, await turn_job
         llm = OpenAICompatLLM(
             base_url,
             model,
@@ -98,8 +111,10 @@ async def open_engine(cfg: EngineConfig, log: Log = print) -> AsyncIterator[Engi
             llm=llm,
             new_vad=_vad_factory(cfg),
             speech_seconds=_speech_detector(),
+            turn_model=turn_model,
             info={
                 "stt": cfg.stt_model,
+                "turn_model": cfg.turn_model,
                 "tts": cfg.tts_voice,
                 "vad": cfg.vad,
                 "llm": model,
@@ -132,6 +147,8 @@ async def warm_up(engine: Engine) -> None:
     from voice_agent.session.engine import FILLERS, GOODBYE, IDLE_PROMPT, SAY_AGAIN
 
     await engine.run_stt(np.zeros(16_000, dtype=np.int16))
+    if engine.turn_model is not None:
+        await engine.run_turn_score(np.zeros(16_000, dtype=np.int16))
     for line in (*FILLERS, IDLE_PROMPT, GOODBYE, SAY_AGAIN):  # cached: they play without a TTS pass
         await engine.clip(line)
     messages = [

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from voice_agent.session.engine import FILLERS, GOODBYE, IDLE_PROMPT, SAY_AGAIN
-from voice_agent.session.turns import DuplexPolicy
+from voice_agent.session.turns import DuplexPolicy, EndpointPolicy
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a friendly voice assistant on a phone call. Everything you write is spoken "
@@ -71,6 +71,9 @@ class SessionConfig:
     """Start the reply during the pause, once its transcript is in and the pause has lasted
     ``prepare_after_s``; play it once the turn is over."""
     prepare_after_s: float = 0.25
+    endpoint: EndpointPolicy = field(default_factory=EndpointPolicy)
+    """When a pause ends the turn: transcript cues and the end-of-turn model's score (used
+    when the engine has one), then ``min_silence_s``/``max_silence_s`` by the transcript."""
     duplex: DuplexPolicy | None = field(default_factory=DuplexPolicy)
     """Barge-in, false-interruption recovery, fillers and idle handling (None: off)."""
     echo_guard: bool = True

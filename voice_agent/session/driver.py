@@ -13,6 +13,7 @@ keeps a stale, cleared or held generation from the output.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 from voice_agent.audio.echo import EchoGuard
@@ -60,6 +61,9 @@ class Session:
         self.machine = t.TurnMachine(
             cfg.min_silence_s, cfg.max_silence_s, cfg.preemptive, cfg.prepare_after_s,
             duplex=cfg.duplex, t0=self.t0,
+            endpoint=dataclasses.replace(
+                cfg.endpoint, scored=cfg.endpoint.scored and engine.turn_model is not None
+            ),
         )  # fmt: skip
         self.echo = EchoGuard() if cfg.echo_guard else None
         self.inbound = InboundPipeline(
@@ -238,6 +242,8 @@ class Session:
         match command:
             case t.RequestTranscript(request=req):
                 self.listener.request_final(req)
+            case t.ScoreTurn(request=req):
+                self.listener.score_turn(req)
             case t.CheckBargeIn(request=req):
                 self.listener.check_barge_in(req)
             case t.DiscardTurn():
@@ -321,9 +327,12 @@ class Session:
 
     def _commit_turn(self, m: TurnMetrics) -> None:
         """The caller's turn is answered: it enters the history, its audio is dropped."""
+        if m.speech_end is not None:  # what the endpoint policy decided on
+            m.end_p, m.end_wait_s = self.listener.score, self.machine.wait_s
         self.record.commit(m)
         self.inbound.end_turn()
         self.listener.final = None
+        self.listener.score = None
 
     async def _commit_reply(self, gen: int, decided: float) -> None:
         reply = self.replies.live(gen)

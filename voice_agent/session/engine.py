@@ -7,7 +7,7 @@ import functools
 import os
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from voice_agent.audio.pcm import Pcm
 from voice_agent.core.work import FairWorker
@@ -39,6 +39,8 @@ class EngineConfig:
     tts_voice: str = "joe-medium"
     vad: str = "webrtc"
     vad_aggressiveness: int = 2
+    turn_model: str = "smart-turn-v3"
+    """The end-of-turn model ("off": none)."""
     llm_profile: str = "quality"
     llm_threads: int = 2
     llm_base_url: str | None = None
@@ -61,6 +63,14 @@ class EngineConfig:
             if value is not None:
                 setattr(cfg, key, value)
         return cfg
+
+
+class TurnModel(Protocol):
+    """An end-of-turn model (Smart Turn): P(the turn is complete) from its audio."""
+
+    name: str
+
+    def probability(self, pcm: Pcm) -> float: ...
 
 
 @dataclass
@@ -87,6 +97,9 @@ class Engine:
     """Seconds of speech in a clip (Silero); None: transcripts are not checked."""
     clips: dict[str, Pcm] = field(default_factory=dict)
     """Fixed lines (fillers, the idle prompt, goodbye) synthesized once with the voice."""
+    turn_model: TurnModel | None = None
+    """Scores each pause (None: the transcript alone decides the end of turn)."""
+    turn_worker: FairWorker = field(default_factory=lambda: FairWorker("turn"))
 
     async def run_stt(self, pcm: Pcm, partial: bool = False, owner: Hashable = None) -> Transcript:
         """Transcribe ``pcm``. A newer request of the same kind (final, or partial) from the
@@ -102,6 +115,15 @@ class Engine:
             result = dataclasses.replace(result, speech_s=self.speech_seconds(pcm))
         return result
 
+    async def run_turn_score(self, pcm: Pcm, owner: Hashable = None) -> float:
+        """P(the turn in ``pcm`` is complete), on its own thread beside the final STT pass.
+        A newer request from the same ``owner`` supersedes one still waiting."""
+        model = self.turn_model
+        if model is None:
+            raise RuntimeError("no end-of-turn model loaded")
+        job = functools.partial(model.probability, pcm)
+        return await self.turn_worker.submit(owner, job, slot="score")
+
     async def run_tts(self, text: str, owner: Hashable = None) -> Pcm:
         return await self.tts_worker.submit(owner, functools.partial(self.tts.synthesize, text))
 
@@ -113,5 +135,5 @@ class Engine:
         return pcm
 
     def shutdown(self) -> None:
-        for worker in (self.stt_worker, self.partial_worker, self.tts_worker):
+        for worker in (self.stt_worker, self.partial_worker, self.tts_worker, self.turn_worker):
             worker.close()

@@ -72,6 +72,8 @@ class InboundPipeline:
         self._max_frames = int(max_turn_s * 50)
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=1000)
         self._partial_at = 0
+        self._speech_sample: int | None = None
+        """Where the speech going on now began (None: no speech since the last stop)."""
 
     @property
     def state(self) -> VadState:
@@ -103,10 +105,12 @@ class InboundPipeline:
                 self._preroll.append(frame)
             if isinstance(event, VadStart):
                 at = self.sample_time(event.at_sample)
+                self._speech_sample = event.at_sample
                 if self._turn is None:
                     self._begin_turn(at)
                 events.append(SpeechOnset(at))
             elif isinstance(event, VadStop):
+                self._speech_sample = None
                 events.append(SpeechEnd(self.sample_time(event.at_sample)))
         self._carry = carry[n * FRAME_SAMPLES :]
         return events
@@ -119,8 +123,26 @@ class InboundPipeline:
         self._partial_at = 0
 
     def end_turn(self) -> None:
-        """The turn is over (answered or discarded): drop its audio."""
+        """The turn is over (answered or discarded): drop its audio.
+
+        The caller may already be talking again (the turn ended on a timer while the
+        VAD's new onset was on its way): that speech opens the next turn at once, from
+        its onset less the pre-roll, or it would never be heard. Otherwise the last
+        frames become the pre-roll of the next turn (a word may be starting in them)."""
+        old, start = self._turn, self.turn_start_sample
         self._turn = None
+        if not old:
+            return
+        if self._speech_sample is not None:
+            keep = max(start, self._speech_sample - (self._preroll.maxlen or 1) * FRAME_SAMPLES)
+            i = (keep - start) // FRAME_SAMPLES
+            self._turn = old[i:]
+            self.turn_start_sample = start + i * FRAME_SAMPLES
+            self.turn_onset = self.sample_time(self._speech_sample)
+            self._partial_at = 0
+            return
+        self._preroll.clear()
+        self._preroll.extend(old[-(self._preroll.maxlen or 1) :])
 
     def turn_audio(self) -> Pcm:
         if not self._turn:

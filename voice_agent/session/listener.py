@@ -53,6 +53,8 @@ class Listener:
         self.partial_every_s = partial_every_s
         self.final: FinalPass | None = None
         """The last final pass (None once its turn is answered)."""
+        self.score: float | None = None
+        """The end-of-turn model's last score (None once its turn is answered)."""
         self._tg: asyncio.TaskGroup | None = None
         self._jobs: set[asyncio.Task[None]] = set()
         self._partial_running = False
@@ -89,6 +91,9 @@ class Listener:
     def request_final(self, request: int) -> None:
         self._spawn(self._final_pass(request))
 
+    def score_turn(self, request: int) -> None:
+        self._spawn(self._score(request))
+
     def check_barge_in(self, request: int) -> None:
         self._spawn(self._barge_check(request))
 
@@ -113,6 +118,15 @@ class Listener:
         unclear = bool(text) and self.transcripts.is_unclear(result)
         self.final = FinalPass(now, result.compute_s, text, unclear)
         await self.answer(t.TranscriptReady(now, request, text))
+
+    async def _score(self, request: int) -> None:
+        """The end-of-turn model's P(complete) for the turn so far."""
+        try:
+            p = await self.engine.run_turn_score(self.inbound.turn_audio(), owner=self.owner)
+        except Dropped:  # a newer pause is being scored
+            return
+        self.score = p
+        await self.answer(t.TurnScore(self.clock.now(), request, p))
 
     async def _barge_check(self, request: int) -> None:
         """The words so far of speech that began while the agent was talking."""

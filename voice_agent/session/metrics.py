@@ -98,6 +98,10 @@ class TurnMetrics:
     """What ``heard_text`` was cut at: the client's playout report, or the audio sent."""
     interruptions: list[Interruption] = field(default_factory=list)
     fillers: list[tuple[float, str]] = field(default_factory=list)
+    end_p: float | None = None
+    """The end-of-turn model's P(complete) at the pause that ended the turn (None: unscored)."""
+    end_wait_s: float | None = None
+    """The pause the endpoint policy asked of this turn."""
 
     @property
     def voice_to_voice(self) -> float | None:
@@ -145,6 +149,10 @@ class TurnMetrics:
             "reply_audio_ms": round(self.reply_samples / 16.0, 1),
             "client_played_ms": round(self.client_played_samples / 16.0, 1),
             "kind": self.kind,
+            "end_of_turn": {
+                "p": None if self.end_p is None else round(self.end_p, 3),
+                "wait_ms": None if self.end_wait_s is None else round(self.end_wait_s * 1000),
+            },
             "heard_source": self.heard_source,
             "barge_in": [i.to_dict(t0) for i in self.interruptions],
             "fillers": [{"text": text, "at_ms": rel(at)} for at, text in self.fillers],

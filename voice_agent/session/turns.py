@@ -5,12 +5,21 @@ The caller and the agent each have a state (full duplex):
 - user: QUIET → SPEAKING → PAUSED → (SPEAKING again | turn ends → QUIET)
 - agent: IDLE → THINKING → SPEAKING → IDLE, tagged with a generation ``gen``
 
-End of turn is decided here. When the VAD reports a pause the machine asks
-for a transcript of the turn so far. A transcript that reads as a finished
-sentence (ends in . ? !) ends the turn once ``min_silence_s`` of silence has
-passed; otherwise the turn ends at ``max_silence_s`` of silence. Speech that
-resumes first continues the same turn. A turn whose transcript is empty
-(noise) is dropped.
+End of turn is decided here, by an :class:`EndpointPolicy`. When the VAD reports a
+pause the machine asks for a transcript of the turn so far (``RequestTranscript``)
+and, with an end-of-turn model, for its probability that the turn is complete
+(``ScoreTurn`` → :class:`TurnScore`). The pause ends the turn once it has lasted:
+
+- ``max_wait_s`` when the transcript trails off (a last word such as "and", "um",
+  "for", "my", or a comma): the caller is mid-sentence, whatever else says;
+- with the model's score: ``complete_wait_s`` at ``complete_p`` or above,
+  ``unsure_wait_s`` at ``unsure_p`` or above, else ``max_wait_s``;
+- without it (no model, or its score not in yet): ``min_silence_s`` for a transcript
+  that reads as a finished sentence (ends in . ? !), else ``max_silence_s``. A score
+  that arrives later moves the deadline.
+
+Speech that resumes first continues the same turn. A turn whose transcript is
+empty (noise) is dropped.
 
 Preemptive replies: when the transcript of a pause arrives and the agent
 is idle, the machine does not wait for the end of turn to start the reply:
@@ -93,6 +102,16 @@ class TranscriptReady:
 
 
 @dataclass(frozen=True)
+class TurnScore:
+    """The end-of-turn model's answer to ``ScoreTurn(request)``."""
+
+    t: float
+    request: int
+    p: float
+    """P(the turn is complete)."""
+
+
+@dataclass(frozen=True)
 class TextInput:
     t: float
     text: str
@@ -142,6 +161,7 @@ Event = (
     SpeechStarted
     | SpeechStopped
     | TranscriptReady
+    | TurnScore
     | TextInput
     | ReplyAudioStarted
     | ReplyFinished
@@ -158,6 +178,13 @@ Event = (
 class RequestTranscript:
     request: int
     """Transcribe the current turn's audio; answer with TranscriptReady(request=...)."""
+
+
+@dataclass(frozen=True)
+class ScoreTurn:
+    request: int
+    """Score the current turn's audio with the end-of-turn model; answer with
+    TurnScore(request=...)."""
 
 
 @dataclass(frozen=True)
@@ -246,6 +273,7 @@ class Say:
 
 Command = (
     RequestTranscript
+    | ScoreTurn
     | DiscardTurn
     | StartReply
     | PrepareReply
@@ -317,6 +345,51 @@ class DuplexPolicy:
     """After the idle prompt, this much more silence ends the session (with a goodbye)."""
 
 
+TRAILING = frozenset(
+    "and or but so because cause um uh er erm like the a an my your our their his her its "
+    "this that for to of with in on at from by about into is are was were if than then "
+    "when which who whose where".split()
+)
+"""Last words after which a sentence cannot be over (whisper often writes a full stop at
+the pause anyway: "I'd like a table for." )."""
+
+
+def trails_off(text: str) -> bool:
+    """Does the transcript stop mid-sentence: a comma, an ellipsis, or a last word from
+    ``TRAILING`` (a question mark says otherwise: "What is it for?")?"""
+    t = text.rstrip().rstrip("\"'”’)")
+    if not t or t.endswith(("?", "!")):
+        return False
+    if t.endswith((",", ";", ":", "-", "—", "...", "…")):  # whisper's "..." : it heard more
+        return True
+    last = t.rstrip(".…").split()[-1].strip(".,!?;:…\"'()").lower() if t.rstrip(".…") else ""
+    return last in TRAILING
+
+
+@dataclass(frozen=True)
+class EndpointPolicy:
+    """When a pause ends the turn (seconds of silence from the caller's last word; see
+    the module docstring). The VAD's own stop (``vad_stop_ms``) comes first."""
+
+    scored: bool = True
+    """Ask the end-of-turn model (when the engine has one)."""
+    complete_p: float = 0.7
+    """Chosen by ``voice-agent bench --turns`` (README): 0.5 cut off more, 0.9 waited 2 s
+    at more true ends."""
+    complete_wait_s: float = 0.2
+    unsure_p: float = 0.7
+    """An unsure zone (``unsure_p`` up to ``complete_p``, ``unsure_wait_s``) is off by
+    default: at 0.3 with a 1 s wait it only added cut-offs in the bench."""
+    unsure_wait_s: float = 1.0
+    max_wait_s: float = 2.0
+    """An incomplete turn's longest wait: the caller is thinking."""
+    cues: bool = True
+    """A transcript that trails off waits ``max_wait_s``."""
+    finished_to_complete: bool = True
+    """A complete score counts only for a transcript that reads as a finished sentence
+    (otherwise it is an unsure one)."""
+
+
 @dataclass
 class _Barge:
     gen: int
@@ -355,6 +428,7 @@ class TurnMachine:
         prepare_after_s: float = 0.25,
         duplex: DuplexPolicy | None = None,
         t0: float = 0.0,
+        endpoint: EndpointPolicy | None = None,
     ) -> None:
         if not 0 <= min_silence_s <= max_silence_s:
             raise ValueError("need 0 <= min_silence_s <= max_silence_s")
@@ -362,6 +436,7 @@ class TurnMachine:
         self.max_silence_s = max_silence_s
         self.preemptive = preemptive
         self.prepare_after_s = prepare_after_s
+        self.endpoint = endpoint or EndpointPolicy(scored=False)
         self.user = UserState.QUIET
         self.agent = AgentState.IDLE
         self.gen = 0
@@ -373,6 +448,9 @@ class TurnMachine:
         self._request = 0
         self._pause_at: float | None = None
         self._text: str | None = None
+        self._score: float | None = None
+        self.wait_s: float | None = None
+        """The pause the current turn needs before it ends (None until its transcript)."""
         self._deadline: float | None = None
         self._prepare_at: float | None = None
         self.duplex = duplex
@@ -421,7 +499,7 @@ class TurnMachine:
             case SpeechStarted(t=t, at=at):
                 cmds = self._drop_prepared()
                 if self.user is UserState.PAUSED:
-                    self._text = None
+                    self._text = self._score = self.wait_s = None
                     self._deadline = None
                     self._prepare_at = None
                 self.user = UserState.SPEAKING
@@ -433,14 +511,23 @@ class TurnMachine:
                     return []
                 self.user = UserState.PAUSED
                 self._pause_at = at
-                self._text = None
+                self._text = self._score = self.wait_s = None
                 self._request += 1
                 self._deadline = at + self.max_silence_s
+                if self.endpoint.scored:
+                    return [RequestTranscript(self._request), ScoreTurn(self._request)]
                 return [RequestTranscript(self._request)]
             case TranscriptReady(t=t, request=req, text=text):
                 if req != self._request or self.user is not UserState.PAUSED:
                     return []
                 return self._on_transcript(t, text.strip())
+            case TurnScore(t=t, request=req, p=p):
+                if req != self._request or self.user is not UserState.PAUSED:
+                    return []
+                self._score = p
+                if self._text is None:
+                    return []  # decided once the transcript is in
+                return self._schedule(t)
             case BargeInTranscript(t=t, request=req, text=text):
                 b = self.barge
                 if b is None or b.request != req:
@@ -527,11 +614,33 @@ class TurnMachine:
                 self._idle_since = t
             return [*cmds, DiscardTurn()]
         self._text = text
-        wait = self.min_silence_s if looks_finished(text) else self.max_silence_s
-        self._deadline = self._pause_at + wait
-        if self.preemptive and self.agent is AgentState.IDLE:
-            self._prepare_at = self._pause_at + self.prepare_after_s
-            cmds += self._maybe_prepare(t)
+        return cmds + self._schedule(t)
+
+    def turn_wait(self, text: str, score: float | None) -> float:
+        """How long a pause ends a turn whose transcript is ``text`` (and whose score is
+        ``score``, None when unknown)."""
+        e = self.endpoint
+        if e.cues and trails_off(text):
+            return max(e.max_wait_s, self.max_silence_s)
+        if score is None or not e.scored:
+            return self.min_silence_s if looks_finished(text) else self.max_silence_s
+        if score >= e.complete_p and (looks_finished(text) or not e.finished_to_complete):
+            return e.complete_wait_s
+        return e.unsure_wait_s if score >= e.unsure_p else e.max_wait_s
+
+    def _schedule(self, t: float) -> list[Command]:
+        """The transcript (and perhaps the score) is in: set the turn's deadline, prepare
+        the reply when the turn leans complete, and end it if the pause is long enough."""
+        assert self._pause_at is not None and self._text is not None
+        e = self.endpoint
+        self.wait_s = self.turn_wait(self._text, self._score)
+        self._deadline = self._pause_at + self.wait_s
+        leans = not e.scored or (self._score is not None and self._score >= e.unsure_p)
+        cmds: list[Command] = []
+        if self.preemptive and self.agent is AgentState.IDLE and self.prepared is None:
+            if leans and not (e.cues and trails_off(self._text)):
+                self._prepare_at = self._pause_at + self.prepare_after_s
+                cmds += self._maybe_prepare(t)
         if t >= self._deadline:
             cmds += self._finish(t)
         return cmds
@@ -650,7 +759,7 @@ class TurnMachine:
         self.user = UserState.QUIET
         self._deadline = None
         self._prepare_at = None
-        self._text = None
+        self._text = self._score = None
         if self.prepared is not None:
             self.gen, self.prepared = self.prepared, None
             self.agent = AgentState.THINKING
