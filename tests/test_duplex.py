@@ -205,38 +205,51 @@ async def test_own_echo_does_not_interrupt_but_a_caller_over_the_echo_does(
     assert "country" in finals
 
 
+async def jfk_quotes_the_agent(
+    stt_tts: Any, speech_seconds: Any, jfk_path: Path, line: str, total_s: float
+) -> tuple[WsCaller, ScriptedLLMDouble, float]:
+    """The caller types "Tell me something.", the agent says ``line``, and 4 s into the
+    call jfk says "ask what you can do for your country" (the caller, with no echo)."""
+    from conftest import start_server
+
+    from voice_agent.server import create_app
+
+    stt, tts = stt_tts
+    llm = ScriptedLLMDouble([[line]], default=["Okay."])
+    engine = Engine(stt=stt, tts=tts, llm=llm, new_vad=WebRtcVad, speech_seconds=speech_seconds)
+    app = create_app(engine=engine)
+    srv, addr, task = await start_server(app)
+    at = 4.0
+    try:
+        quote = load_audio_16k(jfk_path)[int(7.8 * SAMPLE_RATE) :]
+        caller = WsCaller(f"ws://{addr}/v1/voice/ws", mic_with(quote, at, total_s=total_s))
+        caller.say("Tell me something.")
+        await caller.run(total_s, stop=lambda: _reply_done(caller, 2))
+    finally:
+        srv.should_exit = True
+        await task
+    return caller, llm, caller.mic_time(int(at * SAMPLE_RATE))
+
+
+def assert_quote_taken_as_a_turn(caller: WsCaller, llm: ScriptedLLMDouble) -> None:
+    finals = [e["text"] for _, e in caller.log.of_type("transcript.final")]
+    assert len(finals) == 2 and finals[0] == "Tell me something.", finals
+    assert "ask what you can do for your country" in finals[1].lower()
+    assert len(llm.requests) == 2 and "country" in llm.requests[1][-1]["content"].lower()
+
+
 async def test_a_caller_repeating_the_agents_words_after_it_stopped_is_heard_not_echo(
     stt_tts: Any, speech_seconds: Any, jfk_path: Path
 ) -> None:
     """Only agent words sent while the caller's speech could hold their echo count as echo:
     a caller quoting the finished reply back (the same words, seconds later) takes a turn.
     (CI once lost jfk's last line this way: the agent had just said it too.)"""
-    from conftest import start_server
-
-    from voice_agent.server import create_app
-
-    stt, tts = stt_tts
     line = "Ask what you can do for your country."
-    llm = ScriptedLLMDouble([[line]], default=["Okay."])
-    engine = Engine(stt=stt, tts=tts, llm=llm, new_vad=WebRtcVad, speech_seconds=speech_seconds)
-    app = create_app(engine=engine)
-    srv, addr, task = await start_server(app)
-    try:
-        quote = load_audio_16k(jfk_path)[int(7.8 * SAMPLE_RATE) :]  # jfk says the same
-        at = 4.0  # the reply has ended by then (at ~2.9 s on 2 cores)
-        caller = WsCaller(f"ws://{addr}/v1/voice/ws", mic_with(quote, at, total_s=15))
-        caller.say("Tell me something.")
-        await caller.run(15.0, stop=lambda: _reply_done(caller, 2))
-    finally:
-        srv.should_exit = True
-        await task
-    log = caller.log
-    end1 = next(t for t, e in log.of_type("reply.audio.end") if e["gen"] == 1)
-    assert end1 < caller.mic_time(int(at * SAMPLE_RATE)), end1 - caller.mic_time(0)
-    finals = [e["text"] for _, e in log.of_type("transcript.final")]
-    assert len(finals) == 2 and finals[0] == "Tell me something.", finals
-    assert "ask what you can do for your country" in finals[1].lower()
-    assert len(llm.requests) == 2 and "country" in llm.requests[1][-1]["content"].lower()
+    caller, llm, at = await jfk_quotes_the_agent(stt_tts, speech_seconds, jfk_path, line, 15)
+    # the reply has ended by the time jfk speaks (at ~2.9 s on 2 cores)
+    end1 = next(t for t, e in caller.log.of_type("reply.audio.end") if e["gen"] == 1)
+    assert end1 < at, end1 - caller.mic_time(0)
+    assert_quote_taken_as_a_turn(caller, llm)
 
 
 async def test_a_caller_saying_the_agents_words_while_it_says_them_barges_in(
@@ -245,33 +258,13 @@ async def test_a_caller_saying_the_agents_words_while_it_says_them_barges_in(
     """On a line with no echo, the agent's words in the caller's mouth are the caller's,
     even while the agent is saying them. (Busy CI runs lost jfk's second half this way:
     the reply to his first half quoted "ask what you can do for your country" as he said it.)"""
-    from conftest import start_server
-
-    from voice_agent.server import create_app
-
-    stt, tts = stt_tts
     line = "Ask what you can do for your country. " * 4
-    llm = ScriptedLLMDouble([[line]], default=["Okay."])
-    engine = Engine(stt=stt, tts=tts, llm=llm, new_vad=WebRtcVad, speech_seconds=speech_seconds)
-    app = create_app(engine=engine)
-    srv, addr, task = await start_server(app)
-    try:
-        quote = load_audio_16k(jfk_path)[int(7.8 * SAMPLE_RATE) :]
-        at = 4.0  # the agent has said the line once and is saying it again
-        caller = WsCaller(f"ws://{addr}/v1/voice/ws", mic_with(quote, at, total_s=20))
-        caller.say("Tell me something.")
-        await caller.run(20.0, stop=lambda: _reply_done(caller, 2))
-    finally:
-        srv.should_exit = True
-        await task
-    log = caller.log
-    start1 = next(t for t, e in log.of_type("reply.audio.start") if e["gen"] == 1)
-    assert start1 < caller.mic_time(int(at * SAMPLE_RATE)) - 2.5  # it was talking before
-    assert [e for _, e in log.of_type("barge_in") if e["gen"] == 1]
-    finals = [e["text"] for _, e in log.of_type("transcript.final")]
-    assert len(finals) == 2 and finals[0] == "Tell me something.", finals
-    assert "ask what you can do for your country" in finals[1].lower()
-    assert len(llm.requests) == 2 and "country" in llm.requests[1][-1]["content"].lower()
+    caller, llm, at = await jfk_quotes_the_agent(stt_tts, speech_seconds, jfk_path, line, 20)
+    # the agent had said the line once and was saying it again
+    start1 = next(t for t, e in caller.log.of_type("reply.audio.start") if e["gen"] == 1)
+    assert start1 < at - 2.5
+    assert [e for _, e in caller.log.of_type("barge_in") if e["gen"] == 1]
+    assert_quote_taken_as_a_turn(caller, llm)
 
 
 async def test_an_idle_caller_hears_the_prompt_then_goodbye_and_the_socket_closes_1000(
