@@ -212,13 +212,18 @@ def analyse(
     return out
 
 
-def decide(a: Analysed, make: Callable[[], t.TurnMachine]) -> float | None:
-    """When the turn machine ends the turn (s), replaying ``a`` with its measured times."""
+def decide(
+    a: Analysed, make: Callable[[], t.TurnMachine], speculate_s: float | None = None
+) -> float | None:
+    """When the turn machine ends the turn (s), replaying ``a`` with its measured times.
+    With ``speculate_s`` the final pass starts that far into each pause (as the session
+    does), not when the VAD confirms it."""
     m = make()
     events: list[t.Event] = [t.SpeechStarted(conf, at) for at, conf in a.onsets]
     for k, p in enumerate(a.pauses, start=1):
         events.append(t.SpeechStopped(p.confirmed, p.at))
-        events.append(t.TranscriptReady(p.confirmed + p.stt_s, k, p.text))
+        began = p.confirmed if speculate_s is None else min(p.at + speculate_s, p.confirmed)
+        events.append(t.TranscriptReady(max(p.confirmed, began + p.stt_s), k, p.text))
         if p.p is not None:
             events.append(t.TurnScore(p.confirmed + p.score_s, k, p.p))
     order = {t.SpeechStarted: 0, t.SpeechStopped: 0, t.TurnScore: 1, t.TranscriptReady: 2}
@@ -239,7 +244,12 @@ def decide(a: Analysed, make: Callable[[], t.TurnMachine]) -> float | None:
             return now
 
 
-def policies(cfg: SessionConfig) -> list[tuple[str, Callable[[], t.TurnMachine]]]:
+def policies(
+    cfg: SessionConfig,
+) -> list[tuple[str, Callable[[], t.TurnMachine], float | None]]:
+    """The curve's policies: (name, machine, when the final pass starts into a pause).
+    Each replays with the final pass started at the VAD's stop, except the last: the
+    session's default as it runs, with the pass ``speculate_ms`` into the pause."""
     def machine(lo: float, hi: float, **endpoint: Any) -> Callable[[], t.TurnMachine]:
         policy = t.EndpointPolicy(**endpoint)
         return lambda: t.TurnMachine(lo, hi, preemptive=False, endpoint=policy)
@@ -267,7 +277,12 @@ def policies(cfg: SessionConfig) -> list[tuple[str, Callable[[], t.TurnMachine]]
         (f"default (model {e.complete_p}/{e.unsure_p} + cues)",
          machine(lo, hi, **{f: getattr(e, f) for f in e.__dataclass_fields__}))
     )  # fmt: skip
-    return out
+    rows: list[tuple[str, Callable[[], t.TurnMachine], float | None]]
+    rows = [(name, make, None) for name, make in out]
+    if cfg.speculate_ms is not None:
+        name, make = out[-1]
+        rows.append((f"{name}, STT {cfg.speculate_ms} ms in", make, cfg.speculate_ms / 1000))
+    return rows
 
 
 def judge(a: Analysed, decided: float | None) -> dict[str, Any]:
@@ -328,8 +343,8 @@ async def run_turns_bench(
           f"end-of-turn model {cfg.turn_model})")  # fmt: skip
     head = f"  {'policy':<36} {'cut-offs':>12} {'endpoint p50':>13} {'p95':>7}"
     print(f"{head}   cut-offs by recording")
-    for name, make in policies(session):
-        rows = [judge(a, decide(a, make)) for a in analysed]
+    for name, make, early in policies(session):
+        rows = [judge(a, decide(a, make, early)) for a in analysed]
         s = summarize(rows)
         results[name] = s
         lat = s["endpoint_ms"]

@@ -130,21 +130,23 @@ def test_a_spoken_turn_end_to_end_on_exact_times() -> None:
     s, m = call.session, call.session.turns[0]
     assert [e["t_ms"] for e in call.events("speech.started")] == [500.0]
     assert [e["t_ms"] for e in call.events("speech.stopped")] == [1500.0]
-    # the VAD confirms the stop at 1.62 s; the final pass takes 0.3 s; the reply is prepared
-    # at once (the pause has passed 0.25 s) and committed at 0.6 s of silence (a full stop)
-    assert m.stt_final == pytest.approx(s.t0 + 1.92)
-    assert m.llm_request == pytest.approx(s.t0 + 1.92)
+    # the final pass starts 40 ms into the pause (before the VAD confirms it at 1.62 s)
+    # and takes 0.3 s; the reply is prepared at once (the pause has passed 0.25 s) and
+    # committed at 0.6 s of silence (a full stop; no end-of-turn model here)
+    assert m.stt_final == pytest.approx(s.t0 + 1.84)
+    assert m.llm_request == pytest.approx(s.t0 + 1.84)
     assert m.decided == pytest.approx(s.t0 + 2.1)
     # "noon." is a sentence once the third token shows it is over (3 x 50 ms); TTS takes
-    # 0.1 s, so its audio is ready after the end of turn and plays at once
-    assert m.first_sentence == pytest.approx(s.t0 + 2.07)
-    assert m.tts_first_audio == pytest.approx(s.t0 + 2.17)
-    assert m.first_audio_out == pytest.approx(s.t0 + 2.17)
-    assert m.voice_to_voice == pytest.approx(0.67)
+    # 0.1 s, so its audio is ready before the end of turn and plays at it
+    assert m.first_sentence == pytest.approx(s.t0 + 1.99)
+    assert m.tts_first_audio == pytest.approx(s.t0 + 2.09)
+    assert m.first_audio_out == pytest.approx(s.t0 + 2.1)
+    assert m.voice_to_voice == pytest.approx(0.6)
     types = call.out.types()
+    # the whole reply was generated before the commit: its text goes out as one delta
     assert types == [
         "speech.started", "transcript.partial", "speech.stopped", "transcript.final",
-        "reply.start", "reply.delta", "reply.delta", "reply.audio.start", "reply.audio.end",
+        "reply.start", "reply.delta", "reply.audio.start", "reply.audio.end",
         "reply.done", "metrics",
     ]  # fmt: skip
     # every frame 20 ms after the one before (the second sentence was queued in time)
@@ -159,6 +161,26 @@ def test_a_spoken_turn_end_to_end_on_exact_times() -> None:
         {"role": "assistant", "content": "It is noon. Have a nice day."},
     ]
     assert call.llm.closed_streams == 1
+
+
+def test_a_final_pass_started_in_a_dip_the_caller_talks_through_is_not_used() -> None:
+    """Speculation: a 60 ms dip starts a final pass (40 ms in), but the VAD never confirms
+    that stop; the turn's final pass is the one started 40 ms into the real pause."""
+
+    async def main() -> Call:
+        llm = ScriptedLLMDouble([["Sure."]], 0.05)
+        call = await dial(llm, idle_prompt_s=None)
+        await call.quiet(0.5)
+        await call.say(np.concatenate([tone(1.0, 500), silence(0.06), tone(0.5, 700)]))
+        await call.until(completed(call))
+        await call.end()
+        return call
+
+    call = run_virtual(main())
+    s, m = call.session, call.session.turns[0]
+    assert [e["t_ms"] for e in call.events("speech.stopped")] == [2060.0]
+    assert m.user_text == "What time is it? and the date?"
+    assert m.stt_final == pytest.approx(s.t0 + 2.06 + 0.04 + 0.3)
 
 
 def test_an_llm_dying_mid_reply_keeps_the_partial_reply_and_tells_no_internals() -> None:

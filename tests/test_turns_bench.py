@@ -26,7 +26,7 @@ def jfk_like(inner_p: float) -> Analysed:
 
 
 def test_a_policy_that_ends_at_the_inner_pause_cuts_the_speaker_off() -> None:
-    made = dict(policies(SessionConfig()))
+    made = {name: make for name, make, _ in policies(SessionConfig())}
     # 300 ms of silence ends the turn at the first pause, once its transcript is in (2.32 s)
     vad = made["vad silence 0.3 s"]
     assert decide(jfk_like(0.1), vad) == pytest.approx(2.32)
@@ -67,3 +67,10 @@ def test_a_stretched_pause_is_filled_with_the_recordings_own_quiet_stretch() -> 
     fill = noise_floor(pcm, 1.0)
     # (attenuated until webrtcvad hears no speech in the loop, never louder)
     assert len(fill) == 16000 and 1 < fill.std() < 40 and np.abs(fill).max() < 200
+
+
+def test_a_final_pass_started_40_ms_into_the_pause_decides_sooner() -> None:
+    (name, make, early), *_ = [p for p in policies(SessionConfig()) if p[2] is not None]
+    assert early == 0.04 and name.endswith("STT 40 ms in")
+    # the transcript is in at 5.0 + 0.04 + 0.2 = 5.24 s, not 5.32: the turn ends then
+    assert decide(jfk_like(0.1), make, early) == pytest.approx(5.24)

@@ -60,3 +60,12 @@ def test_from_ms_rounds_up_to_whole_frames() -> None:
 def test_rejects_zero_frames() -> None:
     with pytest.raises(ValueError):
         VadHysteresis(F, 0, 1)
+
+
+def test_the_quiet_run_of_a_stop_being_confirmed() -> None:
+    h = VadHysteresis(F, 1, 3)
+    assert h.update(True) == VadStart(0) and h.quiet_run is None
+    h.update(True)
+    assert h.update(False) is None and h.quiet_run == (2 * F, 1)
+    assert h.update(False) is None and h.quiet_run == (2 * F, 2)
+    assert h.update(False) == VadStop(2 * F) and h.quiet_run is None

@@ -53,13 +53,15 @@ class SessionConfig:
     date line). The session's timing never reads it: that is the injected Clock."""
     vad_start_ms: int = 60
     vad_stop_ms: int = 120
-    # A turn whose transcript reads as finished ends after min_silence_s of
-    # silence, any other after max_silence_s. Whisper often puts a full stop at
-    # a mid-sentence pause (jfk.flac: "…can do for you." at a 540 ms pause), so
-    # min_silence_s stays above common pauses; on 2 cores the final STT pass
-    # (~550 ms after the VAD's 120 ms) takes longer than this anyway.
+    # Without an end-of-turn score (no model, or its score not in yet), a turn whose
+    # transcript reads as finished ends after min_silence_s of silence, any other after
+    # max_silence_s. Whisper often puts a full stop at a mid-sentence pause (jfk.flac:
+    # "…can do for you." at a 540 ms pause), so min_silence_s stays above common pauses.
     min_silence_s: float = 0.6
     max_silence_s: float = 1.0
+    speculate_ms: int | None = 40
+    """Start the final STT pass this far into a pause, before the VAD confirms it (at
+    ``vad_stop_ms``); if the caller goes on, the pass is dropped (None: at the stop)."""
     preroll_ms: int = 300
     max_turn_s: float = 28.0
     partial_interval_s: float = 0.8

@@ -97,6 +97,7 @@ class Session:
         self.listener = Listener(
             engine, self, self.inbound, self.filter, self.machine, clock, self._control.put,
             self.emit, cfg.partial_interval_s,
+            None if cfg.speculate_ms is None else max(1, -(-cfg.speculate_ms // 20)),
         )  # fmt: skip
 
     # -- input from the transport (never blocks, never raises) -----------------
@@ -200,6 +201,8 @@ class Session:
                         await self._control.put(t.SpeechStopped(self.clock.now(), ev.at))
                 if self.inbound.state is VadState.SPEAKING:
                     self.listener.frames_pushed()
+                elif self.inbound.state is VadState.STOPPING:
+                    self.listener.silence_pushed()
             finally:
                 self._inbound_q.task_done()
         self._inbound_q.task_done()

@@ -74,6 +74,8 @@ class InboundPipeline:
         self._partial_at = 0
         self._speech_sample: int | None = None
         """Where the speech going on now began (None: no speech since the last stop)."""
+        self.stop_sample: int | None = None
+        """The first silent sample of the last confirmed stop."""
 
     @property
     def state(self) -> VadState:
@@ -111,6 +113,7 @@ class InboundPipeline:
                 events.append(SpeechOnset(at))
             elif isinstance(event, VadStop):
                 self._speech_sample = None
+                self.stop_sample = event.at_sample
                 events.append(SpeechEnd(self.sample_time(event.at_sample)))
         self._carry = carry[n * FRAME_SAMPLES :]
         return events

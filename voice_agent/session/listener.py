@@ -46,11 +46,16 @@ class Listener:
         answer: Callable[[t.Event], Awaitable[None]],
         emit: Callable[..., Awaitable[None]],
         partial_every_s: float,
+        speculate_frames: int | None = None,
     ) -> None:
         self.engine, self.owner, self.inbound = engine, owner, inbound
         self.transcripts, self.machine, self.clock = transcripts, machine, clock
         self.answer, self.emit = answer, emit
         self.partial_every_s = partial_every_s
+        self.speculate_frames = speculate_frames
+        self._spec: tuple[int, int, asyncio.Future[Transcript | None]] | None = None
+        """A final pass started early, in a pause not yet confirmed: (its first silent
+        sample, the turn's first sample, the result; None if it was dropped)."""
         self.final: FinalPass | None = None
         """The last final pass (None once its turn is answered)."""
         self.score: float | None = None
@@ -88,6 +93,31 @@ class Listener:
         if self.inbound.partial_due(self.partial_every_s):
             self._spawn(self._partial())
 
+    def silence_pushed(self) -> None:
+        """After each inbound chunk while the VAD confirms a stop: once the pause has
+        lasted ``speculate_frames``, start the final pass on the turn so far. If the stop
+        is confirmed, that pass answers the final request (it started up to
+        ``vad_stop_ms`` sooner); if the caller goes on, it is dropped."""
+        run = self.inbound.hysteresis.quiet_run
+        if self.speculate_frames is None or run is None or self._tg is None:
+            return
+        start, frames = run
+        if frames < self.speculate_frames or (self._spec is not None and self._spec[0] == start):
+            return
+        result: asyncio.Future[Transcript | None] = asyncio.get_running_loop().create_future()
+        self._spec = (start, self.inbound.turn_start_sample, result)
+        self._spawn(self._speculate(result))
+
+    async def _speculate(self, out: asyncio.Future[Transcript | None]) -> None:
+        result: Transcript | None = None
+        try:
+            result = await self._transcribe(partial=False)
+        except Dropped:  # a newer final pass replaced it before it started
+            pass
+        finally:
+            if not out.done():
+                out.set_result(result)
+
     def request_final(self, request: int) -> None:
         self._spawn(self._final_pass(request))
 
@@ -109,10 +139,16 @@ class Listener:
             await self.emit("transcript.partial", text=result.text)
 
     async def _final_pass(self, request: int) -> None:
-        try:
-            result = await self._transcribe(partial=False)
-        except Dropped:  # a newer request answers
-            return
+        spec, self._spec = self._spec, None
+        result: Transcript | None = None
+        here = (self.inbound.stop_sample, self.inbound.turn_start_sample)
+        if spec is not None and spec[:2] == here:
+            result = await spec[2]  # started early, in this very pause
+        if result is None:
+            try:
+                result = await self._transcribe(partial=False)
+            except Dropped:  # a newer request answers
+                return
         now = self.clock.now()
         text = self.transcripts.final(result, self.inbound.turn_start_sample)
         unclear = bool(text) and self.transcripts.is_unclear(result)

@@ -98,6 +98,13 @@ class VadHysteresis:
         return None
 
     @property
+    def quiet_run(self) -> tuple[int, int] | None:
+        """While a stop is being confirmed: (its first silent sample, silent frames so far)."""
+        if self.state is not VadState.STOPPING:
+            return None
+        return self._run_start, self._run
+
+    @property
     def speaking(self) -> bool:
         """True from a confirmed start until a confirmed stop."""
         return self.state in (VadState.SPEAKING, VadState.STOPPING)
