@@ -265,16 +265,15 @@ def policies(
     out.append(("transcript + cues", machine(lo, hi, scored=False, cues=True)))
     for p in (0.3, 0.5, 0.7, 0.9):
         out.append(
-            (f"model p>={p}", machine(lo, hi, scored=True, cues=False, complete_p=p, unsure_p=p))
+            (f"model p>={p}", machine(lo, hi, cues=False, complete_p=p, model_alone=True))
         )
     for p in (0.3, 0.5, 0.7):
-        out.append((f"model p>={p} + cues", machine(lo, hi, cues=True, complete_p=p, unsure_p=p)))
-    for p in (0.5, 0.7):
-        both = machine(lo, hi, cues=True, complete_p=p, unsure_p=p, finished_to_complete=True)
-        out.append((f"model p>={p} + finished + cues", both))
+        out.append((f"model p>={p} + cues", machine(lo, hi, complete_p=p, model_alone=True)))
+    for p in (0.5, 0.9):
+        out.append((f"model p>={p} + transcript + cues", machine(lo, hi, complete_p=p)))
     e = cfg.endpoint
     out.append(
-        (f"default (model {e.complete_p}/{e.unsure_p} + cues)",
+        (f"default (model p>={e.complete_p} + transcript + cues)",
          machine(lo, hi, **{f: getattr(e, f) for f in e.__dataclass_fields__}))
     )  # fmt: skip
     rows: list[tuple[str, Callable[[], t.TurnMachine], float | None]]

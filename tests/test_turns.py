@@ -584,9 +584,10 @@ def test_a_lone_function_word_at_the_end_of_the_turn_resumes_the_reply() -> None
 
 
 def scored(preemptive: bool = False, **policy: float) -> TurnMachine:
-    """Complete at 0.5 (0.2 s), unsure at 0.2 (0.8 s), else 2 s; whatever the defaults."""
-    values = {"complete_p": 0.5, "complete_wait_s": 0.2, "unsure_p": 0.2, "unsure_wait_s": 0.8,
-              "max_wait_s": 2.0, "finished_to_complete": False} | policy  # fmt: skip
+    """Complete at 0.5: 0.2 s when the transcript agrees, 0.8 s when not, else 2 s;
+    whatever the defaults."""
+    values = {"complete_p": 0.5, "complete_wait_s": 0.2, "unsure_wait_s": 0.8,
+              "max_wait_s": 2.0} | policy  # fmt: skip
     return TurnMachine(
         0.6, 1.0, preemptive=preemptive, prepare_after_s=0.1,
         endpoint=EndpointPolicy(scored=True, **values),  # type: ignore[arg-type]
@@ -640,33 +641,62 @@ def test_a_score_before_the_transcript_is_used_when_it_comes() -> None:
     assert m.handle(Tick(1.2)) == [StartReply(1, "What time is it?", speech_end=1.0, decided=1.2)]
 
 
-@pytest.mark.parametrize(("p", "wait"), [(0.5, 0.2), (0.35, 0.8), (0.2, 0.8), (0.19, 2.0)])
-def test_the_score_sets_the_wait(p: float, wait: float) -> None:
+@pytest.mark.parametrize(
+    ("p", "text", "wait"),
+    [(0.5, "Ask not what your country can do for you.", 0.2),  # both say complete
+     (0.49, "Ask not what your country can do for you.", 0.8),  # a full stop it doubts
+     (0.9, "Ask not what your country can do", 0.8),  # no full stop, the model says done
+     (0.1, "Ask not what your country can do", 2.0),  # neither
+     (0.9, "Ask not what your country can do for", 2.0)],  # it trails off: the longest
+)  # fmt: skip
+def test_the_score_and_the_transcript_set_the_wait(p: float, text: str, wait: float) -> None:
     m = scored()
     m.handle(SpeechStarted(t=0.1, at=0.0))
     m.handle(SpeechStopped(t=1.12, at=1.0))
-    m.handle(TranscriptReady(t=1.15, request=1, text="Ask not what your country can do for you."))
+    m.handle(TranscriptReady(t=1.15, request=1, text=text))
     m.handle(TurnScore(t=1.18, request=1, p=p))
     assert m.wait_s == wait and m.next_deadline() == pytest.approx(1.0 + wait)
 
 
-def test_a_low_score_waits_and_the_caller_goes_on_in_the_same_turn() -> None:
+def test_the_model_alone_ignores_the_full_stop() -> None:
+    m = scored(model_alone=True)
+    m.handle(SpeechStarted(t=0.1, at=0.0))
+    m.handle(SpeechStopped(t=1.12, at=1.0))
+    m.handle(TranscriptReady(t=1.15, request=1, text="Ask not what your country can do"))
+    m.handle(TurnScore(t=1.18, request=1, p=0.9))
+    assert m.wait_s == 0.2
+
+
+def test_a_doubted_full_stop_waits_and_the_caller_goes_on_in_the_same_turn() -> None:
     m = scored(preemptive=True)
     m.handle(SpeechStarted(t=0.1, at=0.0))
     m.handle(SpeechStopped(t=4.5, at=4.4))
-    m.handle(TranscriptReady(t=4.8, request=1, text="Ask not what your country can do for you."))
-    # jfk's mid-sentence pause scores 0.015: no reply prepared, the deadline is 2 s out
-    assert m.handle(TurnScore(t=4.9, request=1, p=0.015)) == []
-    assert m.prepared is None and m.next_deadline() == pytest.approx(6.4)
-    assert m.handle(Tick(5.3)) == []
-    assert m.handle(SpeechStarted(t=5.45, at=5.4)) == []  # he goes on: one turn
+    text = "Ask not what your country can do for you."
+    m.handle(TranscriptReady(t=4.8, request=1, text=text))
+    # jfk's mid-sentence pause scores 0.015 against whisper's full stop: the unsure wait
+    # (0.8 s); a reply is prepared meanwhile, held
+    assert m.handle(TurnScore(t=4.9, request=1, p=0.015)) == [
+        PrepareReply(1, text, speech_end=4.4)
+    ]
+    assert m.next_deadline() == pytest.approx(5.2)
+    # he goes on after 540 ms: one turn, and the held reply is dropped unheard
+    assert m.handle(SpeechStarted(t=5.0, at=4.94)) == [CancelReply(1)]
     assert m.handle(SpeechStopped(t=11.1, at=11.0)) == [RequestTranscript(2), ScoreTurn(2)]
     assert m.handle(TurnScore(t=11.2, request=1, p=0.99)) == []  # stale: ignored
     assert m.handle(TurnScore(t=11.25, request=2, p=0.83)) == []
-    text = "Ask not what your country can do for you, ask what you can do for your country."
-    assert m.handle(TranscriptReady(t=11.3, request=2, text=text)) == [
-        PrepareReply(1, text, speech_end=11.0), CommitReply(1, decided=11.3)
+    whole = "Ask not what your country can do for you, ask what you can do for your country."
+    assert m.handle(TranscriptReady(t=11.3, request=2, text=whole)) == [
+        PrepareReply(2, whole, speech_end=11.0), CommitReply(2, decided=11.3)
     ]
+
+
+def test_a_low_score_and_no_full_stop_prepare_nothing_and_wait_the_longest() -> None:
+    m = scored(preemptive=True)
+    m.handle(SpeechStarted(t=0.1, at=0.0))
+    m.handle(SpeechStopped(t=1.12, at=1.0))
+    m.handle(TranscriptReady(t=1.2, request=1, text="So I was wondering whether"))
+    assert m.handle(TurnScore(t=1.3, request=1, p=0.05)) == []
+    assert m.prepared is None and m.next_deadline() == pytest.approx(3.0)
 
 
 def test_a_reply_is_prepared_once_the_score_leans_complete() -> None:
@@ -688,20 +718,3 @@ def test_a_trailing_transcript_prepares_nothing_whatever_the_score() -> None:
     m.handle(TranscriptReady(t=1.2, request=1, text="My order number is three five,"))
     assert m.handle(TurnScore(t=1.3, request=1, p=0.9)) == []
     assert m.prepared is None and m.wait_s == 2.0 and m.next_deadline() == pytest.approx(3.0)
-
-
-def test_a_complete_score_needs_a_finished_sentence_when_asked() -> None:
-    m = scored(finished_to_complete=True)
-    m.handle(SpeechStarted(t=0.1, at=0.0))
-    m.handle(SpeechStopped(t=1.12, at=1.0))
-    m.handle(TurnScore(t=1.14, request=1, p=0.9))
-    # the model says complete, the transcript has no full stop: only the unsure wait
-    assert m.handle(TranscriptReady(t=1.3, request=1, text="He began a confused complaint")) == []
-    assert m.wait_s == 0.8 and m.next_deadline() == pytest.approx(1.8)
-    m.handle(SpeechStarted(t=1.5, at=1.45))
-    m.handle(SpeechStopped(t=3.12, at=3.0))
-    m.handle(TurnScore(t=3.14, request=2, p=0.9))
-    text = "He began a confused complaint against the wizard."
-    assert m.handle(TranscriptReady(t=3.3, request=2, text=text)) == [
-        StartReply(1, text, speech_end=3.0, decided=3.3)
-    ]

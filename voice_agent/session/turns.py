@@ -12,8 +12,9 @@ and, with an end-of-turn model, for its probability that the turn is complete
 
 - ``max_wait_s`` when the transcript trails off (a last word such as "and", "um",
   "for", "my", or a comma): the caller is mid-sentence, whatever else says;
-- with the model's score: ``complete_wait_s`` at ``complete_p`` or above,
-  ``unsure_wait_s`` at ``unsure_p`` or above, else ``max_wait_s``;
+- with the model's score: ``complete_wait_s`` when it is ``complete_p`` or above and
+  the transcript reads as a finished sentence, ``max_wait_s`` when neither says so, and
+  ``unsure_wait_s`` when they disagree;
 - without it (no model, or its score not in yet): ``min_silence_s`` for a transcript
   that reads as a finished sentence (ends in . ? !), else ``max_silence_s``. A score
   that arrives later moves the deadline.
@@ -374,20 +375,20 @@ class EndpointPolicy:
     scored: bool = True
     """Ask the end-of-turn model (when the engine has one)."""
     complete_p: float = 0.7
-    """Chosen by ``voice-agent bench --turns`` (README): 0.5 cut off more, 0.9 waited 2 s
-    at more true ends."""
+    """The model's score from which a turn reads complete. Chosen by ``voice-agent bench
+    --turns`` (README): 0.5 cut off more, 0.9 waited longer at more true ends."""
     complete_wait_s: float = 0.2
-    unsure_p: float = 0.7
-    """An unsure zone (``unsure_p`` up to ``complete_p``, ``unsure_wait_s``) is off by
-    default: at 0.3 with a 1 s wait it only added cut-offs in the bench."""
+    """The model and the transcript agree the turn is complete (a finished sentence)."""
     unsure_wait_s: float = 1.0
+    """They disagree: a finished sentence the model doubts (it scores synthetic voices and
+    noisy tails low), or an unfinished one it calls complete."""
     max_wait_s: float = 2.0
-    """An incomplete turn's longest wait: the caller is thinking."""
+    """Both say incomplete, or the transcript trails off: the caller is thinking."""
     cues: bool = True
     """A transcript that trails off waits ``max_wait_s``."""
-    finished_to_complete: bool = True
-    """A complete score counts only for a transcript that reads as a finished sentence
-    (otherwise it is an unsure one)."""
+    model_alone: bool = False
+    """Ignore the transcript's punctuation: the score alone picks ``complete_wait_s`` or
+    ``max_wait_s`` (the bench's comparison)."""
 
 
 @dataclass
@@ -622,11 +623,15 @@ class TurnMachine:
         e = self.endpoint
         if e.cues and trails_off(text):
             return max(e.max_wait_s, self.max_silence_s)
+        finished = looks_finished(text)
         if score is None or not e.scored:
-            return self.min_silence_s if looks_finished(text) else self.max_silence_s
-        if score >= e.complete_p and (looks_finished(text) or not e.finished_to_complete):
-            return e.complete_wait_s
-        return e.unsure_wait_s if score >= e.unsure_p else e.max_wait_s
+            return self.min_silence_s if finished else self.max_silence_s
+        complete = score >= e.complete_p
+        if e.model_alone:
+            return e.complete_wait_s if complete else e.max_wait_s
+        if complete == finished:
+            return e.complete_wait_s if complete else e.max_wait_s
+        return e.unsure_wait_s
 
     def _schedule(self, t: float) -> list[Command]:
         """The transcript (and perhaps the score) is in: set the turn's deadline, prepare
@@ -635,7 +640,7 @@ class TurnMachine:
         e = self.endpoint
         self.wait_s = self.turn_wait(self._text, self._score)
         self._deadline = self._pause_at + self.wait_s
-        leans = not e.scored or (self._score is not None and self._score >= e.unsure_p)
+        leans = not e.scored or (self._score is not None and self.wait_s < e.max_wait_s)
         cmds: list[Command] = []
         if self.preemptive and self.agent is AgentState.IDLE and self.prepared is None:
             if leans and not (e.cues and trails_off(self._text)):
