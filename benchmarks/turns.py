@@ -3,8 +3,9 @@ as soon as the caller is done?
 
 Each utterance is one turn of real human speech. The set:
 
-- the project's real recordings as they are (jfk.flac has two natural pauses, one of a
-  second mid-sentence; the two speakers of stereo_diarization.wav);
+- the project's real recordings as they are (jfk.flac has two natural pauses, one of
+  half a second mid-sentence; the two speakers of stereo_diarization.wav; beckett.flac,
+  a quotation read with natural pauses of up to a second between its phrases);
 - the same recordings with a pause stretched into them at a word boundary (found by
   whisper's word timestamps, placed at the quietest 20 ms near it, filled with the
   recording's own background noise): every boundary, at each of ``STRETCH_S``;
@@ -144,7 +145,9 @@ def utterances(stt_model: Any, extra: Path | None) -> list[Utterance]:
     jfk = load_audio_16k(SAMPLES / "jfk.flac")
     left = load_audio_16k(SAMPLES / "stereo_diarization.wav", channel=0)
     right = load_audio_16k(SAMPLES / "stereo_diarization.wav", channel=1)
-    real = [("jfk", jfk), ("diarization-left", left), ("diarization-right", right)]
+    beckett = load_audio_16k(SAMPLES / "beckett.flac")
+    real = [("jfk", jfk), ("diarization-left", left), ("diarization-right", right),
+            ("beckett", beckett)]  # fmt: skip
     out = []
     for name, whole in real:
         # the turn ends 300 ms after its last word (the left channel goes on with the
