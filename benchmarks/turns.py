@@ -176,6 +176,16 @@ class Scorer:
         self.stt, self.model, self.speech_seconds = stt, model, speech_seconds
         self.filter = TranscriptFilter(SessionConfig().min_speech_s)
         self.cache: dict[str, tuple[str, float, float | None, float]] = {}
+        self.seeded: set[str] = set()
+
+    def partial(self, pcm: Pcm) -> None:
+        """A partial pass, untimed: the session runs one every ``partial_interval_s`` of
+        the turn, and an STT that reuses its last pass over the turn (Moonshine's
+        drafts) starts the final pass from it."""
+        key = hashlib.sha1(pcm.tobytes()).hexdigest()
+        if key not in self.seeded:
+            self.seeded.add(key)
+            self.stt.transcribe(pcm)
 
     def __call__(self, pcm: Pcm) -> tuple[str, float, float | None, float]:
         key = hashlib.sha1(pcm.tobytes()).hexdigest()
@@ -203,12 +213,17 @@ def analyse(
     )
     pcm = np.concatenate([utt.pcm, np.zeros(int(TAIL_S * SAMPLE_RATE), dtype=np.int16)])
     out = Analysed(utt)
+    partial = None  # the turn's audio at its latest partial pass
     for k in range(0, len(pcm) - FRAME_SAMPLES + 1, FRAME_SAMPLES):
         now = (k + FRAME_SAMPLES) / SAMPLE_RATE
+        if inbound.partial_due(cfg.partial_interval_s):
+            partial = inbound.turn_audio()
         for ev in inbound.push(pcm[k : k + FRAME_SAMPLES], now):
             if isinstance(ev, SpeechOnset):
                 out.onsets.append((ev.at, now))
             elif isinstance(ev, SpeechEnd):
+                if partial is not None:
+                    score.partial(partial)
                 text, stt_s, p, score_s = score(inbound.turn_audio())
                 out.pauses.append(Pause(ev.at, now, text, stt_s, p, score_s))
     assert inbound.state is not VadState.SPEAKING, f"{utt.name}: no silence at the end"
@@ -325,14 +340,14 @@ async def run_turns_bench(
 ) -> int:
     from voice_agent.endpoint.smart_turn import SmartTurn
     from voice_agent.models import smart_turn_path
-    from voice_agent.runtime import _speech_detector, _vad_factory
+    from voice_agent.runtime import _speech_detector, _vad_factory, load_stt
     from voice_agent.stt.whisper import WhisperSTT
 
     session = SessionConfig()
-    stt = WhisperSTT(cfg.stt_model, threads=cfg.stt_threads)
+    stt = load_stt(cfg.stt_model, cfg.stt_threads)
     model = None if cfg.turn_model == "off" else SmartTurn(smart_turn_path(cfg.turn_model))
-    log(f"building the set (word timestamps from {cfg.stt_model})…")
-    utts = utterances(stt._model, getattr(args, "turns_dir", None))
+    log("building the set (word timestamps from whisper tiny-en)…")
+    utts = utterances(WhisperSTT("tiny-en")._model, getattr(args, "turns_dir", None))
     score = Scorer(stt, model, _speech_detector())
     new_vad = _vad_factory(cfg)
     analysed = []

@@ -188,6 +188,7 @@ class ScriptedSTTDouble:
     log-probability (-1.2), as whisper reads garbled speech; the others with -0.1."""
 
     name = "scripted-stt-double"
+    unclear_logprob = -0.7
 
     def __init__(self, words: dict[int, str], unsure: frozenset[int] = frozenset()) -> None:
         self.words = words

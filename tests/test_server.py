@@ -70,7 +70,7 @@ def types(log: list[Any]) -> list[str]:
 
 async def test_health_and_ready(real_server: str) -> None:
     status, body = await asyncio.to_thread(http_json, f"http://{real_server}/readyz")
-    assert status == 200 and body["ready"] is True and body["models"]["stt"] == "tiny-en"
+    assert status == 200 and body["ready"] is True and body["models"]["stt"] == "moonshine-base"
     status, body = await asyncio.to_thread(http_json, f"http://{real_server}/healthz")
     assert status == 200 and body == {"status": "ok", "ready": True, "stage": "ready"}
 

@@ -20,7 +20,8 @@ def test_clear_speech_scores_above_the_floor_and_garbled_speech_below(
     stt_tts: Any, jfk_path: Path
 ) -> None:
     stt, _ = stt_tts
-    floor = SessionConfig().unclear_logprob
+    assert SessionConfig().unclear_logprob is None  # the STT's own floor
+    floor = stt.unclear_logprob
     assert floor == -0.7
     jfk = load_audio_16k(jfk_path)
     clear = stt.transcribe(jfk)

@@ -23,7 +23,9 @@ def _log(msg: str) -> None:
 def _engine_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models")
     g.add_argument(
-        "--stt-model", default=None, help="tiny-en (default), base, or a CTranslate2 dir"
+        "--stt-model", default=None,
+        help="moonshine-base (English, default); whisper: tiny-en, base (multilingual), or a "
+        "CTranslate2 dir"
     )
     g.add_argument("--vad", choices=["webrtc", "silero", "webrtc+silero"], default=None)
     g.add_argument(
@@ -73,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("setup", help="assemble and verify the embedded models; build llama-server")
     s.add_argument("--no-build", action="store_true", help="skip compiling llama-server")
     s.add_argument(
-        "--minimal", action="store_true", help="only tiny.en, the 0.5B LLM and the voice"
+        "--minimal", action="store_true",
+        help="only Moonshine base, tiny.en, the 0.5B LLM and the voice",
     )
 
     r = sub.add_parser("replay", help="stream a recorded file through the session core")
@@ -348,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "setup":
             from voice_agent.models import setup
 
-            stt = ["tiny-en"] if args.minimal else ["tiny-en", "base"]
+            stt = ["moonshine-base", "tiny-en"] + ([] if args.minimal else ["base"])
             llm = (
                 ["qwen2.5-coder-0.5b"]
                 if args.minimal

@@ -234,6 +234,94 @@ def smart_turn_path(name: str = "smart-turn-v3", log: Log = _quiet, fetch: bool 
     return target
 
 
+MOONSHINE_GRAPHS = ("encoder_model", "decoder_model_merged")
+
+
+def is_moonshine(name: str) -> bool:
+    """Is ``name`` a Moonshine entry of the manifest (not whisper, not a path)?"""
+    entry = manifest().get("stt", {}).get(name)
+    return entry is not None and entry.get("kind") == "moonshine"
+
+
+def moonshine_dir(name: str = "moonshine-base", log: Log = _quiet, fetch: bool = False) -> Path:
+    """A Moonshine directory in the cache: ``encoder_model.onnx``,
+    ``decoder_model_merged.onnx`` and ``tokenizer.bin``, verified.
+
+    With ``fetch`` (setup only), missing files are made from the pinned wheel:
+    ``pip download --no-deps``, its hash checked, the three files extracted and
+    their hashes checked, and each ``.ort`` graph converted once to plain ONNX
+    (:func:`convert_ort_to_onnx`). The conversion's output hash is written
+    beside it and checked at every load. The wheel is never installed."""
+    entry = _entry("stt", name)
+    files: dict[str, str] = entry["files"]
+    directory = cache_dir() / "stt" / name
+    targets = [directory / f"{g}.onnx" for g in MOONSHINE_GRAPHS] + [directory / "tokenizer.bin"]
+    if not all(t.exists() for t in targets):
+        if not fetch:
+            raise ModelError(f"STT model {name} is not set up", INSTALL_FIX)
+        wheel = _pip_download(
+            entry["wheel"], cache_dir() / "wheels" / entry["wheel_file"], entry["wheel_sha256"],
+            "--only-binary", f"wheel (for its {name} model files)", log,
+        )  # fmt: skip
+        directory.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(wheel) as zf:
+            for fname, sha in files.items():
+                partial = directory / f"{fname}.part"
+                with zf.open(entry["member_dir"] + fname) as src, partial.open("wb") as out:
+                    shutil.copyfileobj(src, out)
+                verify(partial, sha, REDO)
+                partial.replace(directory / fname)
+        for graph in MOONSHINE_GRAPHS:
+            log(f"converting {name} {graph}.ort to ONNX (once)…")
+            convert_ort_to_onnx(directory / f"{graph}.ort", directory / f"{graph}.onnx")
+            (directory / f"{graph}.ort").unlink()
+    verify(directory / "tokenizer.bin", files["tokenizer.bin"], REDO)
+    for graph in MOONSHINE_GRAPHS:
+        onnx_file = directory / f"{graph}.onnx"
+        stamp = onnx_file.with_name(onnx_file.name + ".sha256")
+        if not stamp.exists():
+            raise ModelError(f"{onnx_file} has no recorded hash", REDO)
+        verify(onnx_file, stamp.read_text().split()[0], REDO)
+    return directory
+
+
+def convert_ort_to_onnx(source: Path, target: Path) -> None:
+    """Rewrite an onnxruntime ``.ort`` graph as plain ONNX, once (setup only).
+
+    Loaded as ``.ort``, onnxruntime keeps each int8 weight's DequantizeLinear in
+    the graph and runs it at every decoder step (~50 ms a token here). Saved as
+    ONNX and loaded again, its constant folding dequantizes each weight once, at
+    load (~7–9 ms a token). onnxruntime writes the graph without optimizing it;
+    the ``onnx`` package then names the nested If branches, which the ORT format
+    leaves unnamed and the ONNX checker requires."""
+    import onnx  # setup only
+    import onnxruntime as ort
+
+    raw = target.with_name(target.name + ".raw")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.optimized_model_filepath = str(raw)
+    ort.InferenceSession(str(source), opts, providers=["CPUExecutionProvider"])
+    model = onnx.load(str(raw))
+    _name_subgraphs(model.graph, target.stem)
+    partial = target.with_name(target.name + ".part")
+    onnx.save(model, str(partial))
+    raw.unlink()
+    onnx.checker.check_model(str(partial))
+    target.with_name(target.name + ".sha256").write_text(f"{sha256_file(partial)}  {target.name}\n")
+    partial.replace(target)
+
+
+def _name_subgraphs(graph: Any, name: str) -> None:
+    if not graph.name:
+        graph.name = name
+    for node in graph.node:
+        for attr in node.attribute:
+            subgraphs = [attr.g] if attr.HasField("g") else list(attr.graphs)
+            for i, sub in enumerate(subgraphs):
+                _name_subgraphs(sub, f"{name}/{node.name or node.op_type}/{attr.name}{i}")
+
+
 def _cpu_key() -> str:
     info = ""
     try:
@@ -318,7 +406,10 @@ def setup(
     for name in turn:
         log(f"turn {name}: {smart_turn_path(name, log, fetch=True)}")
     for name in stt:
-        log(f"stt {name}: {whisper_dir(name, log)}")
+        if is_moonshine(name):
+            log(f"stt {name}: {moonshine_dir(name, log, fetch=True)}")
+        else:
+            log(f"stt {name}: {whisper_dir(name, log)}")
     for name in tts:
         log(f"tts {name}: {piper_voice(name)[0]}")
     for name in llm:

@@ -15,10 +15,22 @@ from voice_agent.session.inbound import FrameClassifier
 Log = Callable[[str], None]
 
 
-def _load_stt(cfg: EngineConfig) -> object:
+def load_stt(name: str, threads: int) -> object:
+    """The STT a name picks: a Moonshine manifest entry, else whisper (a manifest name
+    or a CTranslate2 directory)."""
+    from voice_agent.models import is_moonshine
+
+    if is_moonshine(name):
+        from voice_agent.stt.moonshine import MoonshineSTT
+
+        return MoonshineSTT(name, threads=threads)
     from voice_agent.stt.whisper import WhisperSTT
 
-    return WhisperSTT(cfg.stt_model, threads=cfg.stt_threads)
+    return WhisperSTT(name, threads=threads)
+
+
+def _load_stt(cfg: EngineConfig) -> object:
+    return load_stt(cfg.stt_model, cfg.stt_threads)
 
 
 def _load_tts(cfg: EngineConfig) -> object:

@@ -91,11 +91,10 @@ class SessionConfig:
     goodbye: str = GOODBYE
     say_again: str = SAY_AGAIN
     """Said, without the LLM, to a turn whose transcript is too unsure to answer."""
-    unclear_logprob: float | None = -0.7
-    """A final transcript whose mean token log-probability is below this is unclear (None:
-    never). Measured with tiny.en: clear speech -0.03 to -0.5 (at 8 kHz down to -0.62 for a
-    mostly right line); reversed speech -0.74 to -0.93, noise -1.97, garbled espeak -0.75
-    to -1.4."""
+    unclear_logprob: float | None = None
+    """A final transcript whose mean token log-probability is below this is unclear. None:
+    the STT's own floor (``STT.unclear_logprob``: whisper -0.7, Moonshine -0.5, each
+    measured on its own scale); ``float("-inf")``: never."""
 
 
 def system_message(cfg: SessionConfig) -> str:

@@ -71,8 +71,11 @@ class Session:
             cfg.max_turn_s,
         )  # fmt: skip
         guard = self.echo
+        unclear = cfg.unclear_logprob
+        if unclear is None:
+            unclear = engine.stt.unclear_logprob
         self.filter = TranscriptFilter(
-            cfg.min_speech_s, cfg.echo_reach_s, cfg.unclear_logprob,
+            cfg.min_speech_s, cfg.echo_reach_s, unclear,
             line_echoes=None if guard is None else lambda: guard.had_echo,
         )  # fmt: skip
         self.playout = Playout(capacity=int(cfg.playout_capacity_s * SAMPLE_RATE))

@@ -34,7 +34,9 @@ class EngineConfig:
         VOICE_AGENT_LLM_API_KEY=... voice-agent replay file.wav
     """
 
-    stt_model: str = "tiny-en"
+    stt_model: str = "moonshine-base"
+    """Moonshine base (English, the default), or whisper: tiny-en, base (multilingual) or a
+    CTranslate2 directory."""
     stt_threads: int = 2
     tts_voice: str = "joe-medium"
     vad: str = "webrtc"

@@ -24,6 +24,9 @@ class Transcript:
 
 class STT(Protocol):
     name: str
+    unclear_logprob: float | None
+    """A final transcript whose ``avg_logprob`` is below this reads as a guess (garbled
+    speech, a bad line), on this model's own scale; None: it never does."""
 
     def transcribe(self, pcm: Pcm) -> Transcript:
         """Transcribe 16 kHz mono int16 audio (blocking; call from a worker thread)."""
