@@ -263,7 +263,7 @@ def decide(
 
 
 def policies(
-    cfg: SessionConfig,
+    cfg: SessionConfig, marks_sentence_ends: bool = True
 ) -> list[tuple[str, Callable[[], t.TurnMachine], float | None]]:
     """The curve's policies: (name, machine, when the final pass starts into a pause).
     Each replays with the final pass started at the VAD's stop, except the last: the
@@ -290,6 +290,13 @@ def policies(
     for p in (0.5, 0.9):
         out.append((f"model p>={p} + transcript + cues", machine(lo, hi, complete_p=p)))
     e = cfg.endpoint
+    if not marks_sentence_ends:  # as the session sets it for this STT
+        e = dataclasses.replace(e, unmarked_abstains=True)
+        out.append((
+            "default, a missing full stop read as unfinished",
+            machine(lo, hi, **{f: getattr(e, f) for f in e.__dataclass_fields__
+                               if f != "unmarked_abstains"}),
+        ))  # fmt: skip
     out.append(
         (f"default (model p>={e.complete_p} + transcript + cues)",
          machine(lo, hi, **{f: getattr(e, f) for f in e.__dataclass_fields__}))
@@ -360,7 +367,7 @@ async def run_turns_bench(
           f"end-of-turn model {cfg.turn_model})")  # fmt: skip
     head = f"  {'policy':<36} {'cut-offs':>12} {'endpoint p50':>13} {'p95':>7}"
     print(f"{head}   cut-offs by recording")
-    for name, make, early in policies(session):
+    for name, make, early in policies(session, stt.marks_sentence_ends):
         rows = [judge(a, decide(a, make, early)) for a in analysed]
         s = summarize(rows)
         results[name] = s

@@ -189,6 +189,7 @@ class ScriptedSTTDouble:
 
     name = "scripted-stt-double"
     unclear_logprob = -0.7
+    marks_sentence_ends = True
 
     def __init__(self, words: dict[int, str], unsure: frozenset[int] = frozenset()) -> None:
         self.words = words

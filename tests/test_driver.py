@@ -735,3 +735,17 @@ def test_an_answer_with_nothing_speakable_in_it_is_never_silence() -> None:
     assert call.session.history[-1] == {"role": "assistant", "content": REPHRASE}
     deltas = "".join(e["text"] for e in call.events("reply.delta"))
     assert deltas.endswith(REPHRASE)
+
+
+def test_the_stt_says_whether_a_missing_full_stop_means_anything() -> None:
+    async def main() -> list[bool]:
+        seen = []
+        for marks in (True, False):
+            engine = double_engine(ScriptedLLMDouble([]), WORDS)
+            engine.stt.marks_sentence_ends = marks  # type: ignore[misc]
+            session = Session(engine, CollectingOutput(), LoopClock(), SessionConfig())
+            seen.append(session.machine.endpoint.unmarked_abstains)
+        return seen
+
+    # whisper marks its sentence ends; Moonshine does not, so a missing one says nothing
+    assert run_virtual(main()) == [False, True]

@@ -139,3 +139,13 @@ def test_moonshine_reads_clear_speech_as_sure_and_writes_nothing_for_noise(
     noise = np.random.default_rng(0).standard_normal(48_000) * 3000
     assert backwards.text == ""
     assert moonshine.transcribe(noise.astype(np.int16)).text == ""
+
+
+def test_a_turn_ending_in_silence_is_not_read_as_empty(moonshine: MoonshineSTT) -> None:
+    # beckett.flac cut 0.2 s after its last word: Moonshine's first pick is the end of text
+    # (-0.42) over "Ever" (-1.14); the first word is taken
+    beckett = load_audio_16k(SAMPLES / "beckett.flac")[: 9 * 16_000]
+    turn = np.concatenate([beckett, np.zeros(3200, dtype=np.int16)])
+    moonshine._drafts.clear()
+    words = _words(moonshine.transcribe(turn).text)
+    assert words[:2] == ["ever", "tried"] and words[-2:] == ["fail", "better"]

@@ -667,6 +667,25 @@ def test_the_model_alone_ignores_the_full_stop() -> None:
     assert m.wait_s == 0.2
 
 
+@pytest.mark.parametrize(
+    ("p", "text", "wait"),
+    [(0.9, "Ask what you can do for your country", 0.2),  # no full stop: the model decides
+     (0.45, "Ask what you can do for your country", 0.8),  # it doubts: unsure, not the max
+     (0.9, "Ask what you can do for your country.", 0.2),  # a full stop still counts
+     (0.49, "Ask what you can do for your country.", 0.8),
+     (0.9, "Ask what you can do for", 2.0)],  # trailing off still waits the longest
+)  # fmt: skip
+def test_an_stt_that_leaves_sentences_unpunctuated_lets_the_model_decide(
+    p: float, text: str, wait: float
+) -> None:
+    m = scored(unmarked_abstains=True)
+    m.handle(SpeechStarted(t=0.1, at=0.0))
+    m.handle(SpeechStopped(t=1.12, at=1.0))
+    m.handle(TranscriptReady(t=1.15, request=1, text=text))
+    m.handle(TurnScore(t=1.18, request=1, p=p))
+    assert m.wait_s == wait and m.next_deadline() == pytest.approx(1.0 + wait)
+
+
 def test_a_doubted_full_stop_waits_and_the_caller_goes_on_in_the_same_turn() -> None:
     m = scored(preemptive=True)
     m.handle(SpeechStarted(t=0.1, at=0.0))

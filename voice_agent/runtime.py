@@ -11,11 +11,12 @@ from voice_agent.llm.local import LocalLlamaServer
 from voice_agent.llm.openai_compat import OpenAICompatLLM
 from voice_agent.session.engine import Engine, EngineConfig, TurnModel
 from voice_agent.session.inbound import FrameClassifier
+from voice_agent.stt.base import STT
 
 Log = Callable[[str], None]
 
 
-def load_stt(name: str, threads: int) -> object:
+def load_stt(name: str, threads: int) -> STT:
     """The STT a name picks: a Moonshine manifest entry, else whisper (a manifest name
     or a CTranslate2 directory)."""
     from voice_agent.models import is_moonshine
@@ -29,7 +30,7 @@ def load_stt(name: str, threads: int) -> object:
     return WhisperSTT(name, threads=threads)
 
 
-def _load_stt(cfg: EngineConfig) -> object:
+def _load_stt(cfg: EngineConfig) -> STT:
     return load_stt(cfg.stt_model, cfg.stt_threads)
 
 
@@ -118,7 +119,7 @@ async def open_engine(cfg: EngineConfig, log: Log = print) -> AsyncIterator[Engi
             max_tokens=cfg.llm_max_tokens,
         )
         engine = Engine(
-            stt=stt,  # type: ignore[arg-type]
+            stt=stt,
             tts=tts,  # type: ignore[arg-type]
             llm=llm,
             new_vad=_vad_factory(cfg),

@@ -62,7 +62,10 @@ class Session:
             cfg.min_silence_s, cfg.max_silence_s, cfg.preemptive, cfg.prepare_after_s,
             duplex=cfg.duplex, t0=self.t0,
             endpoint=dataclasses.replace(
-                cfg.endpoint, scored=cfg.endpoint.scored and engine.turn_model is not None
+                cfg.endpoint, scored=cfg.endpoint.scored and engine.turn_model is not None,
+                unmarked_abstains=(
+                    cfg.endpoint.unmarked_abstains or not engine.stt.marks_sentence_ends
+                ),
             ),
         )  # fmt: skip
         self.echo = EchoGuard() if cfg.echo_guard else None

@@ -389,6 +389,11 @@ class EndpointPolicy:
     model_alone: bool = False
     """Ignore the transcript's punctuation: the score alone picks ``complete_wait_s`` or
     ``max_wait_s`` (the bench's comparison)."""
+    unmarked_abstains: bool = False
+    """The STT does not mark every finished sentence (Moonshine leaves a long one without
+    its full stop): a transcript without final punctuation says nothing either way, and
+    the score decides (complete: ``complete_wait_s``; not: ``unsure_wait_s``). Set by the
+    session from ``STT.marks_sentence_ends``."""
 
 
 @dataclass
@@ -629,6 +634,8 @@ class TurnMachine:
         complete = score >= e.complete_p
         if e.model_alone:
             return e.complete_wait_s if complete else e.max_wait_s
+        if e.unmarked_abstains and not finished:
+            return e.complete_wait_s if complete else e.unsure_wait_s
         if complete == finished:
             return e.complete_wait_s if complete else e.max_wait_s
         return e.unsure_wait_s

@@ -27,6 +27,9 @@ class STT(Protocol):
     unclear_logprob: float | None
     """A final transcript whose ``avg_logprob`` is below this reads as a guess (garbled
     speech, a bad line), on this model's own scale; None: it never does."""
+    marks_sentence_ends: bool
+    """Does a finished sentence nearly always get its full stop? (whisper: yes; Moonshine
+    leaves long sentences unpunctuated, so a missing one says nothing.)"""
 
     def transcribe(self, pcm: Pcm) -> Transcript:
         """Transcribe 16 kHz mono int16 audio (blocking; call from a worker thread)."""

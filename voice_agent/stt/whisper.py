@@ -36,6 +36,7 @@ class WhisperSTT:
     ``transcribe``.
     """
 
+    marks_sentence_ends = True
     unclear_logprob: float | None = -0.7
     """Measured with tiny.en: clear speech -0.03 to -0.5 (at 8 kHz down to -0.62 for a
     mostly right line); reversed speech -0.74 to -0.93, noise -1.97, garbled espeak -0.75
