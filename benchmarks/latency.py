@@ -19,6 +19,7 @@ from benchmarks.harness import answer_after, one_over_ws
 from benchmarks.stats import machine, p50_p95, wer
 from voice_agent.core.clock import LoopClock
 from voice_agent.llm.local import peak_rss_kb
+from voice_agent.session.config import SessionConfig
 from voice_agent.session.engine import EngineConfig
 
 
@@ -26,12 +27,17 @@ async def run_bench(args: argparse.Namespace, cfg: EngineConfig, log: Callable[[
     from voice_agent.replay import replay
     from voice_agent.runtime import open_engine
 
+    session = SessionConfig()
+    if getattr(args, "first_chunk_words", None) is not None:
+        session.first_chunk_words = args.first_chunk_words
     async with open_engine(cfg, log) as engine:
         rows: list[dict[str, Any]] = []
         for u in utterances(engine.tts, args.limit):
             pcm = u.with_lead()
             end = speech_end(pcm)
-            result = await replay(engine, pcm, LoopClock(), speech_end_samples=[end])
+            result = await replay(
+                engine, pcm, LoopClock(), config=session, speech_end_samples=[end]
+            )
             turns = result.report["turns"]
             transcript = " ".join(t["user_text"] for t in turns)
             # the reply that answers the utterance is the last turn's (a long pause
@@ -66,6 +72,7 @@ async def run_bench(args: argparse.Namespace, cfg: EngineConfig, log: Callable[[
     after = [r["answer_after_end_of_turn_ms"] for r in rows]
     summary = {
         "utterances": len(rows),
+        "first_chunk_words": session.first_chunk_words,
         "answered": len(v2v),
         "voice_to_voice_ms": p50_p95(v2v) | {"min": min(v2v, default=None),
                                              "max": max(v2v, default=None)},

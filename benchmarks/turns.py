@@ -48,9 +48,10 @@ from voice_agent.audio.files import load_audio_16k
 from voice_agent.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE, Pcm
 from voice_agent.session import turns as t
 from voice_agent.session.config import SessionConfig
-from voice_agent.session.engine import EngineConfig
+from voice_agent.session.engine import EngineConfig, score_turn, transcribe_checked
 from voice_agent.session.inbound import InboundPipeline, SpeechEnd, SpeechOnset
 from voice_agent.session.transcripts import TranscriptFilter
+from voice_agent.vad.silero import SpeechDetector
 
 STRETCH_S = (0.5, 1.0, 1.5)
 """Pauses stretched into real speech at word boundaries."""
@@ -172,8 +173,8 @@ class Scorer:
     """The final STT pass and the end-of-turn score of a turn's audio, timed, cached by
     the audio (stretched copies share their audio up to the stretch)."""
 
-    def __init__(self, stt: Any, model: Any, speech_seconds: Callable[[Pcm], float]) -> None:
-        self.stt, self.model, self.speech_seconds = stt, model, speech_seconds
+    def __init__(self, stt: Any, model: Any, speech: SpeechDetector) -> None:
+        self.stt, self.model, self.speech = stt, model, speech
         self.filter = TranscriptFilter(SessionConfig().min_speech_s)
         self.cache: dict[str, tuple[str, float, float | None, float]] = {}
         self.seeded: set[str] = set()
@@ -191,12 +192,12 @@ class Scorer:
         key = hashlib.sha1(pcm.tobytes()).hexdigest()
         if key not in self.cache:
             t0 = time.perf_counter()
-            result = self.stt.transcribe(pcm)
-            if result.text:  # as the engine does: words over no speech are noise
-                result = dataclasses.replace(result, speech_s=self.speech_seconds(pcm))
+            result = transcribe_checked(self.stt, self.speech.speech_seconds, pcm)
             text = self.filter.final(result, 0).strip()
             t1 = time.perf_counter()
-            p = None if self.model is None else self.model.probability(pcm)
+            p = None
+            if self.model is not None:
+                p = score_turn(self.model, self.speech.speech_end, pcm)
             self.cache[key] = (text, t1 - t0, p, time.perf_counter() - t1)
         return self.cache[key]
 
@@ -347,7 +348,7 @@ async def run_turns_bench(
 ) -> int:
     from voice_agent.endpoint.smart_turn import SmartTurn
     from voice_agent.models import smart_turn_path
-    from voice_agent.runtime import _speech_detector, _vad_factory, load_stt
+    from voice_agent.runtime import _vad_factory, load_stt, speech_detector
     from voice_agent.stt.whisper import WhisperSTT
 
     session = SessionConfig()
@@ -355,7 +356,7 @@ async def run_turns_bench(
     model = None if cfg.turn_model == "off" else SmartTurn(smart_turn_path(cfg.turn_model))
     log("building the set (word timestamps from whisper tiny-en)…")
     utts = utterances(WhisperSTT("tiny-en")._model, getattr(args, "turns_dir", None))
-    score = Scorer(stt, model, _speech_detector())
+    score = Scorer(stt, model, speech_detector())
     new_vad = _vad_factory(cfg)
     analysed = []
     for k, u in enumerate(utts, start=1):

@@ -49,3 +49,50 @@ def test_it_reads_only_the_last_8_s_left_padded(model: Any, jfk_path: Path) -> N
     assert features.shape == (80, 800) and features.dtype == np.float32
     # the left padding is silence: the first 5 s of frames are all at the floor value
     assert np.ptp(features[:, : 5 * 100 - 2]) == 0 and np.ptp(features[:, -290:]) > 0.5
+
+
+def test_trim_tail_keeps_200_ms_after_the_speech() -> None:
+    from voice_agent.endpoint.smart_turn import trim_tail
+
+    pcm = np.arange(20_000, dtype=np.int16)
+    assert np.array_equal(trim_tail(pcm, 10_000), pcm[:13_200])
+    assert np.array_equal(trim_tail(pcm, 19_000), pcm)  # less than 200 ms left: all of it
+    assert trim_tail(pcm, None) is pcm  # no speech found: scored as it is
+
+
+def test_a_score_reads_the_turn_up_to_just_after_its_speech() -> None:
+    from voice_agent.session.engine import score_turn
+
+    class LengthModelDouble:
+        name = "length-model-double"
+
+        def probability(self, pcm: np.ndarray) -> float:
+            return float(len(pcm))
+
+    pcm = np.zeros(50_000, dtype=np.int16)
+    assert score_turn(LengthModelDouble(), lambda _: 30_000, pcm) == 33_200
+    assert score_turn(LengthModelDouble(), None, pcm) == 50_000
+
+
+def test_silero_finds_where_jfk_stops_speaking(jfk_path: Path) -> None:
+    from voice_agent.vad.silero import SileroSession, SpeechDetector
+
+    jfk = load_audio_16k(jfk_path)
+    detector = SpeechDetector(SileroSession())
+    end = detector.speech_end(jfk)
+    assert end is not None and 10.3 * SAMPLE_RATE < end < 10.7 * SAMPLE_RATE  # "…country."
+    # its last 0.5 s are background hiss: not speech
+    assert detector.speech_end(jfk[int(10.7 * SAMPLE_RATE) :]) is None
+    assert detector.speech_end(np.zeros(SAMPLE_RATE, dtype=np.int16)) is None
+
+
+def test_jfk_s_noisy_ending_scores_complete_once_trimmed(model: Any, jfk_path: Path) -> None:
+    from voice_agent.session.engine import score_turn
+    from voice_agent.vad.silero import SileroSession, SpeechDetector
+
+    jfk = load_audio_16k(jfk_path)
+    # as a file replay hands it over: the hiss, then digital silence
+    turn = np.concatenate([jfk, np.zeros(SAMPLE_RATE // 10, dtype=np.int16)])
+    detector = SpeechDetector(SileroSession())
+    assert score_turn(model, detector.speech_end, turn) > 0.9
+    assert model.probability(turn) < score_turn(model, detector.speech_end, turn) - 0.1

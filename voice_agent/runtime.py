@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 from voice_agent.audio.pcm import Pcm
 from voice_agent.llm.local import LocalLlamaServer
@@ -12,6 +13,9 @@ from voice_agent.llm.openai_compat import OpenAICompatLLM
 from voice_agent.session.engine import Engine, EngineConfig, TurnModel
 from voice_agent.session.inbound import FrameClassifier
 from voice_agent.stt.base import STT
+
+if TYPE_CHECKING:
+    from voice_agent.vad.silero import SpeechDetector
 
 Log = Callable[[str], None]
 
@@ -65,10 +69,11 @@ def _vad_factory(cfg: EngineConfig) -> Callable[[], FrameClassifier]:
     raise ValueError(f"unknown VAD {cfg.vad!r}: choose webrtc, silero or webrtc+silero")
 
 
-def _speech_detector() -> Callable[[Pcm], float]:
+def speech_detector() -> SpeechDetector:
+    """Silero over a whole clip: how much of it is speech, and where the speech ends."""
     from voice_agent.vad.silero import SileroSession, SpeechDetector
 
-    return SpeechDetector(SileroSession()).speech_seconds
+    return SpeechDetector(SileroSession())
 
 
 class BothVad:
@@ -111,6 +116,7 @@ async def open_engine(cfg: EngineConfig, log: Log = print) -> AsyncIterator[Engi
             base_url = await server.start()
             model = server.model
         stt, tts, turn_model = await stt_job, await tts_job, await turn_job
+        detector = speech_detector()
         llm = OpenAICompatLLM(
             base_url,
             model,
@@ -123,7 +129,8 @@ async def open_engine(cfg: EngineConfig, log: Log = print) -> AsyncIterator[Engi
             tts=tts,  # type: ignore[arg-type]
             llm=llm,
             new_vad=_vad_factory(cfg),
-            speech_seconds=_speech_detector(),
+            speech_seconds=detector.speech_seconds,
+            speech_end=detector.speech_end,
             turn_model=turn_model,
             info={
                 "stt": cfg.stt_model,

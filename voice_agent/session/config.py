@@ -69,6 +69,10 @@ class SessionConfig:
     playout_capacity_s: float = 20.0
     paced: bool = True
     max_tool_rounds: int = 3
+    first_chunk_words: int = 8
+    """The most words of a reply's first spoken chunk (it ends sooner at a clause mark
+    after 3 words): the caller hears nothing until the LLM has written it and the voice
+    has said it."""
     preemptive: bool = True
     """Start the reply during the pause, once its transcript is in and the pause has lasted
     ``prepare_after_s``; play it once the turn is over."""

@@ -89,7 +89,7 @@ class Session:
         )  # fmt: skip
         self.ctx = ReplyContext(
             engine, self, self.playout, self.writer, clock, self.emit, Fillers(cfg.fillers),
-            cfg.max_tool_rounds,
+            cfg.max_tool_rounds, cfg.first_chunk_words,
         )  # fmt: skip
         self.end_reason: str | None = None
         self._inbound_q: DropOldestQueue[Pcm | None] = DropOldestQueue(cfg.inbound_queue_frames)

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from voice_agent.audio.pcm import Pcm
 from voice_agent.core.work import FairWorker
+from voice_agent.endpoint.smart_turn import trim_tail
 from voice_agent.llm.base import LLM
 from voice_agent.llm.tools import ToolRegistry
 from voice_agent.session.inbound import FrameClassifier
@@ -75,6 +76,27 @@ class TurnModel(Protocol):
     def probability(self, pcm: Pcm) -> float: ...
 
 
+def transcribe_checked(
+    stt: STT, speech_seconds: Callable[[Pcm], float] | None, pcm: Pcm
+) -> Transcript:
+    """A pass (blocking), with how much of its audio is speech when it wrote words: STT
+    writes words into a cough or a burst of noise, and the session trusts only words
+    over speech."""
+    result = stt.transcribe(pcm)
+    if speech_seconds is not None and result.text:
+        result = dataclasses.replace(result, speech_s=speech_seconds(pcm))
+    return result
+
+
+def score_turn(
+    model: TurnModel, speech_end: Callable[[Pcm], int | None] | None, pcm: Pcm
+) -> float:
+    """P(the turn is complete) (blocking), scored up to just after its speech ends."""
+    if speech_end is not None:
+        pcm = trim_tail(pcm, speech_end(pcm))
+    return model.probability(pcm)
+
+
 @dataclass
 class Engine:
     """Loaded models plus the workers that run them off the event loop.
@@ -96,6 +118,9 @@ class Engine:
     tts_worker: FairWorker = field(default_factory=lambda: FairWorker("tts"))
     info: dict[str, Any] = field(default_factory=dict)
     speech_seconds: Callable[[Pcm], float] | None = None
+    speech_end: Callable[[Pcm], int | None] | None = None
+    """Where the speech in a turn's audio ends (Silero): the end-of-turn model scores the
+    turn up to just after it."""
     """Seconds of speech in a clip (Silero); None: transcripts are not checked."""
     clips: dict[str, Pcm] = field(default_factory=dict)
     """Fixed lines (fillers, the idle prompt, goodbye) synthesized once with the voice."""
@@ -112,10 +137,7 @@ class Engine:
         return await worker.submit(owner, functools.partial(self._transcribe, pcm), slot=slot)
 
     def _transcribe(self, pcm: Pcm) -> Transcript:
-        result = self.stt.transcribe(pcm)
-        if self.speech_seconds is not None and result.text:
-            result = dataclasses.replace(result, speech_s=self.speech_seconds(pcm))
-        return result
+        return transcribe_checked(self.stt, self.speech_seconds, pcm)
 
     async def run_turn_score(self, pcm: Pcm, owner: Hashable = None) -> float:
         """P(the turn in ``pcm`` is complete), on its own thread beside the final STT pass.
@@ -123,7 +145,7 @@ class Engine:
         model = self.turn_model
         if model is None:
             raise RuntimeError("no end-of-turn model loaded")
-        job = functools.partial(model.probability, pcm)
+        job = functools.partial(score_turn, model, self.speech_end, pcm)
         return await self.turn_worker.submit(owner, job, slot="score")
 
     async def run_tts(self, text: str, owner: Hashable = None) -> Pcm:

@@ -64,6 +64,7 @@ class ReplyContext:
     emit: Emit
     fillers: Fillers
     max_tool_rounds: int = 3
+    first_chunk_words: int = 8
 
 
 class Reply:
@@ -140,7 +141,7 @@ class Reply:
 
     async def _generate(self, out: asyncio.Queue[str | None]) -> None:
         m, ctx = self.m, self.ctx
-        splitter = SentenceSplitter()
+        splitter = SentenceSplitter(first_max_words=ctx.first_chunk_words)
         messages = [dict(msg) for msg in self.messages]
         m.llm_request = ctx.clock.now()
         tools = ctx.engine.tools.schemas() or None
