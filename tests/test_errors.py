@@ -77,3 +77,54 @@ async def test_endpoint_that_never_answers_times_out() -> None:
     finally:
         await llm.close()
         server.close()
+
+
+async def test_a_connection_dropped_before_the_request_is_tried_once_more() -> None:
+    """The first connection is closed as soon as it opens (as a server closes a pooled
+    keep-alive connection); the request goes again at once and its stream is read."""
+    from voice_agent.llm.base import TextDelta
+
+    chunk = b'data: {"id":"1","object":"chat.completion.chunk","created":0,"model":"m",' \
+        b'"choices":[{"index":0,"delta":{"content":"Hello there."},"finish_reason":null}]}'
+    sse = chunk + b"\n\ndata: [DONE]\n\n"
+    connections = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        if len(connections) == 1:
+            writer.close()  # dropped before the request is read
+            return
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            + f"Content-Length: {len(sse)}\r\nConnection: close\r\n\r\n".encode() + sse
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    llm = OpenAICompatLLM(f"http://127.0.0.1:{port}/v1", "m", first_token_timeout=5)
+    try:
+        events = [e async for e in llm.stream([{"role": "user", "content": "hi"}])]
+        assert events == [TextDelta("Hello there.")]
+        assert len(connections) == 2
+    finally:
+        await llm.close()
+        server.close()
+
+
+async def test_a_server_that_is_down_fails_after_the_second_try() -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    llm = OpenAICompatLLM(f"http://127.0.0.1:{port}/v1", "m", first_token_timeout=5)
+    try:
+        with pytest.raises(LLMError, match="cannot reach the LLM"):
+            async for _ in llm.stream([{"role": "user", "content": "hi"}]):
+                pass
+    finally:
+        await llm.close()

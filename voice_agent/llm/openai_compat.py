@@ -62,6 +62,31 @@ class OpenAICompatLLM:
                 except (openai.APIConnectionError, openai.APIStatusError, openai.APITimeoutError):
                     await asyncio.sleep(0.1)
 
+    async def _create(
+        self, messages: list[Message], kwargs: dict[str, Any]
+    ) -> openai.AsyncStream[Any]:
+        """Send the request; once more at once if the connection failed before it was
+        sent. A pooled keep-alive connection the server has just closed fails that way
+        (llama-server closes one idle for 5 s), and the request never reached it."""
+        for attempt in (1, 2):
+            try:
+                response = await self._client.chat.completions.create(
+                    model=self.model,
+                    messages=messages,  # type: ignore[arg-type]
+                    stream=True,
+                    temperature=self.temperature,
+                    max_tokens=self.max_tokens,
+                    **kwargs,
+                )
+                assert isinstance(response, openai.AsyncStream)
+                return response
+            except openai.APITimeoutError:
+                raise
+            except openai.APIConnectionError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
     async def stream(
         self, messages: list[Message], tools: list[dict[str, Any]] | None = None
     ) -> AsyncGenerator[LLMEvent, None]:
@@ -72,15 +97,7 @@ class OpenAICompatLLM:
             kwargs["tools"] = tools
         try:
             async with asyncio.timeout(self.first_token_timeout):
-                response = await self._client.chat.completions.create(
-                    model=self.model,
-                    messages=messages,  # type: ignore[arg-type]
-                    stream=True,
-                    temperature=self.temperature,
-                    max_tokens=self.max_tokens,
-                    **kwargs,
-                )
-                assert isinstance(response, openai.AsyncStream)
+                response = await self._create(messages, kwargs)
         except TimeoutError as exc:
             raise LLMError(
                 f"LLM at {self.base_url} did not answer within {self.first_token_timeout:.0f}s",
