@@ -22,7 +22,7 @@ from typing import Any
 
 from benchmarks.stats import machine
 from voice_agent.llm.base import TextDelta
-from voice_agent.session.config import SessionConfig, system_message
+from voice_agent.session.config import SessionConfig, honest_line, system_message
 from voice_agent.session.engine import EngineConfig
 from voice_agent.text.sentences import SentenceSplitter
 
@@ -77,6 +77,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "general_correct": sum(r["correct"] for r in general),
         "general": len(general),
         "mean_words": round(sum(r["words"] for r in rows) / max(1, len(rows)), 1),
+        "fixed_lines": sum(bool(r.get("fixed_line")) for r in rows),
     }
 
 
@@ -85,11 +86,17 @@ async def run_answers_bench(
 ) -> int:
     from voice_agent.runtime import open_engine
 
-    system = system_message(SessionConfig())
+    session = SessionConfig()
+    if getattr(args, "no_honesty_guard", False):
+        session.honesty_guard = False
+    system = system_message(session)
     rows = []
     async with open_engine(cfg, log) as engine:
         for q in questions()[: args.limit] if args.limit else questions():
-            row = judge(q, await ask(engine.llm, system, q["text"]))
+            # as the session answers: a fixed line when it plainly cannot know, else the LLM
+            line = honest_line(session, q["text"], bool(engine.tools.schemas()))
+            spoken = line if line is not None else await ask(engine.llm, system, q["text"])
+            row = judge(q, spoken) | {"fixed_line": line is not None}
             rows.append(row)
             flag = (
                 ("correct" if row["correct"] else "WRONG")
@@ -98,13 +105,15 @@ async def run_answers_bench(
             )
             log(f"{q['kind']:<8} {flag:<8} {q['text'][:50]:<50} → {row['reply'][:90]}")
         model = engine.info.get("llm")
-    summary = summarize(rows) | {"llm": model, "machine": machine()}
+    summary = summarize(rows) | {"llm": model, "machine": machine(),
+                                 "honesty_guard": session.honesty_guard}
     args.json.write_text(json.dumps({"summary": summary, "answers": rows}, indent=2))
     print(
         f"voice-agent bench --answers ({model}): invented facts {summary['invented_facts']} "
         f"of {summary['unknowable']} (said it cannot check: {summary['says_cannot']}); "
         f"general knowledge {summary['general_correct']} of {summary['general']} correct; "
-        f"{summary['mean_words']} words a reply on average"
+        f"{summary['mean_words']} words a reply on average; {summary['fixed_lines']} answered "
+        f"by the honesty guard's fixed line"
     )
     log(f"figures written to {args.json}")
     return 0

@@ -261,10 +261,10 @@ def double_engine(
 ) -> Any:
     """An Engine of doubles on modeled compute times (for the virtual-time loop)."""
     from voice_agent.core.work import FairWorker
-    from voice_agent.session.engine import FILLERS, GOODBYE, IDLE_PROMPT, SAY_AGAIN, Engine
+    from voice_agent.session.engine import FIXED_LINES, Engine
 
     tts = ToneTTSDouble()
-    lines = (*FILLERS, IDLE_PROMPT, GOODBYE, SAY_AGAIN)
+    lines = FIXED_LINES
     return Engine(
         stt=ScriptedSTTDouble(words or {}, unsure),
         tts=tts,

@@ -36,7 +36,7 @@ from voice_agent.session.turns import DuplexPolicy
 
 WORDS = {
     500: "What time is it?",
-    600: "Stop, tell me about the weather instead.",
+    600: "Stop, tell me a joke instead.",
     700: "and the date?",
 }
 """What the STT double hears in a tone of each level; any other level (a cough) is ""."""
@@ -574,7 +574,7 @@ def test_a_barge_in_at_each_await_point_cancels_the_reply_and_the_caller_is_answ
     assert answered.reply_text == answered.heard_text == "Sunny."
     if point == "held_for_commit":  # the caller went on: the prepared reply was dropped
         assert s.prepared_dropped == 1 and len(s.turns) == 1
-        assert answered.user_text == "What time is it? Stop, tell me about the weather instead."
+        assert answered.user_text == "What time is it? Stop, tell me a joke instead."
         return
     first = s.turns[0]
     assert first.status == "interrupted" and [e["gen"] for e in call.events("clear")] == [1]
@@ -749,3 +749,52 @@ def test_the_stt_says_whether_a_missing_full_stop_means_anything() -> None:
 
     # whisper marks its sentence ends; Moonshine does not, so a missing one says nothing
     assert run_virtual(main()) == [False, True]
+
+
+def test_a_question_it_cannot_know_gets_the_honest_line_without_the_llm() -> None:
+    """A live fact (the weekend's weather) is answered with the fixed line, at once (a
+    cached clip); the exchange enters the history, and the next question reaches the LLM
+    with it."""
+    from voice_agent.core.enums import ReplyKind
+    from voice_agent.session.engine import CANNOT_CHECK_LIVE
+
+    async def main() -> Call:
+        llm = ScriptedLLMDouble([["It is noon."]], 0.05)
+        weather = "What will the weather be like in Denver this weekend?"
+        engine = double_engine(llm, WORDS | {800: weather})
+        call = await dial(llm, engine=engine, idle_prompt_s=None)
+        await call.quiet(0.5)
+        await call.say(tone(1.0, 800))
+        await call.until(completed(call))
+        await call.quiet(0.5)
+        await call.say(tone(1.0, 500))
+        await call.until(completed(call, 2))
+        await call.end()
+        return call
+
+    call = run_virtual(main())
+    first, second = call.session.turns
+    assert (first.kind, first.reply_text) == (ReplyKind.CANNOT_CHECK, CANNOT_CHECK_LIVE)
+    assert second.kind is ReplyKind.REPLY and second.reply_text == "It is noon."
+    assert len(call.llm.requests) == 1
+    assert call.llm.requests[0][1:] == [
+        {"role": "user", "content": "What will the weather be like in Denver this weekend?"},
+        {"role": "assistant", "content": CANNOT_CHECK_LIVE},
+        {"role": "user", "content": "What time is it?"},
+    ]
+    assert [e.get("purpose") for e in call.events("reply.start")] == ["cannot_check", None]
+    # a finished sentence the policy ends at 0.6 s (no end-of-turn model here); the line
+    # is a cached clip, so it plays at that very moment
+    assert first.voice_to_voice == pytest.approx(0.6)
+
+
+def test_with_tools_the_llm_answers_what_a_tool_may_check() -> None:
+    from voice_agent.session.config import honest_line
+
+    cfg = SessionConfig()
+    question = "Is it going to rain tomorrow in Seattle?"
+    assert honest_line(cfg, question, has_tools=False) == cfg.cannot_check_live
+    assert honest_line(cfg, question, has_tools=True) is None
+    assert honest_line(SessionConfig(honesty_guard=False), question, has_tools=False) is None
+    assert honest_line(cfg, "Where is my order?", False) == cfg.cannot_see_personal
+    assert honest_line(cfg, "What is the capital of France?", False) is None

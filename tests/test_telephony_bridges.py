@@ -24,7 +24,7 @@ from voice_agent.transports.telephony.telnyx import TelnyxStream
 from voice_agent.transports.telephony.twilio import TwilioStream
 from voice_agent.transports.telephony.vonage import VonageStream
 
-WORDS = {500: "What time is it?", 600: "Stop, tell me about the weather instead."}
+WORDS = {500: "What time is it?", 600: "Stop, tell me a joke instead."}
 STREAMS = {
     "twilio": TwilioStream, "telnyx": TelnyxStream, "plivo": PlivoStream,
     "vonage": VonageStream, "audiosocket": AudioSocketStream,

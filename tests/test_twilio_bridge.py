@@ -21,7 +21,7 @@ from voice_agent.transports.telephony.bridge import run_media_stream
 from voice_agent.transports.telephony.twilio import TwilioStream
 
 SID = "MZ00000000000000000000000000000001"
-WORDS = {500: "What time is it?", 600: "Stop, tell me about the weather instead."}
+WORDS = {500: "What time is it?", 600: "Stop, tell me a joke instead."}
 START = {
     "event": "start", "sequenceNumber": "1", "streamSid": SID,
     "start": {"streamSid": SID, "callSid": "CA1", "accountSid": "AC1", "tracks": ["inbound"],

@@ -182,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="typed questions: invented facts, general knowledge, reply length",
     )
     b.add_argument(
+        "--no-honesty-guard", action="store_true",
+        help="with --answers: let the LLM answer every question (no fixed honest line)",
+    )  # fmt: skip
+    b.add_argument(
         "--first-chunk-words", type=int, default=None,
         help="the most words of a reply's first spoken chunk (default: the session's)",
     )  # fmt: skip

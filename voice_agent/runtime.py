@@ -164,12 +164,12 @@ async def warm_up(engine: Engine) -> None:
     import numpy as np
 
     from voice_agent.session.driver import DEFAULT_SYSTEM_PROMPT
-    from voice_agent.session.engine import FILLERS, GOODBYE, IDLE_PROMPT, SAY_AGAIN
+    from voice_agent.session.engine import FIXED_LINES
 
     await engine.run_stt(np.zeros(16_000, dtype=np.int16))
     if engine.turn_model is not None:
         await engine.run_turn_score(np.zeros(16_000, dtype=np.int16))
-    for line in (*FILLERS, IDLE_PROMPT, GOODBYE, SAY_AGAIN):  # cached: they play without a TTS pass
+    for line in FIXED_LINES:  # cached: they play without a TTS pass
         await engine.clip(line)
     messages = [
         {"role": "system", "content": DEFAULT_SYSTEM_PROMPT},

@@ -15,6 +15,7 @@ class ReplyKind(StrEnum):
     IDLE_PROMPT = "idle_prompt"
     GOODBYE = "goodbye"
     SAY_AGAIN = "say_again"
+    CANNOT_CHECK = "cannot_check"
 
 
 class ReplyStatus(StrEnum):

@@ -6,7 +6,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from voice_agent.session.engine import FILLERS, GOODBYE, IDLE_PROMPT, SAY_AGAIN
+from voice_agent.session.engine import (
+    CANNOT_CHECK_LIVE,
+    CANNOT_SEE_PERSONAL,
+    FILLERS,
+    GOODBYE,
+    IDLE_PROMPT,
+    SAY_AGAIN,
+)
+from voice_agent.session.honesty import Unknowable, unknowable
 from voice_agent.session.turns import DuplexPolicy, EndpointPolicy
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -99,6 +107,23 @@ class SessionConfig:
     """A final transcript whose mean token log-probability is below this is unclear. None:
     the STT's own floor (``STT.unclear_logprob``: whisper -0.7, Moonshine -0.5, each
     measured on its own scale); ``float("-inf")``: never."""
+    honesty_guard: bool = True
+    """A turn that plainly asks for live facts or the caller's own data is answered with
+    ``cannot_check_live`` or ``cannot_see_personal``, without the LLM, while the agent has
+    no tools (see :mod:`voice_agent.session.honesty`)."""
+    cannot_check_live: str = CANNOT_CHECK_LIVE
+    cannot_see_personal: str = CANNOT_SEE_PERSONAL
+
+
+def honest_line(cfg: SessionConfig, text: str, has_tools: bool) -> str | None:
+    """The fixed line that answers ``text`` when the agent cannot know what it asks (None:
+    the LLM answers)."""
+    if not cfg.honesty_guard or has_tools:
+        return None
+    kind = unknowable(text)
+    if kind is None:
+        return None
+    return cfg.cannot_check_live if kind is Unknowable.LIVE else cfg.cannot_see_personal
 
 
 def system_message(cfg: SessionConfig) -> str:

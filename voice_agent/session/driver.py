@@ -23,7 +23,12 @@ from voice_agent.core.clock import Clock
 from voice_agent.core.enums import BargeOutcome, ReplyKind
 from voice_agent.core.queues import DropOldestQueue
 from voice_agent.session import turns as t
-from voice_agent.session.config import DEFAULT_SYSTEM_PROMPT, SessionConfig, system_message
+from voice_agent.session.config import (
+    DEFAULT_SYSTEM_PROMPT,
+    SessionConfig,
+    honest_line,
+    system_message,
+)
 from voice_agent.session.engine import Engine
 from voice_agent.session.inbound import InboundPipeline, SpeechEnd, SpeechOnset
 from voice_agent.session.listener import Listener
@@ -318,9 +323,13 @@ class Session:
         if decided is not None:
             self._commit_turn(m)
         assert self._tg is not None
+        honest = honest_line(self.config, text, bool(self.engine.tools.schemas()))
         if final is not None and final.unclear:  # a guess: ask again, never answer it
             m.kind = ReplyKind.SAY_AGAIN
             reply = Reply(self.ctx, m, [], fixed=self.config.say_again, turn=len(self.turns))
+        elif honest is not None:  # it cannot know: say so, never let the LLM guess
+            m.kind = ReplyKind.CANNOT_CHECK
+            reply = Reply(self.ctx, m, [], fixed=honest, turn=len(self.turns))
         else:
             reply = Reply(self.ctx, m, messages, turn=len(self.turns))
         self.replies.launch(self._tg, reply)
