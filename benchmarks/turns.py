@@ -48,7 +48,7 @@ from voice_agent.audio.files import load_audio_16k
 from voice_agent.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE, Pcm
 from voice_agent.session import turns as t
 from voice_agent.session.config import SessionConfig
-from voice_agent.session.engine import EngineConfig, score_turn, transcribe_checked
+from voice_agent.session.engine import EngineConfig, transcribe_checked
 from voice_agent.session.inbound import InboundPipeline, SpeechEnd, SpeechOnset
 from voice_agent.session.transcripts import TranscriptFilter
 from voice_agent.vad.silero import SpeechDetector
@@ -195,9 +195,7 @@ class Scorer:
             result = transcribe_checked(self.stt, self.speech.speech_seconds, pcm)
             text = self.filter.final(result, 0).strip()
             t1 = time.perf_counter()
-            p = None
-            if self.model is not None:
-                p = score_turn(self.model, self.speech.speech_end, pcm)
+            p = None if self.model is None else self.model.probability(pcm)
             self.cache[key] = (text, t1 - t0, p, time.perf_counter() - t1)
         return self.cache[key]
 

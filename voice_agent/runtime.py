@@ -70,7 +70,7 @@ def _vad_factory(cfg: EngineConfig) -> Callable[[], FrameClassifier]:
 
 
 def speech_detector() -> SpeechDetector:
-    """Silero over a whole clip: how much of it is speech, and where the speech ends."""
+    """Silero over a whole clip: how much of it is speech."""
     from voice_agent.vad.silero import SileroSession, SpeechDetector
 
     return SpeechDetector(SileroSession())
@@ -130,7 +130,6 @@ async def open_engine(cfg: EngineConfig, log: Log = print) -> AsyncIterator[Engi
             llm=llm,
             new_vad=_vad_factory(cfg),
             speech_seconds=detector.speech_seconds,
-            speech_end=detector.speech_end,
             turn_model=turn_model,
             info={
                 "stt": cfg.stt_model,

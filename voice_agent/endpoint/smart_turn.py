@@ -19,24 +19,6 @@ from voice_agent.audio.pcm import SAMPLE_RATE, Pcm
 
 WINDOW_S = 8
 FRAMES = 800
-TAIL_S = 0.3
-"""What is kept after the last word when a turn is scored (:func:`trim_tail`)."""
-
-
-def trim_tail(pcm: Pcm, speech_end: int | None) -> Pcm:
-    """The turn's audio up to ``TAIL_S`` after its speech ends (by Silero).
-
-    webrtcvad takes steady background hiss for speech, so the turn it hands over can end
-    in a second of noise, and the model scores a noisy tail as unfinished: jfk.flac's
-    ending scored 0.74 with its tail and 0.97 cut 0.3 s after the last word. A cut at
-    0.2 s scored the pauses of ``bench --turns`` worse (real ends lower, pauses
-    higher); at 0.3 s it leaves a pause the VAD has just confirmed as it is. A turn
-    with no speech found is scored as it is."""
-    if speech_end is None:
-        return pcm
-    return pcm[: speech_end + int(TAIL_S * SAMPLE_RATE)]
-
-
 class SmartTurn:
     """One loaded model; :meth:`probability` is safe to call from one worker thread."""
 

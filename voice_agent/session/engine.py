@@ -11,7 +11,6 @@ from typing import Any, Protocol
 
 from voice_agent.audio.pcm import Pcm
 from voice_agent.core.work import FairWorker
-from voice_agent.endpoint.smart_turn import trim_tail
 from voice_agent.llm.base import LLM
 from voice_agent.llm.tools import ToolRegistry
 from voice_agent.session.inbound import FrameClassifier
@@ -98,15 +97,6 @@ def transcribe_checked(
     return result
 
 
-def score_turn(
-    model: TurnModel, speech_end: Callable[[Pcm], int | None] | None, pcm: Pcm
-) -> float:
-    """P(the turn is complete) (blocking), scored up to just after its speech ends."""
-    if speech_end is not None:
-        pcm = trim_tail(pcm, speech_end(pcm))
-    return model.probability(pcm)
-
-
 @dataclass
 class Engine:
     """Loaded models plus the workers that run them off the event loop.
@@ -128,9 +118,6 @@ class Engine:
     tts_worker: FairWorker = field(default_factory=lambda: FairWorker("tts"))
     info: dict[str, Any] = field(default_factory=dict)
     speech_seconds: Callable[[Pcm], float] | None = None
-    speech_end: Callable[[Pcm], int | None] | None = None
-    """Where the speech in a turn's audio ends (Silero): the end-of-turn model scores the
-    turn up to just after it."""
     """Seconds of speech in a clip (Silero); None: transcripts are not checked."""
     clips: dict[str, Pcm] = field(default_factory=dict)
     """Fixed lines (fillers, the idle prompt, goodbye) synthesized once with the voice."""
@@ -155,7 +142,7 @@ class Engine:
         model = self.turn_model
         if model is None:
             raise RuntimeError("no end-of-turn model loaded")
-        job = functools.partial(score_turn, model, self.speech_end, pcm)
+        job = functools.partial(model.probability, pcm)
         return await self.turn_worker.submit(owner, job, slot="score")
 
     async def run_tts(self, text: str, owner: Hashable = None) -> Pcm:

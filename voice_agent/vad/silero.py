@@ -74,20 +74,6 @@ class SpeechDetector:
         self.model = model
         self.threshold = threshold
 
-    def speech_end(self, pcm: Pcm, lookback_s: float = 3.0) -> int | None:
-        """The sample where the last speech in the final ``lookback_s`` of ``pcm`` ends:
-        the end of its last run of two speech windows or more (64 ms; a lone window is a
-        blip, as where background hiss stops dead). None: no speech there."""
-        start = max(0, len(pcm) - int(lookback_s * 16_000))
-        vad = SileroVad(self.model, self.threshold)
-        end = None
-        run = 0
-        for i in range(start, len(pcm) - WINDOW + 1, WINDOW):
-            run = run + 1 if vad.is_speech(pcm[i : i + WINDOW]) else 0
-            if run >= 2:
-                end = i + WINDOW
-        return end
-
     def speech_seconds(self, pcm: Pcm) -> float:
         vad = SileroVad(self.model, self.threshold)
         windows = 0
