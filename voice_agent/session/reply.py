@@ -64,7 +64,7 @@ class ReplyContext:
     emit: Emit
     fillers: Fillers
     max_tool_rounds: int = 3
-    first_chunk_words: int = 8
+    first_chunk_words: int = 5
 
 
 class Reply:
