@@ -431,6 +431,36 @@ def test_a_cough_pauses_the_reply_then_it_resumes_with_no_audio_lost() -> None:
     assert m.heard_text == m.reply_text
 
 
+def test_speech_over_the_agent_is_heard_by_the_check_stt() -> None:
+    """The main STT writes words into a backchannel (as Moonshine hears an "mm-hmm" as
+    "Amend them."); the check STT hears none. Every pass over speech that began while
+    the agent talked (the checks and the turn's final pass) goes to the check STT, so
+    the reply resumes; the caller's next, typed turn is answered as usual."""
+    from doubles import ScriptedSTTDouble
+
+    async def main() -> Call:
+        llm = ScriptedLLMDouble([LONG[:2]], 0.01)
+        engine = double_engine(llm, WORDS | {650: "Amend them."})
+        check = ScriptedSTTDouble({})  # hears no words in a backchannel
+        engine.check_stt = check
+        call = await dial(llm, engine=engine, idle_prompt_s=None)
+        call.session.send_text("Count for me.")
+        await call.until(lambda: call.samples(1) >= 16000 * 0.4)
+        await call.say(tone(0.6, 650))
+        await call.until(completed(call))
+        await call.end()
+        return call
+
+    call = run_virtual(main())
+    m = call.session.turns[0]
+    assert not call.events("barge_in") and not call.events("clear")
+    assert m.status == "completed" and m.interruptions[0].outcome == "recovered"
+    assert call.samples(1) == m.reply_samples == 2 * 25 * 320
+    check = call.session.engine.check_stt
+    assert check is not None and check.calls >= 2  # a check, then the final pass
+    assert call.session.engine.stt.calls == 0  # the main STT heard none of it
+
+
 # -- cancellation at each await point of a reply ---------------------------------------
 
 

@@ -38,6 +38,16 @@ def _load_stt(cfg: EngineConfig) -> STT:
     return load_stt(cfg.stt_model, cfg.stt_threads)
 
 
+def _load_check_stt(cfg: EngineConfig) -> STT | None:
+    """whisper tiny.en beside Moonshine, for speech over the agent's voice (see
+    ``Engine.check_stt``); none beside whisper."""
+    from voice_agent.models import is_moonshine
+
+    if cfg.check_stt_model == "off" or not is_moonshine(cfg.stt_model):
+        return None
+    return load_stt(cfg.check_stt_model, cfg.stt_threads)
+
+
 def _load_tts(cfg: EngineConfig) -> object:
     from voice_agent.tts.piper import PiperTTS
 
@@ -105,6 +115,7 @@ async def open_engine(cfg: EngineConfig, log: Log = print) -> AsyncIterator[Engi
             f"end-of-turn model {cfg.turn_model}…"
         )
         stt_job = asyncio.create_task(asyncio.to_thread(_load_stt, cfg))
+        check_job = asyncio.create_task(asyncio.to_thread(_load_check_stt, cfg))
         tts_job = asyncio.create_task(asyncio.to_thread(_load_tts, cfg))
         turn_job = asyncio.create_task(asyncio.to_thread(_load_turn_model, cfg))
         if cfg.llm_base_url:
@@ -116,6 +127,7 @@ async def open_engine(cfg: EngineConfig, log: Log = print) -> AsyncIterator[Engi
             base_url = await server.start()
             model = server.model
         stt, tts, turn_model = await stt_job, await tts_job, await turn_job
+        check_stt = await check_job
         detector = speech_detector()
         llm = OpenAICompatLLM(
             base_url,
@@ -126,6 +138,7 @@ async def open_engine(cfg: EngineConfig, log: Log = print) -> AsyncIterator[Engi
         )
         engine = Engine(
             stt=stt,
+            check_stt=check_stt,
             tts=tts,  # type: ignore[arg-type]
             llm=llm,
             new_vad=_vad_factory(cfg),
@@ -166,6 +179,8 @@ async def warm_up(engine: Engine) -> None:
     from voice_agent.session.engine import FIXED_LINES
 
     await engine.run_stt(np.zeros(16_000, dtype=np.int16))
+    if engine.check_stt is not None:
+        await engine.run_stt(np.zeros(16_000, dtype=np.int16), over_agent=True)
     if engine.turn_model is not None:
         await engine.run_turn_score(np.zeros(16_000, dtype=np.int16))
     for line in FIXED_LINES:  # cached: they play without a TTS pass

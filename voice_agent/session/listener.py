@@ -82,8 +82,13 @@ class Listener:
         task.add_done_callback(self._jobs.discard)
 
     async def _transcribe(self, partial: bool) -> Transcript:
+        """A pass over the turn so far (by the engine's check STT while the caller talks
+        over the agent: a barge-in is pending)."""
         pcm = self.inbound.turn_audio()
-        return await self.engine.run_stt(pcm, partial=partial, owner=self.owner)
+        over_agent = self.machine.barge is not None
+        return await self.engine.run_stt(
+            pcm, partial=partial, owner=self.owner, over_agent=over_agent
+        )
 
     def frames_pushed(self) -> None:
         """After each inbound chunk: a partial pass when the turn has grown enough (not
