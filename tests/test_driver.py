@@ -709,16 +709,15 @@ def test_the_calls_system_prompt_ends_with_the_date_from_the_injected_wall_clock
     assert run_virtual(main()).endswith("\n" + date_line(when))
 
 
-def test_an_unclear_turn_is_asked_again_without_the_llm() -> None:
-    """Words whisper is unsure of (a low mean log-probability) are not answered: the agent
-    says its fixed line, and the next, clear turn is answered with both in the history."""
-    from voice_agent.core.enums import ReplyKind
-    from voice_agent.session.engine import SAY_AGAIN
+def two_spoken_turns(first: str, unsure: bool = False) -> Call:
+    """A call of two spoken turns: ``first`` (heard as unsure words, with ``unsure``),
+    then "What time is it?", which the LLM answers "It is noon."."""
 
     async def main() -> Call:
         llm = ScriptedLLMDouble([["It is noon."]], 0.05)
-        engine = double_engine(llm, WORDS | {800: "you're opening our month on may"},
-                               unsure=frozenset({800}))  # fmt: skip
+        engine = double_engine(
+            llm, WORDS | {800: first}, unsure=frozenset({800}) if unsure else frozenset()
+        )
         call = await dial(llm, engine=engine, idle_prompt_s=None)
         await call.quiet(0.5)
         await call.say(tone(1.0, 800))
@@ -729,7 +728,16 @@ def test_an_unclear_turn_is_asked_again_without_the_llm() -> None:
         await call.end()
         return call
 
-    call = run_virtual(main())
+    return run_virtual(main())
+
+
+def test_an_unclear_turn_is_asked_again_without_the_llm() -> None:
+    """Words whisper is unsure of (a low mean log-probability) are not answered: the agent
+    says its fixed line, and the next, clear turn is answered with both in the history."""
+    from voice_agent.core.enums import ReplyKind
+    from voice_agent.session.engine import SAY_AGAIN
+
+    call = two_spoken_turns("you're opening our month on may", unsure=True)
     first, second = call.session.turns
     assert (first.kind, first.user_text, first.reply_text) == (
         ReplyKind.SAY_AGAIN, "you're opening our month on may", SAY_AGAIN)
@@ -788,21 +796,7 @@ def test_a_question_it_cannot_know_gets_the_honest_line_without_the_llm() -> Non
     from voice_agent.core.enums import ReplyKind
     from voice_agent.session.engine import CANNOT_CHECK_LIVE
 
-    async def main() -> Call:
-        llm = ScriptedLLMDouble([["It is noon."]], 0.05)
-        weather = "What will the weather be like in Denver this weekend?"
-        engine = double_engine(llm, WORDS | {800: weather})
-        call = await dial(llm, engine=engine, idle_prompt_s=None)
-        await call.quiet(0.5)
-        await call.say(tone(1.0, 800))
-        await call.until(completed(call))
-        await call.quiet(0.5)
-        await call.say(tone(1.0, 500))
-        await call.until(completed(call, 2))
-        await call.end()
-        return call
-
-    call = run_virtual(main())
+    call = two_spoken_turns("What will the weather be like in Denver this weekend?")
     first, second = call.session.turns
     assert (first.kind, first.reply_text) == (ReplyKind.CANNOT_CHECK, CANNOT_CHECK_LIVE)
     assert second.kind is ReplyKind.REPLY and second.reply_text == "It is noon."

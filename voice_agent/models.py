@@ -216,22 +216,27 @@ def smart_turn_path(name: str = "smart-turn-v3", log: Log = _quiet, fetch: bool 
     if not target.exists():
         if not fetch:
             raise ModelError(f"end-of-turn model {name} is not set up", INSTALL_FIX)
-        wheel = _pip_download(
-            entry["wheel"], cache_dir() / "wheels" / entry["wheel_file"], entry["wheel_sha256"],
-            "--only-binary", f"wheel (for its {name} model file)", log,
-        )  # fmt: skip
+        wheel = _pinned_wheel(entry, f"wheel (for its {name} model file)", log)
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".part")
-        with (
-            zipfile.ZipFile(wheel) as zf,
-            zf.open(entry["member"]) as src,
-            partial.open("wb") as out,
-        ):
-            shutil.copyfileobj(src, out)
-        verify(partial, entry["sha256"], REDO)
-        partial.replace(target)
+        _extract(wheel, entry["member"], target, entry["sha256"])
     verify(target, entry["sha256"], REDO)
     return target
+
+
+def _pinned_wheel(entry: dict[str, Any], what: str, log: Log) -> Path:
+    """The manifest entry's pinned wheel in the cache, downloaded once and verified."""
+    path = cache_dir() / "wheels" / entry["wheel_file"]
+    return _pip_download(entry["wheel"], path, entry["wheel_sha256"], "--only-binary", what, log)
+
+
+def _extract(wheel: Path, member: str, target: Path, sha256: str) -> None:
+    """One file out of a wheel (a zip), written beside ``target`` and moved there only
+    once its hash is checked."""
+    partial = target.with_name(target.name + ".part")
+    with zipfile.ZipFile(wheel) as zf, zf.open(member) as src, partial.open("wb") as out:
+        shutil.copyfileobj(src, out)
+    verify(partial, sha256, REDO)
+    partial.replace(target)
 
 
 MOONSHINE_GRAPHS = ("encoder_model", "decoder_model_merged")
@@ -259,18 +264,10 @@ def moonshine_dir(name: str = "moonshine-base", log: Log = _quiet, fetch: bool =
     if not all(t.exists() for t in targets):
         if not fetch:
             raise ModelError(f"STT model {name} is not set up", INSTALL_FIX)
-        wheel = _pip_download(
-            entry["wheel"], cache_dir() / "wheels" / entry["wheel_file"], entry["wheel_sha256"],
-            "--only-binary", f"wheel (for its {name} model files)", log,
-        )  # fmt: skip
+        wheel = _pinned_wheel(entry, f"wheel (for its {name} model files)", log)
         directory.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(wheel) as zf:
-            for fname, sha in files.items():
-                partial = directory / f"{fname}.part"
-                with zf.open(entry["member_dir"] + fname) as src, partial.open("wb") as out:
-                    shutil.copyfileobj(src, out)
-                verify(partial, sha, REDO)
-                partial.replace(directory / fname)
+        for fname, sha in files.items():
+            _extract(wheel, entry["member_dir"] + fname, directory / fname, sha)
         for graph in MOONSHINE_GRAPHS:
             log(f"converting {name} {graph}.ort to ONNX (once)…")
             convert_ort_to_onnx(directory / f"{graph}.ort", directory / f"{graph}.onnx")
