@@ -94,7 +94,7 @@ async def run_answers_bench(
     async with open_engine(cfg, log) as engine:
         for q in questions()[: args.limit] if args.limit else questions():
             # as the session answers: a fixed line when it plainly cannot know, else the LLM
-            line = honest_line(session, q["text"], bool(engine.tools.schemas()))
+            line = honest_line(session, q["text"], bool(engine.tools))
             spoken = line if line is not None else await ask(engine.llm, system, q["text"])
             row = judge(q, spoken) | {"fixed_line": line is not None}
             rows.append(row)

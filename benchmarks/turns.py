@@ -51,7 +51,6 @@ from voice_agent.session.config import SessionConfig
 from voice_agent.session.engine import EngineConfig, transcribe_checked
 from voice_agent.session.inbound import InboundPipeline, SpeechEnd, SpeechOnset
 from voice_agent.session.transcripts import TranscriptFilter
-from voice_agent.vad.silero import SpeechDetector
 
 STRETCH_S = (0.5, 1.0, 1.5)
 """Pauses stretched into real speech at word boundaries."""
@@ -173,8 +172,8 @@ class Scorer:
     """The final STT pass and the end-of-turn score of a turn's audio, timed, cached by
     the audio (stretched copies share their audio up to the stretch)."""
 
-    def __init__(self, stt: Any, model: Any, speech: SpeechDetector) -> None:
-        self.stt, self.model, self.speech = stt, model, speech
+    def __init__(self, stt: Any, model: Any, speech_seconds: Callable[[Pcm], float]) -> None:
+        self.stt, self.model, self.speech_seconds = stt, model, speech_seconds
         self.filter = TranscriptFilter(SessionConfig().min_speech_s)
         self.cache: dict[str, tuple[str, float, float | None, float]] = {}
         self.seeded: set[str] = set()
@@ -192,7 +191,7 @@ class Scorer:
         key = hashlib.sha1(pcm.tobytes()).hexdigest()
         if key not in self.cache:
             t0 = time.perf_counter()
-            result = transcribe_checked(self.stt, self.speech.speech_seconds, pcm)
+            result = transcribe_checked(self.stt, self.speech_seconds, pcm)
             text = self.filter.final(result, 0).strip()
             t1 = time.perf_counter()
             p = None if self.model is None else self.model.probability(pcm)
@@ -267,9 +266,11 @@ def policies(
     """The curve's policies: (name, machine, when the final pass starts into a pause).
     Each replays with the final pass started at the VAD's stop, except the last: the
     session's default as it runs, with the pass ``speculate_ms`` into the pause."""
-    def machine(lo: float, hi: float, **endpoint: Any) -> Callable[[], t.TurnMachine]:
-        policy = t.EndpointPolicy(**endpoint)
-        return lambda: t.TurnMachine(lo, hi, preemptive=False, endpoint=policy)
+    def machine(
+        lo: float, hi: float, policy: t.EndpointPolicy | None = None, **endpoint: Any
+    ) -> Callable[[], t.TurnMachine]:
+        chosen = policy or t.EndpointPolicy(**endpoint)
+        return lambda: t.TurnMachine(lo, hi, preemptive=False, endpoint=chosen)
 
     out = [
         (f"vad silence {s:.1f} s", machine(s, s, scored=False, cues=False))
@@ -290,16 +291,9 @@ def policies(
         out.append((f"model p>={p} + transcript + cues", machine(lo, hi, complete_p=p)))
     e = cfg.endpoint
     if not marks_sentence_ends:  # as the session sets it for this STT
+        out.append(("default, a missing full stop read as unfinished", machine(lo, hi, e)))
         e = dataclasses.replace(e, unmarked_abstains=True)
-        out.append((
-            "default, a missing full stop read as unfinished",
-            machine(lo, hi, **{f: getattr(e, f) for f in e.__dataclass_fields__
-                               if f != "unmarked_abstains"}),
-        ))  # fmt: skip
-    out.append(
-        (f"default (model p>={e.complete_p} + transcript + cues)",
-         machine(lo, hi, **{f: getattr(e, f) for f in e.__dataclass_fields__}))
-    )  # fmt: skip
+    out.append((f"default (model p>={e.complete_p} + transcript + cues)", machine(lo, hi, e)))
     rows: list[tuple[str, Callable[[], t.TurnMachine], float | None]]
     rows = [(name, make, None) for name, make in out]
     if cfg.speculate_ms is not None:
@@ -346,7 +340,7 @@ async def run_turns_bench(
 ) -> int:
     from voice_agent.endpoint.smart_turn import SmartTurn
     from voice_agent.models import smart_turn_path
-    from voice_agent.runtime import _vad_factory, load_stt, speech_detector
+    from voice_agent.runtime import _vad_factory, load_stt, speech_seconds
     from voice_agent.stt.whisper import WhisperSTT
 
     session = SessionConfig()
@@ -354,7 +348,7 @@ async def run_turns_bench(
     model = None if cfg.turn_model == "off" else SmartTurn(smart_turn_path(cfg.turn_model))
     log("building the set (word timestamps from whisper tiny-en)…")
     utts = utterances(WhisperSTT("tiny-en")._model, getattr(args, "turns_dir", None))
-    score = Scorer(stt, model, speech_detector())
+    score = Scorer(stt, model, speech_seconds())
     new_vad = _vad_factory(cfg)
     analysed = []
     for k, u in enumerate(utts, start=1):

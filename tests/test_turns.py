@@ -641,6 +641,15 @@ def test_a_score_before_the_transcript_is_used_when_it_comes() -> None:
     assert m.handle(Tick(1.2)) == [StartReply(1, "What time is it?", speech_end=1.0, decided=1.2)]
 
 
+def scored_pause(m: TurnMachine, text: str, p: float) -> tuple[float, float | None]:
+    """Speech from 0 to 1 s, its transcript and its score: (the wait, the deadline)."""
+    m.handle(SpeechStarted(t=0.1, at=0.0))
+    m.handle(SpeechStopped(t=1.12, at=1.0))
+    m.handle(TranscriptReady(t=1.15, request=1, text=text))
+    m.handle(TurnScore(t=1.18, request=1, p=p))
+    return m.wait_s, m.next_deadline()
+
+
 @pytest.mark.parametrize(
     ("p", "text", "wait"),
     [(0.5, "Ask not what your country can do for you.", 0.2),  # both say complete
@@ -650,21 +659,12 @@ def test_a_score_before_the_transcript_is_used_when_it_comes() -> None:
      (0.9, "Ask not what your country can do for", 2.0)],  # it trails off: the longest
 )  # fmt: skip
 def test_the_score_and_the_transcript_set_the_wait(p: float, text: str, wait: float) -> None:
-    m = scored()
-    m.handle(SpeechStarted(t=0.1, at=0.0))
-    m.handle(SpeechStopped(t=1.12, at=1.0))
-    m.handle(TranscriptReady(t=1.15, request=1, text=text))
-    m.handle(TurnScore(t=1.18, request=1, p=p))
-    assert m.wait_s == wait and m.next_deadline() == pytest.approx(1.0 + wait)
+    assert scored_pause(scored(), text, p) == (wait, pytest.approx(1.0 + wait))
 
 
 def test_the_model_alone_ignores_the_full_stop() -> None:
     m = scored(model_alone=True)
-    m.handle(SpeechStarted(t=0.1, at=0.0))
-    m.handle(SpeechStopped(t=1.12, at=1.0))
-    m.handle(TranscriptReady(t=1.15, request=1, text="Ask not what your country can do"))
-    m.handle(TurnScore(t=1.18, request=1, p=0.9))
-    assert m.wait_s == 0.2
+    assert scored_pause(m, "Ask not what your country can do", 0.9)[0] == 0.2
 
 
 @pytest.mark.parametrize(
@@ -679,11 +679,7 @@ def test_an_stt_that_leaves_sentences_unpunctuated_lets_the_model_decide(
     p: float, text: str, wait: float
 ) -> None:
     m = scored(unmarked_abstains=True)
-    m.handle(SpeechStarted(t=0.1, at=0.0))
-    m.handle(SpeechStopped(t=1.12, at=1.0))
-    m.handle(TranscriptReady(t=1.15, request=1, text=text))
-    m.handle(TurnScore(t=1.18, request=1, p=p))
-    assert m.wait_s == wait and m.next_deadline() == pytest.approx(1.0 + wait)
+    assert scored_pause(m, text, p) == (wait, pytest.approx(1.0 + wait))
 
 
 def test_a_doubted_full_stop_waits_and_the_caller_goes_on_in_the_same_turn() -> None:

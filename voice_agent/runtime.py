@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
 
 from voice_agent.audio.pcm import Pcm
 from voice_agent.llm.local import LocalLlamaServer
@@ -13,9 +12,6 @@ from voice_agent.llm.openai_compat import OpenAICompatLLM
 from voice_agent.session.engine import Engine, EngineConfig, TurnModel
 from voice_agent.session.inbound import FrameClassifier
 from voice_agent.stt.base import STT
-
-if TYPE_CHECKING:
-    from voice_agent.vad.silero import SpeechDetector
 
 Log = Callable[[str], None]
 
@@ -32,10 +28,6 @@ def load_stt(name: str, threads: int) -> STT:
     from voice_agent.stt.whisper import WhisperSTT
 
     return WhisperSTT(name, threads=threads)
-
-
-def _load_stt(cfg: EngineConfig) -> STT:
-    return load_stt(cfg.stt_model, cfg.stt_threads)
 
 
 def _load_check_stt(cfg: EngineConfig) -> STT | None:
@@ -79,11 +71,11 @@ def _vad_factory(cfg: EngineConfig) -> Callable[[], FrameClassifier]:
     raise ValueError(f"unknown VAD {cfg.vad!r}: choose webrtc, silero or webrtc+silero")
 
 
-def speech_detector() -> SpeechDetector:
-    """Silero over a whole clip: how much of it is speech."""
+def speech_seconds() -> Callable[[Pcm], float]:
+    """Silero over a whole clip: how many seconds of it are speech."""
     from voice_agent.vad.silero import SileroSession, SpeechDetector
 
-    return SpeechDetector(SileroSession())
+    return SpeechDetector(SileroSession()).speech_seconds
 
 
 class BothVad:
@@ -114,7 +106,7 @@ async def open_engine(cfg: EngineConfig, log: Log = print) -> AsyncIterator[Engi
             f"loading STT {cfg.stt_model}, TTS {cfg.tts_voice}, VAD {cfg.vad}, "
             f"end-of-turn model {cfg.turn_model}…"
         )
-        stt_job = asyncio.create_task(asyncio.to_thread(_load_stt, cfg))
+        stt_job = asyncio.create_task(asyncio.to_thread(load_stt, cfg.stt_model, cfg.stt_threads))
         check_job = asyncio.create_task(asyncio.to_thread(_load_check_stt, cfg))
         tts_job = asyncio.create_task(asyncio.to_thread(_load_tts, cfg))
         turn_job = asyncio.create_task(asyncio.to_thread(_load_turn_model, cfg))
@@ -128,7 +120,6 @@ async def open_engine(cfg: EngineConfig, log: Log = print) -> AsyncIterator[Engi
             model = server.model
         stt, tts, turn_model = await stt_job, await tts_job, await turn_job
         check_stt = await check_job
-        detector = speech_detector()
         llm = OpenAICompatLLM(
             base_url,
             model,
@@ -142,7 +133,7 @@ async def open_engine(cfg: EngineConfig, log: Log = print) -> AsyncIterator[Engi
             tts=tts,  # type: ignore[arg-type]
             llm=llm,
             new_vad=_vad_factory(cfg),
-            speech_seconds=detector.speech_seconds,
+            speech_seconds=speech_seconds(),
             turn_model=turn_model,
             info={
                 "stt": cfg.stt_model,

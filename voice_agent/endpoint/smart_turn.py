@@ -19,6 +19,8 @@ from voice_agent.audio.pcm import SAMPLE_RATE, Pcm
 
 WINDOW_S = 8
 FRAMES = 800
+
+
 class SmartTurn:
     """One loaded model; :meth:`probability` is safe to call from one worker thread."""
 

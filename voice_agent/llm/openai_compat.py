@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -68,24 +69,23 @@ class OpenAICompatLLM:
         """Send the request; once more at once if the connection failed before it was
         sent. A pooled keep-alive connection the server has just closed fails that way
         (llama-server closes one idle for 5 s), and the request never reached it."""
-        for attempt in (1, 2):
-            try:
-                response = await self._client.chat.completions.create(
-                    model=self.model,
-                    messages=messages,  # type: ignore[arg-type]
-                    stream=True,
-                    temperature=self.temperature,
-                    max_tokens=self.max_tokens,
-                    **kwargs,
-                )
-                assert isinstance(response, openai.AsyncStream)
-                return response
-            except openai.APITimeoutError:
-                raise
-            except openai.APIConnectionError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        create = functools.partial(
+            self._client.chat.completions.create,
+            model=self.model,
+            messages=messages,
+            stream=True,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            **kwargs,
+        )
+        try:
+            response = await create()
+        except openai.APITimeoutError:  # a connection error too, but the request was sent
+            raise
+        except openai.APIConnectionError:
+            response = await create()
+        assert isinstance(response, openai.AsyncStream)
+        return response
 
     async def stream(
         self, messages: list[Message], tools: list[dict[str, Any]] | None = None

@@ -17,7 +17,7 @@ import dataclasses
 from typing import Any
 
 from voice_agent.audio.echo import EchoGuard
-from voice_agent.audio.pcm import SAMPLE_RATE, Pcm
+from voice_agent.audio.pcm import FRAME_MS, SAMPLE_RATE, Pcm
 from voice_agent.audio.playout import Playout, Segment
 from voice_agent.core.clock import Clock
 from voice_agent.core.enums import BargeOutcome, ReplyKind
@@ -39,7 +39,7 @@ from voice_agent.session.replies import Replies, start_purpose
 from voice_agent.session.reply import Fillers, Reply, ReplyContext
 from voice_agent.session.transcripts import TranscriptFilter
 from voice_agent.session.writer import PacedWriter, PlayGate
-from voice_agent.vad.hysteresis import VadState
+from voice_agent.vad.hysteresis import VadState, frames
 
 __all__ = ["DEFAULT_SYSTEM_PROMPT", "Output", "Session", "SessionConfig"]
 
@@ -108,7 +108,7 @@ class Session:
         self.listener = Listener(
             engine, self, self.inbound, self.filter, self.machine, clock, self._control.put,
             self.emit, cfg.partial_interval_s,
-            None if cfg.speculate_ms is None else max(1, -(-cfg.speculate_ms // 20)),
+            None if cfg.speculate_ms is None else frames(cfg.speculate_ms, FRAME_MS),
         )  # fmt: skip
 
     # -- input from the transport (never blocks, never raises) -----------------
@@ -323,11 +323,11 @@ class Session:
         if decided is not None:
             self._commit_turn(m)
         assert self._tg is not None
-        honest = honest_line(self.config, text, bool(self.engine.tools.schemas()))
         if final is not None and final.unclear:  # a guess: ask again, never answer it
             m.kind = ReplyKind.SAY_AGAIN
             reply = Reply(self.ctx, m, [], fixed=self.config.say_again, turn=len(self.turns))
-        elif honest is not None:  # it cannot know: say so, never let the LLM guess
+        elif (honest := honest_line(self.config, text, bool(self.engine.tools))) is not None:
+            # it cannot know: say so, never let the LLM guess
             m.kind = ReplyKind.CANNOT_CHECK
             reply = Reply(self.ctx, m, [], fixed=honest, turn=len(self.turns))
         else:

@@ -31,7 +31,18 @@ class FinalPass(NamedTuple):
     text: str
     """The caller's words ("" for echo or noise)."""
     unclear: bool
-    """Words whisper was unsure of: asked again, never answered."""
+    """Words the STT was unsure of: asked again, never answered."""
+
+
+class EarlyPass(NamedTuple):
+    """A final pass started in a pause the VAD has not confirmed yet."""
+
+    stop_sample: int
+    """The pause's first silent sample."""
+    turn_start: int
+    """The turn's first sample."""
+    result: asyncio.Future[Transcript | None]
+    """Its transcript; None if it was dropped before it started."""
 
 
 class Listener:
@@ -53,9 +64,7 @@ class Listener:
         self.answer, self.emit = answer, emit
         self.partial_every_s = partial_every_s
         self.speculate_frames = speculate_frames
-        self._spec: tuple[int, int, asyncio.Future[Transcript | None]] | None = None
-        """A final pass started early, in a pause not yet confirmed: (its first silent
-        sample, the turn's first sample, the result; None if it was dropped)."""
+        self._spec: EarlyPass | None = None
         self.final: FinalPass | None = None
         """The last final pass (None once its turn is answered)."""
         self.score: float | None = None
@@ -107,10 +116,12 @@ class Listener:
         if self.speculate_frames is None or run is None or self._tg is None:
             return
         start, frames = run
-        if frames < self.speculate_frames or (self._spec is not None and self._spec[0] == start):
+        if frames < self.speculate_frames or (
+            self._spec is not None and self._spec.stop_sample == start
+        ):
             return
         result: asyncio.Future[Transcript | None] = asyncio.get_running_loop().create_future()
-        self._spec = (start, self.inbound.turn_start_sample, result)
+        self._spec = EarlyPass(start, self.inbound.turn_start_sample, result)
         self._spawn(self._speculate(result))
 
     async def _speculate(self, out: asyncio.Future[Transcript | None]) -> None:
@@ -147,8 +158,8 @@ class Listener:
         spec, self._spec = self._spec, None
         result: Transcript | None = None
         here = (self.inbound.stop_sample, self.inbound.turn_start_sample)
-        if spec is not None and spec[:2] == here:
-            result = await spec[2]  # started early, in this very pause
+        if spec is not None and (spec.stop_sample, spec.turn_start) == here:
+            result = await spec.result  # started early, in this very pause
         if result is None:
             try:
                 result = await self._transcribe(partial=False)

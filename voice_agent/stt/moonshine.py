@@ -142,7 +142,6 @@ class MoonshineSTT:
         token = int(picks[kept])
         for name, value in presents.items():
             past[name] = value[:, :, : kept + 1] if ".decoder." in name else value
-        self.draft_tokens_kept += kept
         while token != END and len(ids) < cap:
             ids.append(token)
             logits, presents = self._step([token], hidden, past, cached=True)
@@ -151,8 +150,9 @@ class MoonshineSTT:
             for name, value in presents.items():
                 if ".decoder." in name:  # the cross-attention cache is the first step's
                     past[name] = value
-        if key is not None:
-            with self._lock:
+        with self._lock:  # the final and the partial worker may both be here
+            self.draft_tokens_kept += kept
+            if key is not None:
                 self._drafts[key] = ids
                 self._drafts.move_to_end(key)
                 while len(self._drafts) > DRAFTS:

@@ -35,6 +35,11 @@ class VadStop:
 VadEvent = VadStart | VadStop
 
 
+def frames(ms: int, frame_ms: int) -> int:
+    """How many whole frames cover ``ms`` (at least one)."""
+    return max(1, -(-ms // frame_ms))  # ceil division
+
+
 class VadHysteresis:
     """Feed one decision per frame with :meth:`update`; get at most one event back."""
 
@@ -53,10 +58,9 @@ class VadHysteresis:
     def from_ms(
         cls, frame_ms: int, start_ms: int, stop_ms: int, rate: int = 16_000
     ) -> VadHysteresis:
-        def frames(ms: int) -> int:
-            return max(1, -(-ms // frame_ms))  # ceil division
-
-        return cls(rate * frame_ms // 1000, frames(start_ms), frames(stop_ms))
+        return cls(
+            rate * frame_ms // 1000, frames(start_ms, frame_ms), frames(stop_ms, frame_ms)
+        )
 
     def update(self, is_speech: bool) -> VadEvent | None:
         at = self._frame_index * self.frame_samples
