@@ -40,6 +40,21 @@ class ScriptedLLMDouble:
         self.token_delay_s = token_delay_s
         self.requests: list[list[Message]] = []
         self.closed_streams = 0
+        self.prefills: list[list[Message]] = []
+        """The messages of every prefill, in order."""
+        self.prefill_hangs = False
+        """A prefill never completes (the endpoint is slow to read it): only a cancel ends it."""
+        self.prefills_cancelled = 0
+
+    async def prefill(self, messages: list[Message]) -> bool:
+        self.prefills.append([dict(m) for m in messages])
+        if self.prefill_hangs:
+            try:
+                await asyncio.get_running_loop().create_future()
+            except asyncio.CancelledError:
+                self.prefills_cancelled += 1
+                raise
+        return True
 
     async def stream(
         self, messages: list[Message], tools: list[dict[str, Any]] | None = None

@@ -126,6 +126,7 @@ async def open_engine(cfg: EngineConfig, log: Log = print) -> AsyncIterator[Engi
             cfg.llm_api_key,
             first_token_timeout=cfg.llm_timeout_s,
             max_tokens=cfg.llm_max_tokens,
+            prompt_cache=server is not None,
         )
         engine = Engine(
             stt=stt,

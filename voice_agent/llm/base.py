@@ -35,3 +35,13 @@ class LLM(Protocol):
         Closing the iterator (or cancelling the task iterating it) closes the request.
         """
         ...
+
+    async def prefill(self, messages: list[Message]) -> bool:
+        """Have the endpoint read ``messages`` into its prompt cache, ahead of a request
+        that starts with them (the call's system prompt at its start; the caller's words
+        so far while they still talk), so that request reads only what is new.
+
+        Returns whether it was sent: an endpoint without a prompt cache of its own, or
+        one already busy with a request, skips it. Never raises for the endpoint's
+        failures (a prefill is only ever a head start)."""
+        ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 from collections.abc import AsyncGenerator
@@ -35,6 +36,7 @@ class OpenAICompatLLM:
         idle_timeout: float = 15.0,
         temperature: float = 0.4,
         max_tokens: int = 160,
+        prompt_cache: bool = False,
     ) -> None:
         self.name = f"openai-compat:{model}@{base_url}"
         self.base_url = base_url
@@ -43,6 +45,10 @@ class OpenAICompatLLM:
         self.idle_timeout = idle_timeout
         self.temperature = temperature
         self.max_tokens = max_tokens
+        self.prompt_cache = prompt_cache
+        self.prefills = 0
+        """Prefills the endpoint has read."""
+        self._active = 0
         self._client = openai.AsyncOpenAI(
             base_url=base_url,
             api_key=api_key,
@@ -62,6 +68,28 @@ class OpenAICompatLLM:
                     return
                 except (openai.APIConnectionError, openai.APIStatusError, openai.APITimeoutError):
                     await asyncio.sleep(0.1)
+
+    async def prefill(self, messages: list[Message]) -> bool:
+        """Read ``messages`` into the endpoint's prompt cache: a request for one token,
+        sent only when nothing else of ours is in flight (a prefill never queues ahead
+        of a reply). Cancelling it closes the request."""
+        if not self.prompt_cache or self._active:
+            return False
+        self._active += 1
+        try:
+            await self._client.chat.completions.create(
+                model=self.model,
+                messages=messages,  # type: ignore[arg-type]
+                max_tokens=1,
+                temperature=0.0,
+                timeout=self.first_token_timeout,
+            )
+        except openai.APIError:
+            return False  # the reply will read the prompt itself, and report a failure
+        finally:
+            self._active -= 1
+        self.prefills += 1
+        return True
 
     async def _create(
         self, messages: list[Message], kwargs: dict[str, Any]
@@ -95,6 +123,17 @@ class OpenAICompatLLM:
         kwargs: dict[str, Any] = {}
         if tools:
             kwargs["tools"] = tools
+        self._active += 1
+        try:
+            async with contextlib.aclosing(self._stream(messages, kwargs, parser)) as events:
+                async for event in events:
+                    yield event
+        finally:
+            self._active -= 1
+
+    async def _stream(
+        self, messages: list[Message], kwargs: dict[str, Any], parser: ContentToolCallParser
+    ) -> AsyncGenerator[LLMEvent, None]:
         try:
             async with asyncio.timeout(self.first_token_timeout):
                 response = await self._create(messages, kwargs)

@@ -86,6 +86,12 @@ class SessionConfig:
     """Start the reply during the pause, once its transcript is in and the pause has lasted
     ``prepare_after_s``; play it once the turn is over."""
     prepare_after_s: float = 0.25
+    prefill: bool = True
+    """Give the LLM a head start on each reply's prompt: the call's system prompt when
+    it starts, and the caller's words so far at each partial transcript while the agent
+    is idle, so the reply's request reads only the words that came after. Only sent
+    where the endpoint keeps a prompt cache (the local llama-server; see
+    ``LLM.prefill``)."""
     endpoint: EndpointPolicy = field(default_factory=EndpointPolicy)
     """When a pause ends the turn: transcript cues and the end-of-turn model's score (used
     when the engine has one), then ``min_silence_s``/``max_silence_s`` by the transcript."""

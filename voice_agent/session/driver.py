@@ -22,6 +22,7 @@ from voice_agent.audio.playout import Playout, Segment
 from voice_agent.core.clock import Clock
 from voice_agent.core.enums import BargeOutcome, ReplyKind
 from voice_agent.core.queues import DropOldestQueue
+from voice_agent.llm.base import Message
 from voice_agent.session import turns as t
 from voice_agent.session.config import (
     DEFAULT_SYSTEM_PROMPT,
@@ -109,7 +110,10 @@ class Session:
             engine, self, self.inbound, self.filter, self.machine, clock, self._control.put,
             self.emit, cfg.partial_interval_s,
             None if cfg.speculate_ms is None else frames(cfg.speculate_ms, FRAME_MS),
+            on_partial=self._prefill,
         )  # fmt: skip
+        self._prefilling: asyncio.Task[bool] | None = None
+        self._prefilled: list[Message] = []
 
     # -- input from the transport (never blocks, never raises) -----------------
 
@@ -185,12 +189,15 @@ class Session:
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             self.listener.start(tg)
+            self._prefill(None)
             loops = [tg.create_task(self._inbound_loop()), tg.create_task(self.writer.run())]
             try:
                 await self._control_loop()
             finally:
                 await self.replies.cancel()
                 self.listener.stop()
+                if self._prefilling is not None:
+                    self._prefilling.cancel()
                 for task in loops:
                     task.cancel()
         self._tg = None
@@ -308,11 +315,32 @@ class Session:
 
     # -- replies ----------------------------------------------------------------
 
+    def _prefill(self, words: str | None) -> None:
+        """Have the LLM read the next reply's prompt so far: the history (the system
+        prompt, at the start of the call), then the caller's ``words`` heard so far.
+        Only while the agent is idle, one at a time; a reply that starts cancels it."""
+        if not self.config.prefill or self._tg is None:
+            return
+        if self._prefilling is not None and not self._prefilling.done():
+            return
+        m = self.machine
+        if words is not None and (m.agent is not t.AgentState.IDLE or m.prepared is not None):
+            return
+        messages = list(self.history)
+        if words:
+            messages.append({"role": "user", "content": words})
+        if messages == self._prefilled:
+            return  # the same words again: nothing new to read
+        self._prefilled = messages
+        self._prefilling = self._tg.create_task(self.engine.llm.prefill(messages))
+
     def _start_reply(
         self, gen: int, text: str, speech_end: float | None, decided: float | None
     ) -> ReplyKind:
         """Start reply ``gen``; with ``decided`` None it is prepared: its audio is held.
         Returns what it is: an answer, or the line that asks an unclear turn again."""
+        if self._prefilling is not None:
+            self._prefilling.cancel()  # the reply reads what it had read, and the rest
         m = TurnMetrics(gen=gen, user_text=text, speech_end=speech_end, decided=decided)
         final = self.listener.final if speech_end is not None else None
         if speech_end is not None:

@@ -58,12 +58,15 @@ class Listener:
         emit: Callable[..., Awaitable[None]],
         partial_every_s: float,
         speculate_frames: int | None = None,
+        on_partial: Callable[[str], None] | None = None,
     ) -> None:
         self.engine, self.owner, self.inbound = engine, owner, inbound
         self.transcripts, self.machine, self.clock = transcripts, machine, clock
         self.answer, self.emit = answer, emit
         self.partial_every_s = partial_every_s
         self.speculate_frames = speculate_frames
+        self.on_partial = on_partial
+        """Called with each partial transcript heard while the caller talks."""
         self._spec: EarlyPass | None = None
         self.final: FinalPass | None = None
         """The last final pass (None once its turn is answered)."""
@@ -153,6 +156,8 @@ class Listener:
             self._partial_running = False
         if result.text and self.machine.user is t.UserState.SPEAKING:
             await self.emit("transcript.partial", text=result.text)
+            if self.on_partial is not None:
+                self.on_partial(result.text)
 
     async def _final_pass(self, request: int) -> None:
         spec, self._spec = self._spec, None

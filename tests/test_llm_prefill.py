@@ -1,0 +1,120 @@
+"""``OpenAICompatLLM.prefill`` against a real socket server: what it sends, and when it
+sends nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from voice_agent.llm.base import TextDelta
+from voice_agent.llm.openai_compat import OpenAICompatLLM
+
+COMPLETION = json.dumps({
+    "id": "1", "object": "chat.completion", "created": 0, "model": "m",
+    "choices": [{"index": 0, "finish_reason": "length",
+                 "message": {"role": "assistant", "content": "The"}}],
+}).encode()  # fmt: skip
+CHUNK = (
+    b'data: {"id":"1","object":"chat.completion.chunk","created":0,"model":"m",'
+    b'"choices":[{"index":0,"delta":{"content":"Hello."},"finish_reason":null}]}\n\n'
+)
+
+
+class Endpoint:
+    """Records each request's JSON body. A streamed request sends one chunk, then waits
+    for ``release`` before it ends; any other gets ``status`` and a one-token completion."""
+
+    def __init__(self, status: str = "200 OK") -> None:
+        self.status = status
+        self.bodies: list[dict[str, Any]] = []
+        self.release = asyncio.Event()
+        self.server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        body = json.loads(await reader.readexactly(length))
+        self.bodies.append(body)
+        if body.get("stream"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                         b"Connection: close\r\n\r\n" + CHUNK)  # fmt: skip
+            await writer.drain()
+            await self.release.wait()
+            writer.write(b"data: [DONE]\n\n")
+        else:
+            writer.write(
+                f"HTTP/1.1 {self.status}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(COMPLETION)}\r\nConnection: close\r\n\r\n".encode()
+                + COMPLETION
+            )
+        await writer.drain()
+        writer.close()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+MESSAGES = [
+    {"role": "system", "content": "You are a voice assistant."},
+    {"role": "user", "content": "What is the capital"},
+]
+
+
+async def test_a_prefill_asks_for_one_token_of_the_prompt_so_far() -> None:
+    endpoint = Endpoint()
+    async with endpoint as url:
+        llm = OpenAICompatLLM(url, "m", prompt_cache=True)
+        try:
+            assert await llm.prefill(MESSAGES) is True
+        finally:
+            await llm.close()
+    [body] = endpoint.bodies
+    assert body["messages"] == MESSAGES
+    assert body["max_tokens"] == 1 and body["temperature"] == 0.0
+    assert not body.get("stream")
+    assert llm.prefills == 1
+
+
+async def test_an_endpoint_without_a_prompt_cache_gets_no_prefill() -> None:
+    endpoint = Endpoint()
+    async with endpoint as url:
+        llm = OpenAICompatLLM(url, "m")  # a hosted API: a prefill would only be billed
+        try:
+            assert await llm.prefill(MESSAGES) is False
+        finally:
+            await llm.close()
+    assert endpoint.bodies == [] and llm.prefills == 0
+
+
+async def test_a_prefill_never_queues_behind_a_reply_in_flight() -> None:
+    endpoint = Endpoint()
+    async with endpoint as url:
+        llm = OpenAICompatLLM(url, "m", prompt_cache=True)
+        try:
+            stream = llm.stream(MESSAGES)
+            assert await anext(stream) == TextDelta("Hello.")
+            assert await llm.prefill(MESSAGES) is False  # the reply is still streaming
+            endpoint.release.set()
+            assert [e async for e in stream] == []
+            assert await llm.prefill(MESSAGES) is True  # and once it is over, it goes
+        finally:
+            await llm.close()
+    assert [bool(b.get("stream")) for b in endpoint.bodies] == [True, False]
+
+
+async def test_a_failed_prefill_is_only_a_lost_head_start() -> None:
+    endpoint = Endpoint("503 Service Unavailable")
+    async with endpoint as url:
+        llm = OpenAICompatLLM(url, "m", prompt_cache=True)
+        try:
+            assert await llm.prefill(MESSAGES) is False
+            assert await llm.prefill(MESSAGES) is False  # nothing stuck in flight
+        finally:
+            await llm.close()
+    assert len(endpoint.bodies) == 2 and llm.prefills == 0
