@@ -30,6 +30,8 @@ async def run_bench(args: argparse.Namespace, cfg: EngineConfig, log: Callable[[
     session = SessionConfig()
     if getattr(args, "first_chunk_words", None) is not None:
         session.first_chunk_words = args.first_chunk_words
+    if getattr(args, "no_prefill", False):
+        session.prefill = False
     async with open_engine(cfg, log) as engine:
         rows: list[dict[str, Any]] = []
         for u in utterances(engine.tts, args.limit):
@@ -64,6 +66,7 @@ async def run_bench(args: argparse.Namespace, cfg: EngineConfig, log: Callable[[
                 f"“{transcript}” → “{row['reply']}”"
             )
         llm_rss = peak_rss_kb(engine.info.get("llm_pid"))
+        prefills = getattr(engine.llm, "prefills", None)
     v2v = [r["voice_to_voice_ms"] for r in rows if r["voice_to_voice_ms"] is not None]
     stages: dict[str, dict[str, float | None]] = {}
     for key in rows[0]["ttfb_ms"] if rows and rows[0]["ttfb_ms"] else []:
@@ -73,6 +76,8 @@ async def run_bench(args: argparse.Namespace, cfg: EngineConfig, log: Callable[[
     summary = {
         "utterances": len(rows),
         "first_chunk_words": session.first_chunk_words,
+        "prefill": session.prefill,
+        "llm_prefills": prefills,
         "answered": len(v2v),
         "voice_to_voice_ms": p50_p95(v2v) | {"min": min(v2v, default=None),
                                              "max": max(v2v, default=None)},

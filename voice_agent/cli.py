@@ -190,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="the most words of a reply's first spoken chunk (default: the session's)",
     )  # fmt: skip
     b.add_argument(
+        "--no-prefill", action="store_true",
+        help="do not read the prompt into the LLM's cache ahead of the reply (to compare)",
+    )  # fmt: skip
+    b.add_argument(
         "--turns",
         action="store_true",
         help="end of turn on real speech with pauses: cut-offs against endpoint latency",

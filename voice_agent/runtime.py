@@ -181,5 +181,6 @@ async def warm_up(engine: Engine) -> None:
         {"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
         {"role": "user", "content": "Hi."},
     ]
-    async for _ in engine.llm.stream(messages):
-        break
+    async with contextlib.aclosing(engine.llm.stream(messages)) as stream:
+        async for _ in stream:
+            break

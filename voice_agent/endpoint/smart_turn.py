@@ -30,12 +30,11 @@ class SmartTurn:
         import onnxruntime as ort
         from faster_whisper.feature_extractor import FeatureExtractor
 
+        from voice_agent.core.onnxrt import session_options
         from voice_agent.models import smart_turn_path
 
-        options = ort.SessionOptions()
+        options = session_options(threads)
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.inter_op_num_threads = 1
-        options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._session = ort.InferenceSession(
             str(path or smart_turn_path()), sess_options=options, providers=["CPUExecutionProvider"]

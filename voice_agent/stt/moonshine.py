@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from voice_agent.audio.pcm import SAMPLE_RATE, Floats, Pcm, to_float32
+from voice_agent.core.onnxrt import session_options
 from voice_agent.models import moonshine_dir
 from voice_agent.stt.base import Transcript
 
@@ -85,9 +86,7 @@ class MoonshineSTT:
     def __init__(self, model: str = "moonshine-base", threads: int = 2) -> None:
         self.name = f"moonshine:{model}"
         self.directory = moonshine_dir(model)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
+        opts = session_options(threads)
         providers = ["CPUExecutionProvider"]
         self._encoder = ort.InferenceSession(
             str(self.directory / "encoder_model.onnx"), opts, providers=providers

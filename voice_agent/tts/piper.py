@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
+import onnxruntime
 from piper import PiperVoice, SynthesisConfig
+from piper.config import PiperConfig
 
 from voice_agent.audio.pcm import SAMPLE_RATE, Pcm
 from voice_agent.audio.resample import resample
+from voice_agent.core.onnxrt import session_options
 from voice_agent.models import piper_voice
 
 
 class PiperTTS:
-    def __init__(self, voice: str = "joe-medium", length_scale: float | None = None) -> None:
+    def __init__(
+        self, voice: str = "joe-medium", length_scale: float | None = None, threads: int = 2
+    ) -> None:
         model, config = piper_voice(voice)
         self.name = f"piper:{voice}"
-        self._voice = PiperVoice.load(model, config_path=config)
+        # PiperVoice.load would give onnxruntime its default options (threads that spin)
+        session = onnxruntime.InferenceSession(
+            str(model), session_options(threads), providers=["CPUExecutionProvider"]
+        )
+        settings = json.loads(Path(config).read_text(encoding="utf-8"))
+        self._voice = PiperVoice(session=session, config=PiperConfig.from_dict(settings))
         self.native_rate = int(self._voice.config.sample_rate)
         self._syn = SynthesisConfig(length_scale=length_scale)
 

@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime
 
 from voice_agent.audio.pcm import Pcm, to_float32
+from voice_agent.core.onnxrt import session_options
 
 WINDOW = 512
 CONTEXT = 64
@@ -29,9 +30,7 @@ class SileroSession:
     """The loaded ONNX model; share one per process."""
 
     def __init__(self, path: Path | None = None) -> None:
-        opts = onnxruntime.SessionOptions()
-        opts.inter_op_num_threads = 1
-        opts.intra_op_num_threads = 1
+        opts = session_options(1)
         opts.log_severity_level = 4
         self.session = onnxruntime.InferenceSession(
             str(path or silero_model_path()), providers=["CPUExecutionProvider"], sess_options=opts
