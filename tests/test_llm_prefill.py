@@ -7,6 +7,8 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
+
 from voice_agent.llm.base import TextDelta
 from voice_agent.llm.openai_compat import OpenAICompatLLM
 
@@ -25,8 +27,12 @@ class Endpoint:
     """Records each request's JSON body. A streamed request sends one chunk, then waits
     for ``release`` before it ends; any other gets ``status`` and a one-token completion."""
 
-    def __init__(self, status: str = "200 OK") -> None:
+    def __init__(self, status: str = "200 OK", hold_completions: bool = False) -> None:
         self.status = status
+        self.hold_completions = hold_completions
+        """A request that is not streamed gets no answer until its client closes it."""
+        self.received = asyncio.Event()
+        self.closed_unanswered = asyncio.Event()
         self.bodies: list[dict[str, Any]] = []
         self.release = asyncio.Event()
         self.server: asyncio.Server | None = None
@@ -36,12 +42,16 @@ class Endpoint:
         length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
         body = json.loads(await reader.readexactly(length))
         self.bodies.append(body)
+        self.received.set()
         if body.get("stream"):
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                          b"Connection: close\r\n\r\n" + CHUNK)  # fmt: skip
             await writer.drain()
             await self.release.wait()
             writer.write(b"data: [DONE]\n\n")
+        elif self.hold_completions:
+            await reader.read()  # until the client closes the connection
+            self.closed_unanswered.set()
         else:
             writer.write(
                 f"HTTP/1.1 {self.status}\r\nContent-Type: application/json\r\n"
@@ -118,3 +128,39 @@ async def test_a_failed_prefill_is_only_a_lost_head_start() -> None:
         finally:
             await llm.close()
     assert len(endpoint.bodies) == 2 and llm.prefills == 0
+
+
+async def test_a_reply_that_starts_closes_a_prefill_still_being_read() -> None:
+    """The endpoint is still reading the prefill (it never answers it) when a reply
+    starts: the prefill's request is closed at once and it reports that it did not
+    finish; the reply streams."""
+    endpoint = Endpoint(hold_completions=True)
+    async with endpoint as url:
+        llm = OpenAICompatLLM(url, "m", prompt_cache=True)
+        try:
+            prefill = asyncio.create_task(llm.prefill(MESSAGES))
+            await asyncio.wait_for(endpoint.received.wait(), 5)
+            stream = llm.stream(MESSAGES)
+            assert await anext(stream) == TextDelta("Hello.")
+            assert await asyncio.wait_for(prefill, 5) is False
+            endpoint.release.set()
+            assert [e async for e in stream] == []
+            await asyncio.wait_for(endpoint.closed_unanswered.wait(), 5)
+        finally:
+            await llm.close()
+    assert llm.prefills == 0
+
+
+async def test_cancelling_a_prefill_cancels_its_caller_not_only_the_request() -> None:
+    endpoint = Endpoint(hold_completions=True)
+    async with endpoint as url:
+        llm = OpenAICompatLLM(url, "m", prompt_cache=True)
+        try:
+            prefill = asyncio.create_task(llm.prefill(MESSAGES))
+            await asyncio.wait_for(endpoint.received.wait(), 5)
+            prefill.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await prefill
+            await asyncio.wait_for(endpoint.closed_unanswered.wait(), 5)  # its request too
+        finally:
+            await llm.close()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import websockets
 from conftest import http_json
-from test_pipeline import read_back, word_overlap
+from test_pipeline import read_back, read_back_overlap
 
 from voice_agent.audio.files import load_audio
 from voice_agent.audio.pcm import rms_dbfs
@@ -173,5 +173,5 @@ async def test_typed_text_gets_a_spoken_reply(real_server: str, real_engine: Any
         # (tiny.en mishears a word or two of a short clip)
         heard = read_back(real_engine.stt, audio)
         first = re.split(r"(?<=[.!?])\s+", done["text"].strip())[0]
-        assert word_overlap(first, heard) >= 0.7, (done["text"], heard)
+        assert read_back_overlap(first, heard) >= 0.7, (done["text"], heard)
         assert len(heard.split()) >= 0.3 * len(done["text"].split()), (done["text"], heard)

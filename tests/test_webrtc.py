@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from conftest import http_json, until
-from test_pipeline import read_back, word_overlap
+from test_pipeline import read_back, read_back_overlap
 
 from voice_agent.audio.files import load_audio
 from voice_agent.audio.pcm import rms_dbfs
@@ -111,7 +111,7 @@ async def test_aiortc_peer_speaks_jfk_and_hears_the_reply(
     # the reply that completed is the last speech heard: read back the tail of what was
     # received (tiny.en mishears a word or two of speech that went through Opus)
     heard = read_back(stt, audio[-(16000 * 28) :])
-    assert word_overlap(reply, heard) >= 0.6, (reply, heard)
+    assert read_back_overlap(reply, heard) >= 0.6, (reply, heard)
 
 
 @pytest.mark.parametrize(

@@ -49,6 +49,7 @@ class OpenAICompatLLM:
         self.prefills = 0
         """Prefills the endpoint has read."""
         self._active = 0
+        self._prefilling: asyncio.Future[Any] | None = None
         self._client = openai.AsyncOpenAI(
             base_url=base_url,
             api_key=api_key,
@@ -71,23 +72,34 @@ class OpenAICompatLLM:
 
     async def prefill(self, messages: list[Message]) -> bool:
         """Read ``messages`` into the endpoint's prompt cache: a request for one token,
-        sent only when nothing else of ours is in flight (a prefill never queues ahead
-        of a reply). Cancelling it closes the request."""
+        sent only when nothing else of ours is in flight. A reply that starts meanwhile
+        (any session's) closes it, so a prefill never holds a reply up for long: the
+        endpoint keeps what it had read. Cancelling it closes the request too."""
         if not self.prompt_cache or self._active:
             return False
         self._active += 1
-        try:
-            await self._client.chat.completions.create(
+        request = asyncio.ensure_future(
+            self._client.chat.completions.create(
                 model=self.model,
                 messages=messages,  # type: ignore[arg-type]
                 max_tokens=1,
                 temperature=0.0,
                 timeout=self.first_token_timeout,
             )
+        )
+        self._prefilling = request
+        try:
+            await request
         except openai.APIError:
             return False  # the reply will read the prompt itself, and report a failure
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # our caller was cancelled
+            return False  # a reply started (see stream): it reads on from here
         finally:
             self._active -= 1
+            self._prefilling = None
         self.prefills += 1
         return True
 
@@ -123,6 +135,8 @@ class OpenAICompatLLM:
         kwargs: dict[str, Any] = {}
         if tools:
             kwargs["tools"] = tools
+        if self._prefilling is not None:
+            self._prefilling.cancel()
         self._active += 1
         try:
             async with contextlib.aclosing(self._stream(messages, kwargs, parser)) as events:
