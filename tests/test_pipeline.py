@@ -279,3 +279,13 @@ async def test_preemptive_reply_dropped_at_a_mid_sentence_pause_leaves_no_trace(
     assert not [
         e for e in result.recorder.events if e["type"] == "reply.delta" and e["gen"] != turn.gen
     ]
+
+
+
+async def test_the_local_llm_takes_prefills(real_engine: Any) -> None:
+    """Being local (a prompt cache of its own, nothing billed), llama-server is sent
+    prefills, and reads them."""
+    before = real_engine.llm.prefills
+    system = {"role": "system", "content": "You are a friendly voice assistant."}
+    assert await real_engine.llm.prefill([system]) is True
+    assert real_engine.llm.prefills == before + 1
