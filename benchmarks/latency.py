@@ -57,6 +57,8 @@ async def run_bench(args: argparse.Namespace, cfg: EngineConfig, log: Callable[[
                 "voice_to_voice_ms": last.get("voice_to_voice_true_ms") if last else None,
                 "voice_to_voice_vad_ms": last["voice_to_voice_ms"] if last else None,
                 "ttfb_ms": last["ttfb_ms"] if last else {},
+                "timeline_ms": last["timeline_ms"] if last else {},
+                "end_of_turn": last["end_of_turn"] if last else {},
                 "answer_after_end_of_turn_ms": answer_after(last),
                 "filler": last["fillers"][0]["text"] if last and last["fillers"] else None,
             }
