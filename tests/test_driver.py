@@ -10,6 +10,7 @@ test that leaves any task pending.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -824,21 +825,27 @@ def test_with_tools_the_llm_answers_what_a_tool_may_check() -> None:
     assert honest_line(cfg, "What is the capital of France?", False) is None
 
 
-def test_the_llm_reads_the_prompt_ahead_the_system_prompt_then_the_callers_words() -> None:
-    """The call's start prefills the system prompt; the partial transcript (at 0.8 s of
-    the turn, 0.2 s to compute) prefills the caller's words so far, once (the second
-    partial heard the same words); the reply's prompt then starts with what was read."""
+def one_spoken_turn(llm: ScriptedLLMDouble, speech_s: float, **config: Any) -> Call:
+    """A caller says one tone turn (0.5 s in) and hears the reply to its end."""
 
     async def main() -> Call:
-        llm = ScriptedLLMDouble([["It is noon."]], 0.05)
-        call = await dial(llm, idle_prompt_s=None)
+        cfg = SessionConfig(echo_guard=False, duplex=DuplexPolicy(idle_prompt_s=None))
+        call = await dial(llm, dataclasses.replace(cfg, **config))
         await call.quiet(0.5)
-        await call.say(tone(2.0, 500))
+        await call.say(tone(speech_s, 500))
         await call.until(completed(call))
         await call.end()
         return call
 
-    call = run_virtual(main())
+    result: Call = run_virtual(main())
+    return result
+
+
+def test_the_llm_reads_the_prompt_ahead_the_system_prompt_then_the_callers_words() -> None:
+    """The call's start prefills the system prompt; the partial transcript (at 0.8 s of
+    the turn, 0.2 s to compute) prefills the caller's words so far, once (the second
+    partial heard the same words); the reply's prompt then starts with what was read."""
+    call = one_spoken_turn(ScriptedLLMDouble([["It is noon."]], 0.05), 2.0)
     system = call.session.history[0]
     user = {"role": "user", "content": "What time is it?"}
     assert [e["text"] for e in call.events("transcript.partial")] == ["What time is it?"] * 2
@@ -847,18 +854,7 @@ def test_the_llm_reads_the_prompt_ahead_the_system_prompt_then_the_callers_words
 
 
 def test_no_prefill_when_the_session_turns_it_off() -> None:
-    async def main() -> Call:
-        llm = ScriptedLLMDouble([["It is noon."]], 0.05)
-        config = SessionConfig(echo_guard=False, prefill=False,
-                               duplex=DuplexPolicy(idle_prompt_s=None))  # fmt: skip
-        call = await dial(llm, config)
-        await call.quiet(0.5)
-        await call.say(tone(2.0, 500))
-        await call.until(completed(call))
-        await call.end()
-        return call
-
-    call = run_virtual(main())
+    call = one_spoken_turn(ScriptedLLMDouble([["It is noon."]], 0.05), 2.0, prefill=False)
     assert call.llm.prefills == []
     assert call.session.turns[0].reply_text == "It is noon."
 
@@ -866,18 +862,9 @@ def test_no_prefill_when_the_session_turns_it_off() -> None:
 def test_a_reply_that_starts_cancels_a_prefill_still_being_read() -> None:
     """The endpoint never finishes the prefill; the reply cancels it (closing its
     request) and plays, and nothing is left running."""
-
-    async def main() -> Call:
-        llm = ScriptedLLMDouble([["It is noon."]], 0.05)
-        llm.prefill_hangs = True
-        call = await dial(llm, idle_prompt_s=None)
-        await call.quiet(0.5)
-        await call.say(tone(1.0, 500))
-        await call.until(completed(call))
-        await call.end()
-        return call
-
-    call = run_virtual(main())
+    llm = ScriptedLLMDouble([["It is noon."]], 0.05)
+    llm.prefill_hangs = True
+    call = one_spoken_turn(llm, 1.0)
     # the start's prefill never ended, so the partial's words were not sent
     assert call.llm.prefills == [[call.session.history[0]]]
     assert call.llm.prefills_cancelled == 1

@@ -4,7 +4,9 @@ sends nothing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -130,37 +132,37 @@ async def test_a_failed_prefill_is_only_a_lost_head_start() -> None:
     assert len(endpoint.bodies) == 2 and llm.prefills == 0
 
 
+@contextlib.asynccontextmanager
+async def prefill_being_read() -> AsyncIterator[tuple[Endpoint, OpenAICompatLLM, Any]]:
+    """A prefill the endpoint has received and never answers: (endpoint, llm, its task)."""
+    endpoint = Endpoint(hold_completions=True)
+    async with endpoint as url:
+        llm = OpenAICompatLLM(url, "m", prompt_cache=True)
+        try:
+            prefill = asyncio.create_task(llm.prefill(MESSAGES))
+            await asyncio.wait_for(endpoint.received.wait(), 5)
+            yield endpoint, llm, prefill
+        finally:
+            await llm.close()
+
+
 async def test_a_reply_that_starts_closes_a_prefill_still_being_read() -> None:
     """The endpoint is still reading the prefill (it never answers it) when a reply
     starts: the prefill's request is closed at once and it reports that it did not
     finish; the reply streams."""
-    endpoint = Endpoint(hold_completions=True)
-    async with endpoint as url:
-        llm = OpenAICompatLLM(url, "m", prompt_cache=True)
-        try:
-            prefill = asyncio.create_task(llm.prefill(MESSAGES))
-            await asyncio.wait_for(endpoint.received.wait(), 5)
-            stream = llm.stream(MESSAGES)
-            assert await anext(stream) == TextDelta("Hello.")
-            assert await asyncio.wait_for(prefill, 5) is False
-            endpoint.release.set()
-            assert [e async for e in stream] == []
-            await asyncio.wait_for(endpoint.closed_unanswered.wait(), 5)
-        finally:
-            await llm.close()
+    async with prefill_being_read() as (endpoint, llm, prefill):
+        stream = llm.stream(MESSAGES)
+        assert await anext(stream) == TextDelta("Hello.")
+        assert await asyncio.wait_for(prefill, 5) is False
+        endpoint.release.set()
+        assert [e async for e in stream] == []
+        await asyncio.wait_for(endpoint.closed_unanswered.wait(), 5)
     assert llm.prefills == 0
 
 
 async def test_cancelling_a_prefill_cancels_its_caller_not_only_the_request() -> None:
-    endpoint = Endpoint(hold_completions=True)
-    async with endpoint as url:
-        llm = OpenAICompatLLM(url, "m", prompt_cache=True)
-        try:
-            prefill = asyncio.create_task(llm.prefill(MESSAGES))
-            await asyncio.wait_for(endpoint.received.wait(), 5)
-            prefill.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await prefill
-            await asyncio.wait_for(endpoint.closed_unanswered.wait(), 5)  # its request too
-        finally:
-            await llm.close()
+    async with prefill_being_read() as (endpoint, _, prefill):
+        prefill.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await prefill
+        await asyncio.wait_for(endpoint.closed_unanswered.wait(), 5)  # its request too
