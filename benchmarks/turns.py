@@ -293,6 +293,8 @@ def policies(
     if not marks_sentence_ends:  # as the session sets it for this STT
         out.append(("default, a missing full stop read as unfinished", machine(lo, hi, e)))
         e = dataclasses.replace(e, unmarked_abstains=True)
+        commas = dataclasses.replace(e, unmarked_commas=False)
+        out.append(("default, a final comma read as trailing off", machine(lo, hi, commas)))
     out.append((f"default (model p>={e.complete_p} + transcript + cues)", machine(lo, hi, e)))
     rows: list[tuple[str, Callable[[], t.TurnMachine], float | None]]
     rows = [(name, make, None) for name, make in out]

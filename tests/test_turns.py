@@ -606,6 +606,21 @@ def test_a_transcript_that_trails_off(text: str, trailing: bool) -> None:
     assert trails_off(text) is trailing
 
 
+@pytest.mark.parametrize(
+    ("text", "trailing"),
+    [("Tell me a fun fact about octopuses,", False), ("So the thing is,", True),
+     ("I'd like a table for,", True), ("My order number is, um,", True), ("Well…", False),
+     ("What is it for?", False), ("I want to go to the", True)],
+)  # fmt: skip
+def test_without_the_stts_marks_only_the_last_word_trails_off(text: str, trailing: bool) -> None:
+    assert trails_off(text, marks=False) is trailing
+
+
+def test_a_final_comma_can_still_be_read_as_trailing_off_to_compare() -> None:
+    m = scored(unmarked_abstains=True, unmarked_commas=False)
+    assert scored_pause(m, "Tell me a fun fact about octopuses,", 0.988)[0] == 2.0
+
+
 def test_a_transcript_that_trails_off_waits_the_longest() -> None:
     m = machine()  # no model: a finished sentence would end at 0.3 s
     m.handle(SpeechStarted(t=0.1, at=0.0))
@@ -673,7 +688,10 @@ def test_the_model_alone_ignores_the_full_stop() -> None:
      (0.45, "Ask what you can do for your country", 0.8),  # it doubts: unsure, not the max
      (0.9, "Ask what you can do for your country.", 0.2),  # a full stop still counts
      (0.49, "Ask what you can do for your country.", 0.8),
-     (0.9, "Ask what you can do for", 2.0)],  # trailing off still waits the longest
+     (0.9, "Ask what you can do for", 2.0),  # trailing off still waits the longest
+     (0.988, "Tell me a fun fact about octopuses,", 0.2),  # its final comma says nothing
+     (0.3, "Tell me a fun fact about octopuses,", 0.8),
+     (0.9, "I'd like a table for,", 2.0)],  # the word still does
 )  # fmt: skip
 def test_an_stt_that_leaves_sentences_unpunctuated_lets_the_model_decide(
     p: float, text: str, wait: float

@@ -355,15 +355,17 @@ TRAILING = frozenset(
 the pause anyway: "I'd like a table for." )."""
 
 
-def trails_off(text: str) -> bool:
+def trails_off(text: str, marks: bool = True) -> bool:
     """Does the transcript stop mid-sentence: a comma, an ellipsis, or a last word from
-    ``TRAILING`` (a question mark says otherwise: "What is it for?")?"""
+    ``TRAILING`` (a question mark says otherwise: "What is it for?")? ``marks`` False: the
+    STT's punctuation at the end says nothing (Moonshine ends a finished request with a
+    comma as often as an unfinished one), only the last word counts."""
     t = text.rstrip().rstrip("\"'”’)")
     if not t or t.endswith(("?", "!")):
         return False
-    if t.endswith((",", ";", ":", "-", "—", "...", "…")):  # whisper's "..." : it heard more
+    if marks and t.endswith((",", ";", ":", "-", "—", "...", "…")):  # whisper's "...": more
         return True
-    words = t.rstrip(".…").split()
+    words = t.rstrip(".…,;:-—").split()
     return bool(words) and words[-1].strip(".,!?;:…\"'()").lower() in TRAILING
 
 
@@ -394,6 +396,10 @@ class EndpointPolicy:
     its full stop): a transcript without final punctuation says nothing either way, and
     the score decides (complete: ``complete_wait_s``; not: ``unsure_wait_s``). Set by the
     session from ``STT.marks_sentence_ends``."""
+    unmarked_commas: bool = True
+    """With ``unmarked_abstains``: a comma (or other mark) at the end of the transcript is
+    no cue either, only a trailing word is (Moonshine wrote "Tell me a fun fact about
+    octopuses," for a finished request, and the turn waited 2 s)."""
 
 
 @dataclass
@@ -622,11 +628,15 @@ class TurnMachine:
         self._text = text
         return cmds + self._schedule(t)
 
+    def _trails_off(self, text: str) -> bool:
+        e = self.endpoint
+        return e.cues and trails_off(text, marks=not (e.unmarked_abstains and e.unmarked_commas))
+
     def turn_wait(self, text: str, score: float | None) -> float:
         """How long a pause ends a turn whose transcript is ``text`` (and whose score is
         ``score``, None when unknown)."""
         e = self.endpoint
-        if e.cues and trails_off(text):
+        if self._trails_off(text):
             return max(e.max_wait_s, self.max_silence_s)
         finished = looks_finished(text)
         if score is None or not e.scored:
@@ -650,7 +660,7 @@ class TurnMachine:
         leans = not e.scored or (self._score is not None and self.wait_s < e.max_wait_s)
         cmds: list[Command] = []
         if self.preemptive and self.agent is AgentState.IDLE and self.prepared is None:
-            if leans and not (e.cues and trails_off(self._text)):
+            if leans and not self._trails_off(self._text):
                 self._prepare_at = self._pause_at + self.prepare_after_s
                 cmds += self._maybe_prepare(t)
         if t >= self._deadline:
