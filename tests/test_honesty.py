@@ -16,6 +16,8 @@ from voice_agent.session.honesty import Unknowable, unknowable
      ("What's the price of gold today?", Unknowable.LIVE),
      ("Are there any tickets left for tonight's show?", Unknowable.LIVE),
      ("How's the traffic into town?", Unknowable.LIVE),
+     ("Is it going to rain to-morrow in Seattle?", Unknowable.LIVE),  # as Moonshine spells it
+     ("Is the bakery open to-night?", Unknowable.LIVE),
      ("Did my package ship?", Unknowable.PERSONAL),
      ("Have I got any new voicemails?", Unknowable.PERSONAL),
      ("What's my account number?", Unknowable.PERSONAL),

@@ -83,9 +83,12 @@ class SessionConfig:
     has said it. 5 rather than 8: the first chunk came ~160 ms sooner at p50 in
     ``voice-agent bench`` (default profile, README)."""
     preemptive: bool = True
-    """Start the reply during the pause, once its transcript is in and the pause has lasted
-    ``prepare_after_s``; play it once the turn is over."""
-    prepare_after_s: float = 0.25
+    """Start the reply during the pause, once its transcript is in, the end-of-turn policy
+    leans complete and the pause has lasted ``prepare_after_s``; play it once the turn is
+    over (drop it unheard if the caller goes on)."""
+    prepare_after_s: float = 0.0
+    """0: as soon as the policy leans complete (the transcript comes ~140–210 ms into the
+    pause). It was 0.25 s, which held the reply back past the 0.2 s end of a complete turn."""
     prefill: bool = True
     """Give the LLM a head start on each reply's prompt: the call's system prompt when
     it starts, and the caller's words so far at each partial transcript while the agent

@@ -61,8 +61,13 @@ class Unknowable(StrEnum):
     PERSONAL = "personal"
 
 
+_OLD_SPELLING = re.compile(r"\bto-(day|night|morrow)\b", re.IGNORECASE)
+"""Moonshine writes "to-morrow" and "to-night" (as in older books) now and then."""
+
+
 def unknowable(text: str) -> Unknowable | None:
     """What ``text`` asks for that the agent cannot know, if it plainly does."""
+    text = _OLD_SPELLING.sub(r"to\1", text)
     if PERSONAL.search(text):
         return Unknowable.PERSONAL
     if TYPICAL.search(text):
