@@ -870,23 +870,3 @@ def test_a_reply_that_starts_cancels_a_prefill_still_being_read() -> None:
     assert call.llm.prefills_cancelled == 1
     assert call.session.turns[0].heard_text == "It is noon."
 
-
-def test_the_reply_starts_as_soon_as_the_transcript_is_in() -> None:
-    """With a 0.1 s final pass started 40 ms into the pause, the transcript is in 0.14 s
-    after the last word, and the reply is prepared then (not 0.25 s in); it plays at the
-    end of the turn, 0.6 s in (a finished sentence, no end-of-turn model)."""
-
-    async def main() -> Call:
-        llm = ScriptedLLMDouble([["It is noon."]], 0.05)
-        call = await dial(llm, engine=double_engine(llm, WORDS, stt_s=0.1), idle_prompt_s=None)
-        await call.quiet(0.5)
-        await call.say(tone(1.0, 500))
-        await call.until(completed(call))
-        await call.end()
-        return call
-
-    call = run_virtual(main())
-    s, m = call.session, call.session.turns[0]
-    assert m.speech_end == pytest.approx(s.t0 + 1.5)
-    assert m.stt_final == m.llm_request == pytest.approx(s.t0 + 1.64)
-    assert m.decided == m.first_audio_out == pytest.approx(s.t0 + 2.1)

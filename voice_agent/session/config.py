@@ -86,9 +86,12 @@ class SessionConfig:
     """Start the reply during the pause, once its transcript is in, the end-of-turn policy
     leans complete and the pause has lasted ``prepare_after_s``; play it once the turn is
     over (drop it unheard if the caller goes on)."""
-    prepare_after_s: float = 0.0
-    """0: as soon as the policy leans complete (the transcript comes ~140–210 ms into the
-    pause). It was 0.25 s, which held the reply back past the 0.2 s end of a complete turn."""
+    prepare_after_s: float = 0.25
+    """Gaps between phrases are often shorter (a reply started and dropped still costs the
+    LLM its prompt reading while the caller talks on). 0 (as soon as the policy leans
+    complete) was tried: the reply's request came no sooner in ``voice-agent bench``, whose
+    turns wait for the end-of-turn score, which arrives about when the 0.2 s end of a
+    complete turn does (README)."""
     prefill: bool = True
     """Give the LLM a head start on each reply's prompt: the call's system prompt when
     it starts, and the caller's words so far at each partial transcript while the agent
