@@ -29,8 +29,13 @@ class Endpoint:
     """Records each request's JSON body. A streamed request sends one chunk, then waits
     for ``release`` before it ends; any other gets ``status`` and a one-token completion."""
 
-    def __init__(self, status: str = "200 OK", hold_completions: bool = False) -> None:
+    def __init__(
+        self, status: str = "200 OK", hold_completions: bool = False, drop_first: bool = False
+    ) -> None:
         self.status = status
+        self.drop_first = drop_first
+        """The first connection is closed as soon as it opens (a stale keep-alive one)."""
+        self.connections = 0
         self.hold_completions = hold_completions
         """A request that is not streamed gets no answer until its client closes it."""
         self.received = asyncio.Event()
@@ -40,6 +45,10 @@ class Endpoint:
         self.server: asyncio.Server | None = None
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        if self.drop_first and self.connections == 1:
+            writer.close()
+            return
         head = await reader.readuntil(b"\r\n\r\n")
         length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
         body = json.loads(await reader.readexactly(length))
@@ -91,6 +100,17 @@ async def test_a_prefill_asks_for_one_token_of_the_prompt_so_far() -> None:
     assert body["max_tokens"] == 1 and body["temperature"] == 0.0
     assert not body.get("stream")
     assert llm.prefills == 1
+
+
+async def test_a_prefill_on_a_connection_dropped_before_it_was_sent_goes_once_more() -> None:
+    endpoint = Endpoint(drop_first=True)
+    async with endpoint as url:
+        llm = OpenAICompatLLM(url, "m", prompt_cache=True)
+        try:
+            assert await llm.prefill(MESSAGES) is True
+        finally:
+            await llm.close()
+    assert endpoint.connections == 2 and len(endpoint.bodies) == 1
 
 
 async def test_an_endpoint_without_a_prompt_cache_gets_no_prefill() -> None:

@@ -6,14 +6,16 @@ import asyncio
 import contextlib
 import functools
 import json
-from collections.abc import AsyncGenerator
-from typing import Any
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import openai
 
 from voice_agent.errors import LLMError
 from voice_agent.llm.base import LLMEvent, Message, TextDelta, ToolCall
 from voice_agent.llm.tools import ContentToolCallParser
+
+T = TypeVar("T")
 
 
 class OpenAICompatLLM:
@@ -78,15 +80,15 @@ class OpenAICompatLLM:
         if not self.prompt_cache or self._active:
             return False
         self._active += 1
-        request = asyncio.ensure_future(
-            self._client.chat.completions.create(
-                model=self.model,
-                messages=messages,  # type: ignore[arg-type]
-                max_tokens=1,
-                temperature=0.0,
-                timeout=self.first_token_timeout,
-            )
+        create = functools.partial(
+            self._client.chat.completions.create,
+            model=self.model,
+            messages=messages,
+            max_tokens=1,
+            temperature=0.0,
+            timeout=self.first_token_timeout,
         )
+        request = asyncio.ensure_future(_once_more_if_unsent(create))
         self._prefilling = request
         try:
             await request
@@ -106,9 +108,7 @@ class OpenAICompatLLM:
     async def _create(
         self, messages: list[Message], kwargs: dict[str, Any]
     ) -> openai.AsyncStream[Any]:
-        """Send the request; once more at once if the connection failed before it was
-        sent. A pooled keep-alive connection the server has just closed fails that way
-        (llama-server closes one idle for 5 s), and the request never reached it."""
+        """Send the streamed request (once more if it never left: see below)."""
         create = functools.partial(
             self._client.chat.completions.create,
             model=self.model,
@@ -118,12 +118,7 @@ class OpenAICompatLLM:
             max_tokens=self.max_tokens,
             **kwargs,
         )
-        try:
-            response = await create()
-        except openai.APITimeoutError:  # a connection error too, but the request was sent
-            raise
-        except openai.APIConnectionError:
-            response = await create()
+        response = await _once_more_if_unsent(create)
         assert isinstance(response, openai.AsyncStream)
         return response
 
@@ -212,6 +207,18 @@ class OpenAICompatLLM:
             except json.JSONDecodeError:
                 args = {}
             yield ToolCall(id=slot["id"] or f"call_{i}", name=slot["name"], arguments=args)
+
+
+async def _once_more_if_unsent(send: Callable[[], Awaitable[T]]) -> T:
+    """``send()``, and once more at once if the connection failed before the request was
+    sent: a pooled keep-alive connection the server has just closed fails that way
+    (llama-server closes one idle for 5 s), and the request never reached it."""
+    try:
+        return await send()
+    except openai.APITimeoutError:  # a connection error too, but the request was sent
+        raise
+    except openai.APIConnectionError:
+        return await send()
 
 
 __all__ = ["OpenAICompatLLM", "TextDelta", "ToolCall"]
