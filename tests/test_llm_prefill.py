@@ -87,40 +87,40 @@ MESSAGES = [
 ]
 
 
-async def test_a_prefill_asks_for_one_token_of_the_prompt_so_far() -> None:
-    endpoint = Endpoint()
+async def prefills(
+    endpoint: Endpoint, times: int = 1, prompt_cache: bool = True
+) -> tuple[list[bool], OpenAICompatLLM]:
+    """Send ``times`` prefills to ``endpoint`` one after another: (their results, the LLM)."""
     async with endpoint as url:
-        llm = OpenAICompatLLM(url, "m", prompt_cache=True)
+        llm = OpenAICompatLLM(url, "m", prompt_cache=prompt_cache)
         try:
-            assert await llm.prefill(MESSAGES) is True
+            return [await llm.prefill(MESSAGES) for _ in range(times)], llm
         finally:
             await llm.close()
+
+
+async def test_a_prefill_asks_for_one_token_of_the_prompt_so_far() -> None:
+    endpoint = Endpoint()
+    results, llm = await prefills(endpoint)
+    assert results == [True] and llm.prefills == 1
     [body] = endpoint.bodies
     assert body["messages"] == MESSAGES
     assert body["max_tokens"] == 1 and body["temperature"] == 0.0
     assert not body.get("stream")
-    assert llm.prefills == 1
 
 
 async def test_a_prefill_on_a_connection_dropped_before_it_was_sent_goes_once_more() -> None:
     endpoint = Endpoint(drop_first=True)
-    async with endpoint as url:
-        llm = OpenAICompatLLM(url, "m", prompt_cache=True)
-        try:
-            assert await llm.prefill(MESSAGES) is True
-        finally:
-            await llm.close()
+    results, _ = await prefills(endpoint)
+    assert results == [True]
     assert endpoint.connections == 2 and len(endpoint.bodies) == 1
 
 
 async def test_an_endpoint_without_a_prompt_cache_gets_no_prefill() -> None:
     endpoint = Endpoint()
-    async with endpoint as url:
-        llm = OpenAICompatLLM(url, "m")  # a hosted API: a prefill would only be billed
-        try:
-            assert await llm.prefill(MESSAGES) is False
-        finally:
-            await llm.close()
+    # a hosted API: a prefill would only be billed
+    results, llm = await prefills(endpoint, prompt_cache=False)
+    assert results == [False]
     assert endpoint.bodies == [] and llm.prefills == 0
 
 
@@ -142,13 +142,8 @@ async def test_a_prefill_never_queues_behind_a_reply_in_flight() -> None:
 
 async def test_a_failed_prefill_is_only_a_lost_head_start() -> None:
     endpoint = Endpoint("503 Service Unavailable")
-    async with endpoint as url:
-        llm = OpenAICompatLLM(url, "m", prompt_cache=True)
-        try:
-            assert await llm.prefill(MESSAGES) is False
-            assert await llm.prefill(MESSAGES) is False  # nothing stuck in flight
-        finally:
-            await llm.close()
+    results, llm = await prefills(endpoint, times=2)
+    assert results == [False, False]  # and nothing was left in flight by the first
     assert len(endpoint.bodies) == 2 and llm.prefills == 0
 
 
