@@ -117,17 +117,25 @@ def completed(call: Call, n: int = 1) -> Callable[[], bool]:
     return lambda: len(s.turns) >= n and s.turns[n - 1].reply_done is not None
 
 
-def test_a_spoken_turn_end_to_end_on_exact_times() -> None:
+def one_spoken_turn(llm: ScriptedLLMDouble, speech_s: float, **config: Any) -> Call:
+    """A caller says one tone turn (0.5 s in) and hears the reply to its end."""
+
     async def main() -> Call:
-        llm = ScriptedLLMDouble([["It is ", "noon. ", "Have a ", "nice day."]], 0.05)
-        call = await dial(llm, idle_prompt_s=None)
+        cfg = SessionConfig(echo_guard=False, duplex=DuplexPolicy(idle_prompt_s=None))
+        call = await dial(llm, dataclasses.replace(cfg, **config))
         await call.quiet(0.5)
-        await call.say(tone(1.0, 500))
+        await call.say(tone(speech_s, 500))
         await call.until(completed(call))
         await call.end()
         return call
 
-    call = run_virtual(main())
+    result: Call = run_virtual(main())
+    return result
+
+
+def test_a_spoken_turn_end_to_end_on_exact_times() -> None:
+    llm = ScriptedLLMDouble([["It is ", "noon. ", "Have a ", "nice day."]], 0.05)
+    call = one_spoken_turn(llm, 1.0)
     s, m = call.session, call.session.turns[0]
     assert [e["t_ms"] for e in call.events("speech.started")] == [500.0]
     assert [e["t_ms"] for e in call.events("speech.stopped")] == [1500.0]
@@ -823,22 +831,6 @@ def test_with_tools_the_llm_answers_what_a_tool_may_check() -> None:
     assert honest_line(SessionConfig(honesty_guard=False), question, has_tools=False) is None
     assert honest_line(cfg, "Where is my order?", False) == cfg.cannot_see_personal
     assert honest_line(cfg, "What is the capital of France?", False) is None
-
-
-def one_spoken_turn(llm: ScriptedLLMDouble, speech_s: float, **config: Any) -> Call:
-    """A caller says one tone turn (0.5 s in) and hears the reply to its end."""
-
-    async def main() -> Call:
-        cfg = SessionConfig(echo_guard=False, duplex=DuplexPolicy(idle_prompt_s=None))
-        call = await dial(llm, dataclasses.replace(cfg, **config))
-        await call.quiet(0.5)
-        await call.say(tone(speech_s, 500))
-        await call.until(completed(call))
-        await call.end()
-        return call
-
-    result: Call = run_virtual(main())
-    return result
 
 
 def test_the_llm_reads_the_prompt_ahead_the_system_prompt_then_the_callers_words() -> None:

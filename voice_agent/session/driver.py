@@ -196,8 +196,7 @@ class Session:
             finally:
                 await self.replies.cancel()
                 self.listener.stop()
-                if self._prefilling is not None:
-                    self._prefilling.cancel()
+                self._stop_prefill()
                 for task in loops:
                     task.cancel()
         self._tg = None
@@ -334,13 +333,16 @@ class Session:
         self._prefilled = messages
         self._prefilling = self._tg.create_task(self.engine.llm.prefill(messages))
 
+    def _stop_prefill(self) -> None:
+        if self._prefilling is not None:
+            self._prefilling.cancel()
+
     def _start_reply(
         self, gen: int, text: str, speech_end: float | None, decided: float | None
     ) -> ReplyKind:
         """Start reply ``gen``; with ``decided`` None it is prepared: its audio is held.
         Returns what it is: an answer, or the line that asks an unclear turn again."""
-        if self._prefilling is not None:
-            self._prefilling.cancel()  # the reply reads what it had read, and the rest
+        self._stop_prefill()  # the reply reads what it had read, and the rest
         m = TurnMetrics(gen=gen, user_text=text, speech_end=speech_end, decided=decided)
         final = self.listener.final if speech_end is not None else None
         if speech_end is not None:
