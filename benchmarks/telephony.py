@@ -49,9 +49,9 @@ BARGE_AFTER_S = (1.2, 2.6)
 
 def phone_line(pcm: Pcm) -> Pcm:
     """What whisper gets from a phone caller: 8 kHz μ-law, back to 16 kHz by the same
-    streaming soxr (VHQ) the bridges use."""
+    streaming resampler the bridges use."""
     ulaw = ulaw_encode(resample(pcm, SAMPLE_RATE, 8000))
-    up = StreamResampler(8000, SAMPLE_RATE, quality="VHQ")
+    up = StreamResampler(8000, SAMPLE_RATE)
     return np.concatenate([up.process(ulaw_decode(ulaw)), up.flush()])
 
 

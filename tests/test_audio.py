@@ -77,6 +77,20 @@ def test_stream_resampler_matches_whole_clip_length() -> None:
     assert StreamResampler(16000, 16000).process(src[:10]) is not None
 
 
+@pytest.mark.parametrize("rates", [(8000, 16000), (16000, 8000), (48000, 16000), (16000, 48000)])
+def test_stream_resampler_gives_back_each_20_ms_at_once(rates: tuple[int, int]) -> None:
+    """Live audio: every 20 ms chunk comes back as 20 ms (after the first, which the
+    filter's delay shortens), so nothing waits in the resampler for a block to fill."""
+    rin, rout = rates
+    src = tone(440, rin, 1.0)
+    rs = StreamResampler(rin, rout)
+    lens = [len(rs.process(src[i : i + rin // 50])) for i in range(0, len(src), rin // 50)]
+    assert lens[1:] == [rout // 50] * 49
+    held_ms = (rout - sum(lens)) * 1000 / rout
+    assert 0 < held_ms <= 2.0
+    assert len(rs.flush()) == rout - sum(lens)
+
+
 def test_playout_frames_generations_and_heard_text() -> None:
     p = Playout(frame_samples=320, capacity=10_000)
     p.push(1, np.ones(640, dtype=np.int16), "One two.")

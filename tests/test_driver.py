@@ -172,6 +172,42 @@ def test_a_spoken_turn_end_to_end_on_exact_times() -> None:
     assert call.llm.closed_streams == 1
 
 
+class SlowClientOutput(CollectingOutput):
+    """A client that takes 2 s to take the ``speech.started`` event off our hands."""
+
+    async def send_event(self, event: dict[str, Any]) -> None:
+        if event["type"] == "speech.started":
+            await asyncio.sleep(2.0)
+        await super().send_event(event)
+
+
+def test_audio_that_waits_behind_a_slow_client_is_dated_when_it_arrived() -> None:
+    """The inbound loop is held 2 s sending ``speech.started``; the caller's audio
+    queues meanwhile. Each chunk is dated as it arrived, so the stop the VAD finds in
+    the backlog is dated where it happened (2 s), not when the loop got to it (2.56 s;
+    the timeline's window, 1 s, has no frame that came in on time by then)."""
+
+    async def main() -> Call:
+        llm = ScriptedLLMDouble([["Sure."]], 0.05)
+        cfg = SessionConfig(echo_guard=False, duplex=DuplexPolicy(idle_prompt_s=None))
+        out = SlowClientOutput()
+        session = Session(double_engine(llm, WORDS), out, LoopClock(), cfg)
+        call = Call(session, out, llm, asyncio.create_task(session.run()))
+        await call.quiet(0.5)
+        await call.say(tone(1.5, 500))
+        await call.quiet(0.2)
+        # 2.2 s: the loop is held since the onset was confirmed (0.56 s), the stop is queued
+        assert session._inbound_q.qsize() == 82
+        await call.until(completed(call))
+        await call.end()
+        return call
+
+    call = run_virtual(main())
+    assert [e["t_ms"] for e in call.events("speech.started")] == [500.0]
+    assert [e["t_ms"] for e in call.events("speech.stopped")] == [2000.0]
+    assert call.session.inbound.sample_time(int(2.2 * 16000)) == call.session.t0 + 2.2
+
+
 def test_a_final_pass_started_in_a_dip_the_caller_talks_through_is_not_used() -> None:
     """Speculation: a 60 ms dip starts a final pass (40 ms in), but the VAD never confirms
     that stop; the turn's final pass is the one started 40 ms into the real pause."""

@@ -4,6 +4,7 @@ Pure: exact values, no event loop."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from doubles import EnergyVadDouble, silence, tone
 
 from voice_agent.session.inbound import InboundPipeline, SpeechEnd, SpeechOnset
@@ -98,3 +99,42 @@ def test_a_partial_is_due_each_time_the_turn_grows_by_the_interval() -> None:
     # the turn opens at the third speech frame (k = 2) with one frame (the minimum pre-roll):
     # a partial is due at 40 frames (0.8 s) of turn, k = 41, and again at k = 81
     assert due == [41, 81]
+
+
+def test_frames_held_up_by_a_stall_are_dated_when_they_were_captured() -> None:
+    """Our loop stalled 0.4 s: the 20 frames captured meanwhile arrive together at its
+    end. Each is dated by the stream's real time, not its late arrival, so the input
+    timeline (the echo guard's anchor) stays where the caller's microphone is."""
+    p = InboundPipeline(EnergyVadDouble(), vad_start_ms=60, vad_stop_ms=120)
+    feed(p, silence(1.0), t0=10.0)  # on time: frame k arrives as it is captured
+    late = np.concatenate([tone(0.2, 500), silence(0.2)])
+    events: list[object] = []
+    for k in range(0, len(late), 320):
+        events += p.push(late[k : k + 320], 11.4)  # all at the stall's end
+    assert events == [SpeechOnset(11.0), SpeechEnd(11.2)]
+    assert p.sample_time(16000) == 11.0 and p.sample_time(int(1.4 * 16000)) == 11.4
+    assert p.sample_at(11.5) == int(1.5 * 16000)
+
+
+def test_the_least_delayed_frame_of_the_last_second_sets_the_timeline() -> None:
+    """Network jitter delays frames by 0 to 30 ms: the timeline keeps the least delay."""
+    p = InboundPipeline(EnergyVadDouble(), capture_window_s=1.0)
+    delays = [0.03, 0.0, 0.02, 0.01]
+    for k in range(50):
+        p.push(silence(0.02), 5.0 + (k + 1) * 0.02 + delays[k % 4])
+    assert p.sample_time(50 * 320) == pytest.approx(6.0)
+    assert p.sample_time(48 * 320) == pytest.approx(5.96)
+
+
+def test_a_stream_that_paused_is_followed_again_after_the_window() -> None:
+    """A client that stopped sending for 2 s: its new audio arrives 2 s later than the
+    old timeline says. Once a whole window (0.5 s) of it has come in, the old timeline's
+    frames have left the window and the new arrivals date the stream."""
+    p = InboundPipeline(EnergyVadDouble(), capture_window_s=0.5)
+    feed(p, silence(1.0), t0=0.0)
+    feed(p, silence(1.0), t0=3.0)  # samples 1 s..2 s, sent at 3 s..4 s
+    # 0.4 s into the new audio the old frames are still in the window, at 0.6 s not
+    assert p.sample_time(int(1.4 * 16000)) == pytest.approx(1.4)
+    assert p.sample_time(int(1.6 * 16000)) == pytest.approx(3.6)
+    assert p.sample_time(int(2.0 * 16000)) == pytest.approx(4.0)
+    assert p.sample_at(4.25) == int(2.25 * 16000)

@@ -98,7 +98,9 @@ class Session:
             cfg.max_tool_rounds, cfg.first_chunk_words,
         )  # fmt: skip
         self.end_reason: str | None = None
-        self._inbound_q: DropOldestQueue[Pcm | None] = DropOldestQueue(cfg.inbound_queue_frames)
+        self._inbound_q: DropOldestQueue[tuple[Pcm, float] | None] = DropOldestQueue(
+            cfg.inbound_queue_frames
+        )
         self._control: asyncio.Queue[t.Event] = asyncio.Queue(256)
         self._hangup = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
@@ -119,8 +121,9 @@ class Session:
 
     def feed(self, pcm: Pcm | None) -> None:
         """Queue 16 kHz mono int16 audio (None: the input ended). When the queue is full
-        the oldest chunk is dropped and counted."""
-        self._inbound_q.put_nowait(pcm)
+        the oldest chunk is dropped and counted. The chunk is dated now, as it arrives:
+        the inbound loop may take it later, when it is busy."""
+        self._inbound_q.put_nowait(None if pcm is None else (pcm, self.clock.now()))
 
     @property
     def dropped_frames(self) -> int:
@@ -207,9 +210,9 @@ class Session:
     # -- inbound --------------------------------------------------------------
 
     async def _inbound_loop(self) -> None:
-        while (chunk := await self._inbound_q.get()) is not None:
+        while (item := await self._inbound_q.get()) is not None:
             try:
-                for ev in self.inbound.push(chunk, self.clock.now()):
+                for ev in self.inbound.push(*item):
                     if isinstance(ev, SpeechOnset):
                         await self.emit("speech.started", t_ms=self.events.ms(ev.at))
                         await self._control.put(t.SpeechStarted(self.clock.now(), ev.at))

@@ -4,6 +4,21 @@ Pure and synchronous (no awaits, no clock reads): :meth:`InboundPipeline.push`
 takes a chunk and the time it arrived and returns the speech events it caused.
 It keeps the turn buffer (with pre-roll), the sample timeline (when each input
 sample was captured) and the VAD hysteresis state.
+
+The sample timeline. A caller's audio is captured in real time, but it reaches
+us late by a varying amount: network jitter, and any stall of our own event
+loop, after which the frames held up behind it arrive together. Dating each
+frame by its arrival would put the input stream behind where the caller's
+microphone really is, by as much as the stall. So each frame is dated by the
+least delay seen over the last ``capture_window_s`` of input (as an RTP jitter
+estimate uses the least transit time): frame k of a real-time stream is
+captured 20 ms after frame k-1, and whichever frame of the window came
+soonest tells when. The echo guard anchors the agent's audio on this timeline,
+and speech onsets and ends are dated by it.
+
+A stream that is slower than real time, or that paused (a client that stopped
+sending for a while), is followed again once ``capture_window_s`` of its new
+audio has come in.
 """
 
 from __future__ import annotations
@@ -57,6 +72,7 @@ class InboundPipeline:
         vad_stop_ms: int = 120,
         preroll_ms: int = 300,
         max_turn_s: float = 28.0,
+        capture_window_s: float = 1.0,
     ) -> None:
         self.vad = vad
         self.echo = echo
@@ -71,6 +87,11 @@ class InboundPipeline:
         self._preroll: deque[Pcm] = deque(maxlen=max(1, preroll_ms // 20))
         self._max_frames = int(max_turn_s * 50)
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=1000)
+        """(input samples so far, clock time the last of them was captured) per frame."""
+        self._window = int(capture_window_s * SAMPLE_RATE)
+        self._delays: deque[tuple[int, float]] = deque()
+        """(samples so far, arrival time less the stream's own time) of the frames in the
+        window whose delay no later frame beat, increasing in both: the least is first."""
         self._partial_at = 0
         self._speech_sample: int | None = None
         """Where the speech going on now began (None: no speech since the last stop)."""
@@ -97,8 +118,8 @@ class InboundPipeline:
             self.samples_in += FRAME_SAMPLES
             # a frame is captured when its last sample is: later frames of one chunk
             # arrive together, so date each by its position in the chunk
-            captured = now - (n - 1 - i) * FRAME_SAMPLES / SAMPLE_RATE
-            self._arrivals.append((self.samples_in, captured))
+            arrived = now - (n - 1 - i) * FRAME_SAMPLES / SAMPLE_RATE
+            self._arrivals.append((self.samples_in, self._captured(arrived)))
             event = self.hysteresis.update(self.vad.is_speech(frame))
             if self._turn is not None:
                 if len(self._turn) < self._max_frames:
@@ -117,6 +138,18 @@ class InboundPipeline:
                 events.append(SpeechEnd(self.sample_time(event.at_sample)))
         self._carry = carry[n * FRAME_SAMPLES :]
         return events
+
+    def _captured(self, arrived: float) -> float:
+        """When the frame that ends at ``samples_in`` and arrived at ``arrived`` was
+        captured: real time from the window's least-delayed frame."""
+        end = self.samples_in
+        delay = arrived - end / SAMPLE_RATE
+        while self._delays and self._delays[-1][1] >= delay:
+            self._delays.pop()
+        self._delays.append((end, delay))
+        while self._delays[0][0] <= end - self._window:
+            self._delays.popleft()
+        return end / SAMPLE_RATE + self._delays[0][1]
 
     def _begin_turn(self, at: float) -> None:
         self._turn = list(self._preroll)

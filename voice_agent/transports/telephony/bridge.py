@@ -2,8 +2,8 @@
 :class:`Session`.
 
 Audio: the stream's codec (μ-law, A-law or 16-bit linear) at its rate → PCM16 → 16 kHz
-(soxr, once, at this edge) into the session; the agent's 16 kHz frames → the stream's
-rate and codec, 20 ms a message, paced by the session.
+(libswresample through av, once, at this edge) into the session; the agent's 16 kHz
+frames → the stream's rate and codec, 20 ms a message, paced by the session.
 
 Playout position: after every ``mark_every_ms`` of a generation's audio the bridge
 sends the provider's mark (Twilio and Telnyx ``mark``, Plivo ``checkpoint``, Vonage
@@ -45,9 +45,6 @@ from voice_agent.transports.telephony.media import (
 log = logging.getLogger("voice_agent.telephony")
 STALL_S = 1.0
 """No message from the provider for this long counts as that much silence."""
-QUALITY = "VHQ"
-"""soxr at VHQ holds back 26 ms between 8 and 16 kHz (HQ: 85 ms, which the caller's audio
-would reach the VAD late by, and a reply's tail would wait in)."""
 
 Message = str | bytes
 Send = Callable[[Message], Awaitable[None]]
@@ -71,7 +68,7 @@ class StreamOutput(OutputBase):
         self._frames = FrameCutter(self.codec.frame_samples)
         self._gen = -1
         self._sent = 0
-        """Samples (16 kHz) of generation ``_gen`` sent to the provider."""
+        """Samples (16 kHz) of generation ``_gen`` sent to the provider (as media)."""
         self._marked = 0
         """``_sent`` at the last mark."""
         self._pending: set[str] = set()
@@ -81,18 +78,19 @@ class StreamOutput(OutputBase):
         self.marks_sent = 0
 
     def _new_resampler(self) -> StreamResampler:
-        return StreamResampler(SAMPLE_RATE, self.codec.rate, quality=QUALITY)
+        return StreamResampler(SAMPLE_RATE, self.codec.rate)
 
     async def _send_frames(self, frames: list[Pcm]) -> None:
         for frame in frames:
             await self.send(self.stream.media(self.codec.encode(frame)))
+            # a mark counts what went out, not what the resampler and cutter still hold
+            self._sent += len(frame) * SAMPLE_RATE // self.codec.rate
 
     async def send_audio(self, gen: int, pcm: Pcm) -> None:
         self._audio_since_clear = True
-        await self._send_frames(self._frames.cut(self._resampler.process(pcm)))
         if gen != self._gen:
             self._gen, self._sent, self._marked = gen, 0, 0
-        self._sent += len(pcm)
+        await self._send_frames(self._frames.cut(self._resampler.process(pcm)))
         if self.stream.marks and self._sent - self._marked >= self.mark_every:
             self._marked = self._sent
             self.marks_sent += 1
@@ -138,7 +136,7 @@ class StreamCall:
         self.stream = stream
         self.output = output
         self.errors: list[str] = []
-        self._resampler = StreamResampler(stream.codec.rate, SAMPLE_RATE, quality=QUALITY)
+        self._resampler = StreamResampler(stream.codec.rate, SAMPLE_RATE)
 
     def handle(self, message: Message, session: Any) -> bool:
         """One message from the provider. False: the call is over (stop, or fatal input)."""
