@@ -28,8 +28,12 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from voice_agent.chat.events import MemoryEventStore
+from voice_agent.chat.routes import chat_routes
+from voice_agent.chat.service import ChatService
 from voice_agent.core.clock import LoopClock
 from voice_agent.errors import leaves
+from voice_agent.session.config import chat_system_message
 from voice_agent.session.driver import Session, SessionConfig
 from voice_agent.session.engine import Engine, EngineConfig
 from voice_agent.transports.websocket import (
@@ -75,6 +79,8 @@ class ServerConfig:
     """Set: Twilio webhooks must be signed with it, and streams must come from one."""
     audiosocket: tuple[str, int] | None = None
     """(host, port) of an Asterisk AudioSocket TCP listener beside the HTTP server."""
+    sse_heartbeat_s: float = 15.0
+    """A ``: ping`` comment on every text-chat event stream this often."""
 
 
 @dataclass
@@ -88,6 +94,19 @@ class ServerState:
     sessions: dict[str, Session] = field(default_factory=dict)
     peers: dict[str, Any] = field(default_factory=dict)
     reports: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
+    chat: ChatService | None = None
+    """The text chat, made once the models are loaded."""
+
+    def chat_service(self) -> ChatService | None:
+        if self.chat is None and self.engine is not None:
+            cfg = self.session_config
+            self.chat = ChatService(
+                self.engine.llm,
+                MemoryEventStore(LoopClock()),
+                LoopClock(),
+                lambda: chat_system_message(cfg),
+            )
+        return self.chat
 
     def progress(self, message: str) -> None:
         self.stage = message
@@ -146,6 +165,7 @@ def create_app(
             try:
                 yield
             finally:
+                await _close_chat(state)
                 await _close_peers(state)
             return
         from voice_agent.runtime import open_engine
@@ -168,6 +188,7 @@ def create_app(
             yield
         finally:
             await state.drain()
+            await _close_chat(state)
             await _close_peers(state)
             stop.set()
             await task
@@ -296,6 +317,9 @@ def create_app(
         Route("/", index),
         Route("/v1/sessions/{sid}", session_report),
         WebSocketRoute("/v1/voice/ws", voice_ws),
+        *chat_routes(
+            state.chat_service, state.config.sse_heartbeat_s, state.config.max_message_bytes
+        ),
     ]
     from voice_agent.transports.telephony.routes import telephony_routes
 
@@ -521,6 +545,11 @@ async def _on_channel_message(session: Session, output: Any, message: Any) -> No
 
     if not await _dispatch(session, output, ctl, RTC_RATE):
         session.hangup()
+
+
+async def _close_chat(state: ServerState) -> None:
+    if state.chat is not None:
+        await state.chat.aclose()
 
 
 async def _close_peers(state: ServerState) -> None:

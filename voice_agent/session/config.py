@@ -17,11 +17,17 @@ from voice_agent.session.engine import (
 from voice_agent.session.honesty import Unknowable, unknowable
 from voice_agent.session.turns import DuplexPolicy, EndpointPolicy
 
-DEFAULT_SYSTEM_PROMPT = (
+VOICE_STYLE = (
     "You are a friendly voice assistant on a phone call. Everything you write is spoken "
     "aloud, so answer in one to three short sentences of plain, conversational English, "
     "with no lists, markdown, code, emoji, brackets or symbols. Write numbers, dates and "
     "units the way a person would say them.\n"
+)
+TEXT_STYLE = (
+    "You are a friendly assistant in a text chat. Answer clearly and briefly; markdown "
+    "is shown to the reader, so use it where it helps (a short list, a code block).\n"
+)
+CAPABILITIES = (
     "You cannot look anything up: you have no internet and no live information, and you "
     "cannot see anyone's accounts, orders, bookings, calendar, email or messages. So you "
     "never know the weather, the news, traffic, prices, stock quotes, sports results, "
@@ -35,6 +41,8 @@ DEFAULT_SYSTEM_PROMPT = (
     "You can answer general knowledge questions and help the caller think things through. "
     "If the caller's words do not make sense, ask them to say it again."
 )
+DEFAULT_SYSTEM_PROMPT = VOICE_STYLE + CAPABILITIES
+CHAT_SYSTEM_PROMPT = TEXT_STYLE + CAPABILITIES
 
 
 def local_now() -> datetime:
@@ -144,3 +152,11 @@ def system_message(cfg: SessionConfig) -> str:
     if cfg.wall_clock is None:
         return cfg.system_prompt
     return f"{cfg.system_prompt}\n{date_line(cfg.wall_clock())}"
+
+
+def chat_system_message(cfg: SessionConfig) -> str:
+    """The text chat's system prompt (read at each response): its own style, the same
+    statement of what the agent can and cannot do, then the date line."""
+    if cfg.wall_clock is None:
+        return CHAT_SYSTEM_PROMPT
+    return f"{CHAT_SYSTEM_PROMPT}\n{date_line(cfg.wall_clock())}"

@@ -1,0 +1,324 @@
+"""Text chat over SSE: a real server on 127.0.0.1 with a scripted LLM (double), read
+with httpx and httpx-sse as a browser's EventSource would."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from doubles import HANG, ScriptedLLMDouble, double_engine
+from httpx_sse import aconnect_sse
+
+from voice_agent.chat.events import (
+    BadLastEventId,
+    LogFull,
+    MemoryEventStore,
+    UnknownResponse,
+    parse_last_event_id,
+)
+from voice_agent.errors import LLMError
+from voice_agent.server import ServerConfig, create_app
+
+STORY = [f"Word{i} " for i in range(20)]
+
+
+class Chat:
+    def __init__(self, client: httpx.AsyncClient, llm: ScriptedLLMDouble, state: Any) -> None:
+        self.client, self.llm, self.state = client, llm, state
+
+    async def start(self, message: str, **body: Any) -> dict[str, Any]:
+        r = await self.client.post("/v1/chat", json={"message": message, **body})
+        assert r.status_code == 202, r.text
+        out: dict[str, Any] = r.json()
+        return out
+
+    async def events(
+        self, rid: str, last_id: str | None = None, limit: int | None = None
+    ) -> list[tuple[str, str, dict[str, Any]]]:
+        """(id, event, data) of each event, from after ``last_id``; at most ``limit``
+        (then the connection is dropped)."""
+        headers = {} if last_id is None else {"Last-Event-ID": last_id}
+        got: list[tuple[str, str, dict[str, Any]]] = []
+        async with aconnect_sse(
+            self.client, "GET", f"/v1/chat/{rid}/events", headers=headers
+        ) as source:
+            assert source.response.headers["cache-control"] == "no-cache"
+            assert source.response.headers["x-accel-buffering"] == "no"
+            async for sse in source.aiter_sse():
+                got.append((sse.id, sse.event, json.loads(sse.data)))
+                if limit is not None and len(got) >= limit:
+                    break
+        return got
+
+    async def conversation(self, cid: str) -> dict[str, Any]:
+        r = await self.client.get(f"/v1/conversations/{cid}")
+        assert r.status_code == 200, r.text
+        out: dict[str, Any] = r.json()
+        return out
+
+
+@pytest.fixture
+async def chat_server() -> AsyncIterator[Any]:
+    """Makes servers (an LLM double each) and closes them and their clients after."""
+    from conftest import start_server
+
+    opened: list[tuple[Any, Any, httpx.AsyncClient]] = []
+
+    async def make(llm: ScriptedLLMDouble, heartbeat_s: float = 15.0) -> Chat:
+        app = create_app(
+            engine=double_engine(llm), config=ServerConfig(sse_heartbeat_s=heartbeat_s)
+        )
+        srv, addr, task = await start_server(app)
+        client = httpx.AsyncClient(base_url=f"http://{addr}", timeout=10.0)
+        opened.append((srv, task, client))
+        return Chat(client, llm, app.state.va)
+
+    yield make
+    for srv, task, client in opened:
+        await client.aclose()
+        srv.should_exit = True
+        await task
+
+
+async def test_a_reply_streams_status_then_tokens_then_done(chat_server: Any) -> None:
+    chat = await chat_server(ScriptedLLMDouble([["Paris ", "is the ", "capital."]], 0.01))
+    ids = await chat.start("What is the capital of France?")
+    assert len(ids["response_id"]) >= 22 and len(ids["conversation_id"]) >= 22  # 128 bits
+    assert ids["events_url"] == f"/v1/chat/{ids['response_id']}/events"
+    events = await chat.events(ids["response_id"])
+    assert [e[0] for e in events] == [str(i) for i in range(1, 7)]
+    assert [(e[1], e[2].get("phase")) for e in events] == [
+        ("status", "thinking"), ("status", "writing"),
+        ("token", None), ("token", None), ("token", None), ("done", None),
+    ]  # fmt: skip
+    assert "".join(e[2]["text"] for e in events if e[1] == "token") == "Paris is the capital."
+    done = events[-1][2]
+    assert done["finish_reason"] == "stop"
+    assert done["usage"] == {"token_events": 3, "characters": 21}
+    t = done["timings"]
+    assert 0 <= t["first_status_ms"] <= t["first_token_ms"] <= t["total_ms"]
+    assert t["context_ms"] >= 0
+    conv = await chat.conversation(ids["conversation_id"])
+    assert conv["running"] is None
+    assert conv["messages"] == [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris is the capital.", "response_id": ids["response_id"]},
+    ]
+    # the LLM saw the text chat's own system prompt, then the message
+    system, user = chat.llm.requests[0]
+    assert system["role"] == "system" and "text chat" in system["content"]
+    assert user == {"role": "user", "content": "What is the capital of France?"}
+
+
+async def test_the_conversation_goes_on_with_its_history(chat_server: Any) -> None:
+    chat = await chat_server(ScriptedLLMDouble([["Hello."], ["Rome."]], 0.01))
+    first = await chat.start("Hi")
+    await chat.events(first["response_id"])
+    second = await chat.start("And Italy?", conversation_id=first["conversation_id"])
+    assert second["conversation_id"] == first["conversation_id"]
+    await chat.events(second["response_id"])
+    assert [m["role"] + ":" + m["content"] for m in chat.llm.requests[1][1:]] == [
+        "user:Hi", "assistant:Hello.", "user:And Italy?",
+    ]  # fmt: skip
+
+
+async def test_a_dropped_reader_resumes_with_exactly_the_missed_events(chat_server: Any) -> None:
+    """The reader drops after 5 events; generation goes on without it. Reconnecting with
+    Last-Event-ID 5 gives events 6.. to the end: together, the same events as a reader
+    that never dropped, with the same text, byte for byte."""
+    chat = await chat_server(ScriptedLLMDouble([STORY], 0.02))
+    ids = await chat.start("Tell me a story.")
+    rid = ids["response_id"]
+    head = await chat.events(rid, limit=5)
+    assert [e[0] for e in head] == ["1", "2", "3", "4", "5"]
+    await asyncio.sleep(0.15)  # away for a while: the reply goes on being written
+    tail = await chat.events(rid, last_id="5")
+    whole = await chat.events(rid)
+    assert head + tail == whole
+    assert [int(e[0]) for e in whole] == list(range(1, len(STORY) + 4))
+    text = "".join(e[2]["text"] for e in head + tail if e[1] == "token")
+    assert text.encode() == "".join(STORY).encode()
+    assert whole[-1][1] == "done"
+    # a reader that reconnects after the end gets nothing more, and the stream ends
+    assert await chat.events(rid, last_id=whole[-1][0]) == []
+
+
+async def test_generation_goes_on_with_no_reader_at_all(chat_server: Any) -> None:
+    chat = await chat_server(ScriptedLLMDouble([["One ", "two."]], 0.01))
+    ids = await chat.start("Count.")
+    for _ in range(200):
+        conv = await chat.conversation(ids["conversation_id"])
+        if conv["running"] is None:
+            break
+        await asyncio.sleep(0.02)
+    assert conv["messages"][-1]["content"] == "One two."
+    events = await chat.events(ids["response_id"])
+    assert [e[1] for e in events] == ["status", "status", "token", "token", "done"]
+
+
+async def test_a_heartbeat_comment_keeps_a_slow_stream_alive(chat_server: Any) -> None:
+    chat = await chat_server(ScriptedLLMDouble([["Late."]], 0.7), heartbeat_s=0.2)
+    ids = await chat.start("Take your time.")
+    lines: list[str] = []
+    async with chat.client.stream("GET", f"/v1/chat/{ids['response_id']}/events") as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        async for line in r.aiter_lines():
+            lines.append(line)
+            if line.startswith("event: done"):
+                break
+    first_token = lines.index("event: token")
+    pings = [i for i, line in enumerate(lines) if line.startswith(": ping")]
+    assert pings and pings[0] < first_token  # during the 0.7 s before the first token
+
+
+async def test_an_llm_dying_mid_reply_sends_an_error_and_keeps_the_partial(
+    chat_server: Any,
+) -> None:
+    secret = "connection refused by http://10.1.2.3:8080 (pid 4242)"
+    llm = ScriptedLLMDouble([["Hello ", "there, ", LLMError(secret)], ["Hello again."]], 0.01)
+    chat = await chat_server(llm)
+    ids = await chat.start("Hi")
+    events = await chat.events(ids["response_id"])
+    assert [e[1] for e in events] == ["status", "status", "token", "token", "error"]
+    err = events[-1][2]
+    assert err["code"] == "llm_failed" and err["partial_kept"] is True
+    assert "10.1.2.3" not in json.dumps(err) and "4242" not in json.dumps(err)
+    conv = await chat.conversation(ids["conversation_id"])
+    assert conv["messages"][-1] == {
+        "role": "assistant", "content": "Hello there,", "response_id": ids["response_id"],
+        "incomplete": True,
+    }  # fmt: skip
+    # regenerate: the same message answered again; the partial leaves the conversation
+    r = await chat.client.post(f"/v1/chat/{ids['response_id']}/regenerate")
+    assert r.status_code == 202, r.text
+    again = r.json()
+    assert again["conversation_id"] == ids["conversation_id"]
+    assert again["response_id"] != ids["response_id"]
+    events = await chat.events(again["response_id"])
+    assert events[-1][1] == "done"
+    conv = await chat.conversation(ids["conversation_id"])
+    assert [(m["role"], m["content"]) for m in conv["messages"]] == [
+        ("user", "Hi"), ("assistant", "Hello again."),
+    ]  # fmt: skip
+    assert llm.requests[1] == llm.requests[0]
+    # a response that succeeded is not regenerated
+    r = await chat.client.post(f"/v1/chat/{again['response_id']}/regenerate")
+    assert r.status_code == 409 and "done" in r.json()["error"]
+
+
+async def test_cancel_stops_a_reply_and_keeps_what_was_written(chat_server: Any) -> None:
+    chat = await chat_server(ScriptedLLMDouble([["Once ", "upon ", HANG]], 0.01))
+    ids = await chat.start("Tell me a story.")
+    rid = ids["response_id"]
+    head = await chat.events(rid, limit=4)  # thinking, writing, two tokens
+    assert [e[1] for e in head] == ["status", "status", "token", "token"]
+    # a second message while the first is being written is refused
+    r = await chat.client.post(
+        "/v1/chat", json={"message": "Hello?", "conversation_id": ids["conversation_id"]}
+    )
+    assert r.status_code == 409
+    r = await chat.client.post(f"/v1/chat/{rid}/cancel")
+    assert r.status_code == 202 and r.json() == {"cancelled": True}
+    tail = await chat.events(rid, last_id="4")
+    assert [e[1] for e in tail] == ["done"] and tail[0][2]["finish_reason"] == "cancelled"
+    assert chat.llm.closed_streams == 1
+    conv = await chat.conversation(ids["conversation_id"])
+    assert conv["messages"][-1]["content"] == "Once upon"
+    assert conv["messages"][-1]["interrupted"] is True
+    r = await chat.client.post(f"/v1/chat/{rid}/cancel")
+    assert r.status_code == 409
+
+
+async def test_bad_requests_get_a_4xx_with_a_message(chat_server: Any) -> None:
+    chat = await chat_server(ScriptedLLMDouble([["Fine."]], 0.01))
+    c = chat.client
+    cases: list[tuple[httpx.Response, int, str]] = [
+        (await c.post("/v1/chat", content=b""), 400, "empty"),
+        (await c.post("/v1/chat", content=b"{not json"), 400, "not valid JSON"),
+        (await c.post("/v1/chat", json=["message"]), 400, "JSON object"),
+        (await c.post("/v1/chat", json={"text": "hi"}), 400, '"message"'),
+        (await c.post("/v1/chat", json={"message": 7}), 400, '"message"'),
+        (await c.post("/v1/chat", json={"message": "   "}), 400, "empty"),
+        (await c.post("/v1/chat", json={"message": "x" * 70_000}), 413, "over"),
+        (await c.post("/v1/chat", json={"message": "x" * 9000}), 413, "characters"),
+        (await c.post("/v1/chat", json={"message": "hi", "conversation_id": 5}), 400, "string"),
+        (await c.post("/v1/chat", json={"message": "hi", "conversation_id": "nope"}), 404, "no such"),
+        (await c.get("/v1/chat/nope/events"), 404, "no such response"),
+        (await c.post("/v1/chat/nope/cancel"), 404, "no such response"),
+        (await c.post("/v1/chat/nope/regenerate"), 404, "no such response"),
+        (await c.get("/v1/conversations/nope"), 404, "no such conversation"),
+    ]  # fmt: skip
+    ids = await chat.start("Hi")
+    await chat.events(ids["response_id"])  # 4 events: thinking, writing, token, done
+    url = f"/v1/chat/{ids['response_id']}/events"
+    cases += [
+        (await c.get(url, headers={"Last-Event-ID": "abc"}), 400, "Last-Event-ID"),
+        (await c.get(url, headers={"Last-Event-ID": "-1"}), 400, "Last-Event-ID"),
+        (await c.get(url, headers={"Last-Event-ID": "5"}), 400, "past"),
+    ]
+    for r, status, words in cases:
+        assert r.status_code == status, (r.request.url, r.text)
+        assert words in r.json()["error"], r.text
+    # the server is still answering
+    assert (await c.get("/healthz")).status_code == 200
+
+
+# -- the event log, on its own ------------------------------------------------------
+
+
+class ManualClockDouble:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep_until(self, deadline: float) -> None:
+        self.t = max(self.t, deadline)
+
+
+def test_last_event_id_parsing() -> None:
+    assert parse_last_event_id(None) == 0 and parse_last_event_id(" 12 ") == 12
+    for bad in ("x", "1.5", "-3", "9" * 30):
+        with pytest.raises(BadLastEventId):
+            parse_last_event_id(bad)
+
+
+async def test_the_log_is_bounded_and_keeps_its_last_place_for_the_closing_event() -> None:
+    store = MemoryEventStore(ManualClockDouble(), max_events=4)
+    store.create("r")
+    for i in range(3):
+        store.append("r", "token", {"text": str(i)})
+    with pytest.raises(LogFull):
+        store.append("r", "token", {"text": "3"})
+    assert store.append("r", "error", {"code": "too_long"}).id == 4
+    store.close("r")
+    assert [e.id async for e in store.read("r", 0)] == [1, 2, 3, 4]
+
+
+async def test_a_response_that_outgrows_its_log_ends_with_an_error(chat_server: Any) -> None:
+    chat = await chat_server(ScriptedLLMDouble([STORY], 0.0))
+    chat.state.chat_service().store.max_events = 8
+    ids = await chat.start("Go on.")
+    events = await chat.events(ids["response_id"])
+    assert [e[1] for e in events] == ["status", "status"] + ["token"] * 5 + ["error"]
+    assert events[-1][2]["partial_kept"] is True
+
+
+async def test_logs_expire_after_their_ttl() -> None:
+    clock = ManualClockDouble()
+    store = MemoryEventStore(clock, ttl_s=60.0)
+    store.create("done")
+    store.append("done", "done", {})
+    store.close("done")
+    store.create("live")
+    clock.t += 30
+    store.append("live", "token", {"text": "a"})
+    clock.t += 40  # "done" was last touched 70 s ago, "live" 40 s ago
+    assert not store.exists("done") and store.exists("live")
+    with pytest.raises(UnknownResponse):
+        store.read("done", 0)
