@@ -21,6 +21,8 @@ from voice_agent.chat.events import (
     parse_last_event_id,
 )
 from voice_agent.errors import LLMError
+from voice_agent.llm.base import ToolCall
+from voice_agent.llm.tools import Tool, ToolRegistry, tool
 from voice_agent.server import ServerConfig, create_app
 
 STORY = [f"Word{i} " for i in range(20)]
@@ -68,10 +70,12 @@ async def chat_server() -> AsyncIterator[Any]:
 
     opened: list[tuple[Any, Any, httpx.AsyncClient]] = []
 
-    async def make(llm: ScriptedLLMDouble, heartbeat_s: float = 15.0) -> Chat:
-        app = create_app(
-            engine=double_engine(llm), config=ServerConfig(sse_heartbeat_s=heartbeat_s)
-        )
+    async def make(
+        llm: ScriptedLLMDouble, heartbeat_s: float = 15.0, tools: list[Tool] | None = None
+    ) -> Chat:
+        engine = double_engine(llm)
+        engine.tools = ToolRegistry(tools or [])
+        app = create_app(engine=engine, config=ServerConfig(sse_heartbeat_s=heartbeat_s))
         srv, addr, task = await start_server(app)
         client = httpx.AsyncClient(base_url=f"http://{addr}", timeout=10.0)
         opened.append((srv, task, client))
@@ -265,6 +269,76 @@ async def test_bad_requests_get_a_4xx_with_a_message(chat_server: Any) -> None:
         assert words in r.json()["error"], r.text
     # the server is still answering
     assert (await c.get("/healthz")).status_code == 200
+
+
+async def test_a_tool_turn_streams_status_tool_events_then_the_answer(chat_server: Any) -> None:
+    """The LLM calls the time tool (shipped) and a slow one side by side; the reader sees
+    the tool phase, both tools start, the slow one's wait kept alive by heartbeats, both
+    finish, then the answer."""
+
+    @tool(status="Checking the tide tables…")
+    async def tide(port: str) -> str:
+        """High tide at a port."""
+        await asyncio.sleep(0.6)
+        return f"High tide at {port} is at 14:10."
+
+    calls = [
+        ToolCall("call_0", "current_time", {"timezone": "Asia/Tokyo"}),
+        ToolCall("call_1", "tide", {"port": "Brest"}),
+    ]
+    llm = ScriptedLLMDouble([calls, ["It is ", "nine."]], 0.01)
+    chat = await chat_server(llm, heartbeat_s=0.2, tools=[tide])
+    ids = await chat.start("What time is it in Tokyo, and when is high tide in Brest?")
+    lines: list[str] = []
+    async with chat.client.stream("GET", f"/v1/chat/{ids['response_id']}/events") as r:
+        async for line in r.aiter_lines():
+            lines.append(line)
+            if line.startswith("event: done"):
+                break
+    events = await chat.events(ids["response_id"])
+    shown = [
+        (e, d.get("phase") or d.get("name"), d.get("state") or d.get("text"))
+        for _, e, d in events
+    ]
+    assert shown == [
+        ("status", "thinking", "Thinking…"),
+        ("status", "tool", "Looking up the time…"),
+        ("tool", "current_time", "started"),
+        ("status", "tool", "Checking the tide tables…"),
+        ("tool", "tide", "started"),
+        ("tool", "current_time", "finished"),
+        ("tool", "tide", "finished"),
+        ("status", "writing", "Writing…"),
+        ("token", None, "It is "),
+        ("token", None, "nine."),
+        ("done", None, None),
+    ]
+    durations = {d["name"]: d["duration_ms"] for _, e, d in events if d.get("state") == "finished"}
+    assert durations["tide"] >= 600 and durations["current_time"] < 600
+    # a heartbeat went out while the slow tool ran
+    started = lines.index('data: {"name":"tide","state":"started"}')
+    finished = next(i for i, x in enumerate(lines) if x.startswith('data: {"name":"tide","state":"f'))
+    assert any(x.startswith(": ping") for x in lines[started:finished])
+    # the LLM read both results back, in the calls' order
+    results = [m for m in llm.requests[1] if m["role"] == "tool"]
+    assert [m["tool_call_id"] for m in results] == ["call_0", "call_1"]
+    assert json.loads(results[0]["content"])["timezone"] == "Asia/Tokyo"
+    assert results[1]["content"] == "High tide at Brest is at 14:10."
+
+
+async def test_a_failing_tool_is_a_result_for_the_llm_not_the_end_of_the_reply(
+    chat_server: Any,
+) -> None:
+    calls = [ToolCall("call_0", "current_time", {"timezone": "Mars/Olympus_Mons"})]
+    llm = ScriptedLLMDouble([calls, ["I don't know that place."]], 0.01)
+    chat = await chat_server(llm)
+    ids = await chat.start("What time is it on Mars?")
+    events = await chat.events(ids["response_id"])
+    failed = [d for _, e, d in events if e == "tool" and d["state"] != "started"]
+    assert [(d["name"], d["state"]) for d in failed] == [("current_time", "failed")]
+    assert events[-1][1] == "done"
+    (result,) = [m for m in llm.requests[1] if m["role"] == "tool"]
+    assert "unknown timezone" in json.loads(result["content"])["error"]
 
 
 # -- the event log, on its own ------------------------------------------------------

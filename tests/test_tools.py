@@ -64,3 +64,114 @@ def test_brace_that_is_not_a_call_comes_back_as_text() -> None:
 
 def test_no_tools_means_no_sniffing() -> None:
     assert feed_all(['{"name": "x"}'], known=None) == [TextDelta('{"name": "x"}')]
+
+
+# -- the tool API: schemas from type hints, calls side by side, the shipped tools ---------
+
+
+def test_a_decorated_function_is_a_tool_with_a_schema_from_its_hints() -> None:
+    from typing import Annotated, Literal
+
+    from voice_agent.llm.tools import tool
+
+    @tool(status="Looking up the order…", spoken="Let me look.")
+    async def lookup_order(
+        order_id: Annotated[str, "The order number"],
+        detail: Literal["status", "items"] = "status",
+        max_items: int | None = None,
+    ) -> str:
+        """Look up one of the caller's orders."""
+        return f"{order_id}:{detail}:{max_items}"
+
+    assert lookup_order.name == "lookup_order"
+    assert lookup_order.schema() == {
+        "type": "function",
+        "function": {
+            "name": "lookup_order",
+            "description": "Look up one of the caller's orders.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "order_id": {"type": "string", "description": "The order number"},
+                    "detail": {"type": "string", "enum": ["status", "items"]},
+                    "max_items": {"type": "integer"},
+                },
+                "required": ["order_id"],
+            },
+        },
+    }
+    assert (lookup_order.status, lookup_order.filler) == ("Looking up the order…", "Let me look.")
+
+
+def test_calls_run_side_by_side_each_with_its_timeout_and_failures_are_results() -> None:
+    import asyncio
+    import json
+
+    from doubles import run_virtual
+
+    from voice_agent.llm.tools import ToolRegistry, tool, tool_messages
+
+    @tool()
+    async def slow(seconds: float) -> str:
+        """Sleep."""
+        await asyncio.sleep(seconds)
+        return f"slept {seconds}"
+
+    @tool()
+    async def broken() -> str:
+        """Fail."""
+        raise RuntimeError("the disk is on fire")
+
+    registry = ToolRegistry([slow, broken], timeout_s=1.0)
+    calls = [
+        ToolCall("a", "slow", {"seconds": 0.5}),
+        ToolCall("b", "slow", {"seconds": 0.8}),
+        ToolCall("c", "slow", {"seconds": 5.0}),
+        ToolCall("d", "broken", {}),
+        ToolCall("e", "slow", {"seconds": 0.1, "extra": 1}),
+    ]
+    ended: list[tuple[str, bool, float]] = []
+
+    async def main() -> tuple[list[str], float]:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        results = await registry.run_all(
+            calls, lambda c, ok, s: ended.append((c.id, ok, round(s, 3))), loop.time
+        )
+        return results, loop.time() - t0
+
+    results, took = run_virtual(main())
+    assert took == pytest.approx(1.0)  # side by side: the longest wait, the timeout
+    assert results[:2] == ["slept 0.5", "slept 0.8"]
+    assert json.loads(results[2]) == {"error": "tool slow timed out after 1.0s"}
+    assert json.loads(results[3]) == {"error": "RuntimeError: the disk is on fire"}
+    assert "unknown arguments: extra" in json.loads(results[4])["error"]
+    assert ended == [("d", False, 0.0), ("e", False, 0.0), ("a", True, 0.5), ("b", True, 0.8),
+                     ("c", False, 1.0)]  # fmt: skip
+    msgs = tool_messages(calls[:1], results[:1])
+    assert msgs[0]["tool_calls"][0]["function"] == {"name": "slow", "arguments": '{"seconds": 0.5}'}
+    assert msgs[1] == {"role": "tool", "tool_call_id": "a", "content": "slept 0.5"}
+
+
+def test_the_time_tool_tells_the_time_in_a_timezone() -> None:
+    import asyncio
+    import json
+    from datetime import UTC, datetime
+
+    from voice_agent.llm.builtin_tools import time_tool
+
+    t = time_tool(lambda: datetime(2026, 12, 3, 12, 5, tzinfo=UTC))
+    tokyo = json.loads(asyncio.run(t.handler({"timezone": "Asia/Tokyo"})))
+    assert tokyo == {
+        "timezone": "Asia/Tokyo",
+        "date": "Thursday, December 3, 2026",
+        "time_24h": "21:05",
+        "time_12h": "9:05 PM",
+        "utc_offset": "+09:00",
+    }
+    ny = json.loads(asyncio.run(t.handler({"timezone": "America/New_York"})))
+    assert (ny["time_12h"], ny["utc_offset"]) == ("7:05 AM", "-05:00")
+    assert json.loads(asyncio.run(t.handler({})))["time_24h"] == "12:05"
+    with pytest.raises(ValueError, match="unknown timezone"):
+        asyncio.run(t.handler({"timezone": "Mars/Olympus_Mons"}))
+    assert t.schema()["function"]["parameters"]["required"] == []

@@ -33,6 +33,8 @@ from voice_agent.chat.routes import chat_routes
 from voice_agent.chat.service import ChatService
 from voice_agent.core.clock import LoopClock
 from voice_agent.errors import leaves
+from voice_agent.llm.builtin_tools import time_tool
+from voice_agent.llm.tools import ToolRegistry
 from voice_agent.session.config import chat_system_message
 from voice_agent.session.driver import Session, SessionConfig
 from voice_agent.session.engine import Engine, EngineConfig
@@ -100,11 +102,13 @@ class ServerState:
     def chat_service(self) -> ChatService | None:
         if self.chat is None and self.engine is not None:
             cfg = self.session_config
+            tools = ToolRegistry([time_tool(), *self.engine.tools.tools()])
             self.chat = ChatService(
                 self.engine.llm,
                 MemoryEventStore(LoopClock()),
                 LoopClock(),
                 lambda: chat_system_message(cfg),
+                tools=tools,
             )
         return self.chat
 

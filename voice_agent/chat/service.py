@@ -24,7 +24,8 @@ from typing import Any
 from voice_agent.chat.events import EventStore
 from voice_agent.core.clock import Clock
 from voice_agent.errors import LLMError
-from voice_agent.llm.base import LLM, Message, TextDelta
+from voice_agent.llm.base import LLM, Message, ToolCall
+from voice_agent.llm.tools import ToolRegistry, tool_messages
 
 log = logging.getLogger("voice_agent.chat")
 
@@ -93,8 +94,12 @@ class ChatService:
         max_message_chars: int = 8000,
         max_running: int = 32,
         max_conversations: int = 10_000,
+        tools: ToolRegistry | None = None,
+        max_tool_rounds: int = 3,
     ) -> None:
         self.llm = llm
+        self.tools = tools or ToolRegistry()
+        self.max_tool_rounds = max_tool_rounds
         self.store = store
         self.clock = clock
         self.system_prompt = system_prompt
@@ -200,15 +205,24 @@ class ChatService:
             c0 = self.clock.now()
             messages = self._context(conv, resp.user_index)
             timings["context_ms"] = ms(self.clock.now()) - ms(c0)
-            async with contextlib.aclosing(self.llm.stream(messages)) as stream:
-                async for ev in stream:
-                    if not isinstance(ev, TextDelta) or not ev.text:
-                        continue
-                    if not written:
-                        self._emit(resp, "status", phase="writing", text="Writing…")
-                        timings["first_token_ms"] = ms(self.clock.now())
-                    written.append(ev.text)
-                    self._emit(resp, "token", text=ev.text)
+            schemas = self.tools.schemas() or None
+            for _ in range(self.max_tool_rounds + 1):
+                calls: list[ToolCall] = []
+                async with contextlib.aclosing(self.llm.stream(messages, schemas)) as stream:
+                    async for ev in stream:
+                        if isinstance(ev, ToolCall):
+                            calls.append(ev)
+                            continue
+                        if not ev.text:
+                            continue
+                        if not written:
+                            self._emit(resp, "status", phase="writing", text="Writing…")
+                            timings["first_token_ms"] = ms(self.clock.now())
+                        written.append(ev.text)
+                        self._emit(resp, "token", text=ev.text)
+                if not calls:
+                    break
+                messages += await self._run_tools(resp, calls)
         except asyncio.CancelledError:
             self._finish(resp, written, "cancelled")
             timings["total_ms"] = ms(self.clock.now())
@@ -234,6 +248,25 @@ class ChatService:
         timings["total_ms"] = ms(self.clock.now())
         self._emit(resp, "done", finish_reason="stop", usage=_usage(written), timings=timings)
         self.store.close(resp.id)
+
+    async def _run_tools(self, resp: Response, calls: list[ToolCall]) -> list[Message]:
+        """One round of calls, side by side: a status line and a ``tool`` event as each
+        starts and ends (a failing tool is a result for the LLM, never the reply's end)."""
+        for call in calls:
+            known = self.tools.get(call.name)
+            self._emit(
+                resp, "status", phase="tool", text=known.status if known else "One moment."
+            )
+            self._emit(resp, "tool", name=call.name, state="started")
+
+        def finished(call: ToolCall, ok: bool, seconds: float) -> None:
+            self._emit(
+                resp, "tool", name=call.name, state="finished" if ok else "failed",
+                duration_ms=round(seconds * 1000, 1),
+            )  # fmt: skip
+
+        results = await self.tools.run_all(calls, finished, self.clock.now)
+        return tool_messages(calls, results)
 
     def _context(self, conv: Conversation, user_index: int) -> list[Message]:
         """The LLM's messages: the system prompt, then the conversation up to the user

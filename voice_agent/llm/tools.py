@@ -9,13 +9,17 @@ be such a call it buffers, otherwise it streams the text through untouched.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import re
+import time
+import types
+import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from voice_agent.llm.base import LLMEvent, TextDelta, ToolCall
+from voice_agent.llm.base import LLMEvent, Message, TextDelta, ToolCall
 
 _OPENERS = ("{", "[", "```", "<tool", "<function")
 _FENCE = re.compile(r"^```[a-zA-Z]*\s*(.*?)\s*```", re.S)
@@ -29,7 +33,13 @@ class Tool:
     parameters: dict[str, Any]
     handler: Callable[[dict[str, Any]], Awaitable[str]]
     status: str = "One moment."
-    """Said or shown while the tool runs."""
+    """Shown to a text reader (and said, when ``spoken`` is None) while the tool runs."""
+    spoken: str | None = None
+    """The short filler a caller hears while it runs (None: ``status``)."""
+
+    @property
+    def filler(self) -> str:
+        return self.spoken or self.status
 
     def schema(self) -> dict[str, Any]:
         return {
@@ -59,18 +69,131 @@ class ToolRegistry:
     def schemas(self) -> list[dict[str, Any]]:
         return [t.schema() for t in self._tools.values()]
 
+    def tools(self) -> list[Tool]:
+        return list(self._tools.values())
+
+    def add(self, tool: Tool) -> Tool:
+        self._tools[tool.name] = tool
+        return tool
+
     async def run(self, call: ToolCall) -> str:
         """Run a call; errors and timeouts come back as a result text for the model."""
+        return (await self.run_checked(call))[0]
+
+    async def run_checked(self, call: ToolCall) -> tuple[str, bool]:
+        """Run a call: (the result text for the model, whether the tool succeeded)."""
         tool = self._tools.get(call.name)
         if tool is None:
-            return json.dumps({"error": f"unknown tool {call.name!r}"})
+            return json.dumps({"error": f"unknown tool {call.name!r}"}), False
         try:
             async with asyncio.timeout(self.timeout_s):
-                return await tool.handler(call.arguments)
+                return await tool.handler(call.arguments), True
         except TimeoutError:
-            return json.dumps({"error": f"tool {call.name} timed out after {self.timeout_s}s"})
+            timed_out = f"tool {call.name} timed out after {self.timeout_s}s"
+            return json.dumps({"error": timed_out}), False
         except Exception as exc:  # a tool's bug must not kill the reply
-            return json.dumps({"error": f"{type(exc).__name__}: {exc}"})
+            return json.dumps({"error": f"{type(exc).__name__}: {exc}"}), False
+
+    async def run_all(
+        self,
+        calls: list[ToolCall],
+        finished: Callable[[ToolCall, bool, float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> list[str]:
+        """Run one turn's calls side by side, each with its own timeout; the results in
+        the calls' order. ``finished(call, ok, seconds)`` is called as each one ends."""
+
+        async def one(call: ToolCall) -> str:
+            t0 = clock()
+            result, ok = await self.run_checked(call)
+            if finished is not None:
+                finished(call, ok, clock() - t0)
+            return result
+
+        return list(await asyncio.gather(*(one(c) for c in calls)))
+
+
+def tool_messages(calls: list[ToolCall], results: list[str]) -> list[Message]:
+    """What the LLM reads back after a round of calls: its calls, then each result."""
+    msgs: list[Message] = [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
+                }
+                for c in calls
+            ],
+        }
+    ]
+    for call, result in zip(calls, results, strict=True):
+        msgs.append({"role": "tool", "tool_call_id": call.id, "content": result})
+    return msgs
+
+
+_JSON_TYPES: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}
+
+
+def _schema_of(hint: Any) -> dict[str, Any]:
+    """The JSON schema of one parameter's type hint (str, int, float, bool, a Literal of
+    strings, ``X | None``, or ``Annotated[X, "description"]``)."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Annotated:
+        base, *extra = typing.get_args(hint)
+        out = _schema_of(base)
+        notes = [e for e in extra if isinstance(e, str)]
+        if notes:
+            out["description"] = " ".join(notes)
+        return out
+    if origin is typing.Literal:
+        values = list(typing.get_args(hint))
+        return {"type": _JSON_TYPES[type(values[0])], "enum": values}
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return _schema_of(args[0])
+    if hint in _JSON_TYPES:
+        return {"type": _JSON_TYPES[hint]}
+    raise TypeError(f"a tool parameter cannot be of type {hint!r}")
+
+
+def tool(
+    status: str = "One moment.", spoken: str | None = None, name: str | None = None
+) -> Callable[[Callable[..., Awaitable[str]]], Tool]:
+    """Make a :class:`Tool` of an async function: its name, its docstring as the
+    description, and its parameters' type hints as the JSON schema (a parameter with
+    no default is required). ``status`` is shown to text readers while it runs,
+    ``spoken`` said to callers (default: ``status``)::
+
+        @tool(status="Looking up the time…", spoken="Let me check the time.")
+        async def current_time(timezone: Annotated[str, "An IANA zone"] = "UTC") -> str:
+            \"\"\"The current date and time in a timezone.\"\"\"
+    """
+
+    def make(fn: Callable[..., Awaitable[str]]) -> Tool:
+        hints = typing.get_type_hints(fn, include_extras=True)
+        props: dict[str, Any] = {}
+        required: list[str] = []
+        for p in inspect.signature(fn).parameters.values():
+            props[p.name] = _schema_of(hints[p.name])
+            if p.default is inspect.Parameter.empty:
+                required.append(p.name)
+        params: dict[str, Any] = {"type": "object", "properties": props, "required": required}
+        allowed = set(props)
+
+        async def handler(args: dict[str, Any]) -> str:
+            unknown = set(args) - allowed
+            if unknown:
+                raise TypeError(f"unknown arguments: {', '.join(sorted(unknown))}")
+            return await fn(**args)
+
+        doc = inspect.getdoc(fn) or fn.__name__
+        return Tool(name or fn.__name__, doc, params, handler, status, spoken)
+
+    return make
 
 
 def parse_tool_calls(text: str, known: set[str] | None = None) -> list[ToolCall] | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ from voice_agent.core.clock import Clock
 from voice_agent.core.enums import ReplyKind, ReplyStatus
 from voice_agent.errors import LLMError
 from voice_agent.llm.base import Message, TextDelta, ToolCall
+from voice_agent.llm.tools import tool_messages
 from voice_agent.session.engine import Engine
 from voice_agent.session.metrics import TurnMetrics
 from voice_agent.session.writer import PacedWriter
@@ -190,30 +190,18 @@ class Reply:
         await out.put(sentence)
 
     async def _run_tools(self, calls: list[ToolCall]) -> list[Message]:
+        """One round of calls, side by side (as the text chat runs them): each one's
+        status line, one spoken filler (the first tool's) while they run."""
         ctx = self.ctx
-        msgs: list[Message] = [
-            {
-                "role": "assistant",
-                "content": None,
-                "tool_calls": [
-                    {
-                        "id": c.id,
-                        "type": "function",
-                        "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
-                    }
-                    for c in calls
-                ],
-            }
-        ]
+        tools = ctx.engine.tools
         for call in calls:
-            tool = ctx.engine.tools.get(call.name)
+            tool = tools.get(call.name)
             self.m.tool_calls.append(call.name)
-            status = tool.status if tool else "One moment."
-            await ctx.emit("status", gen=self.gen, text=status)
-            await self.play_filler(preferred=status)  # the caller hears it too
-            result = await ctx.engine.tools.run(call)
-            msgs.append({"role": "tool", "tool_call_id": call.id, "content": result})
-        return msgs
+            await ctx.emit("status", gen=self.gen, text=tool.status if tool else "One moment.")
+        first = tools.get(calls[0].name)
+        await self.play_filler(preferred=first.filler if first else "One moment.")
+        results = await tools.run_all(calls, clock=ctx.clock.now)
+        return tool_messages(calls, results)
 
     async def _speak(self, sentences: asyncio.Queue[str | None]) -> None:
         ctx, m = self.ctx, self.m
