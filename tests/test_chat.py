@@ -341,6 +341,32 @@ async def test_a_failing_tool_is_a_result_for_the_llm_not_the_end_of_the_reply(
     assert "unknown timezone" in json.loads(result["content"])["error"]
 
 
+async def test_a_model_that_calls_the_same_tool_again_is_given_the_result_in_words(
+    chat_server: Any,
+) -> None:
+    """Qwen2.5-Coder-0.5B calls the tool again instead of reading its result: the call
+    is not run twice, and the next request has the result written into the message."""
+    call = ToolCall("call_0", "current_time", {"timezone": "Asia/Tokyo"})
+    again = ToolCall("call_0", "current_time", {"timezone": "Asia/Tokyo"})
+    llm = ScriptedLLMDouble([[call], [again], ["It is nine."]], 0.01)
+    chat = await chat_server(llm)
+    ids = await chat.start("What time is it in Tokyo?")
+    events = await chat.events(ids["response_id"])
+    assert [(d["name"], d["state"]) for _, e, d in events if e == "tool"] == [
+        ("current_time", "started"), ("current_time", "finished"),
+    ]  # fmt: skip
+    assert events[-1][1] == "done"
+    assert len(llm.requests) == 3
+    assert [m["role"] for m in llm.requests[1]] == ["system", "user", "assistant", "tool"]
+    folded = llm.requests[2]
+    assert [m["role"] for m in folded] == ["system", "user"]
+    note = folded[1]["content"]
+    assert note.startswith("What time is it in Tokyo?\n\n(current_time ")
+    assert '"timezone": "Asia/Tokyo"' in note and "returned:" in note
+    conv = await chat.conversation(ids["conversation_id"])
+    assert len(conv["messages"][-1]["tool_calls"]) == 1
+
+
 # -- the event log, on its own ------------------------------------------------------
 
 

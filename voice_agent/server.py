@@ -107,7 +107,7 @@ class ServerState:
                 self.engine.llm,
                 MemoryEventStore(LoopClock()),
                 LoopClock(),
-                lambda: chat_system_message(cfg),
+                lambda tools_line: chat_system_message(cfg, tools_line),
                 tools=tools,
             )
         return self.chat

@@ -25,7 +25,7 @@ from voice_agent.chat.events import EventStore
 from voice_agent.core.clock import Clock
 from voice_agent.errors import LLMError
 from voice_agent.llm.base import LLM, Message, ToolCall
-from voice_agent.llm.tools import ToolRegistry, tool_messages
+from voice_agent.llm.tools import ToolRegistry, ToolRounds, tools_note
 
 log = logging.getLogger("voice_agent.chat")
 
@@ -53,11 +53,15 @@ class ChatMessage:
     """The LLM failed while writing it: what came before the failure."""
     interrupted: bool = False
     """The reply was cancelled while being written."""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    """The tools the reply called: name, arguments, state, duration_ms and result."""
 
     def public(self) -> dict[str, Any]:
         out: dict[str, Any] = {"role": self.role, "content": self.content}
         if self.response_id is not None:
             out["response_id"] = self.response_id
+        if self.tool_calls:
+            out["tool_calls"] = self.tool_calls
         if self.incomplete:
             out["incomplete"] = True
         if self.interrupted:
@@ -80,6 +84,7 @@ class Response:
     user_index: int
     """Where the user message it answers is in the conversation."""
     task: asyncio.Task[None] | None = None
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
     state: str = "running"
     """``running``, ``done``, ``failed`` or ``cancelled``."""
 
@@ -90,7 +95,7 @@ class ChatService:
         llm: LLM,
         store: EventStore,
         clock: Clock,
-        system_prompt: Callable[[], str],
+        system_prompt: Callable[[str | None], str],
         max_message_chars: int = 8000,
         max_running: int = 32,
         max_conversations: int = 10_000,
@@ -205,10 +210,10 @@ class ChatService:
             c0 = self.clock.now()
             messages = self._context(conv, resp.user_index)
             timings["context_ms"] = ms(self.clock.now()) - ms(c0)
-            schemas = self.tools.schemas() or None
-            for _ in range(self.max_tool_rounds + 1):
+            rounds = ToolRounds(self.tools, messages, self.max_tool_rounds)
+            while (request := rounds.request()) is not None:
                 calls: list[ToolCall] = []
-                async with contextlib.aclosing(self.llm.stream(messages, schemas)) as stream:
+                async with contextlib.aclosing(self.llm.stream(*request)) as stream:
                     async for ev in stream:
                         if isinstance(ev, ToolCall):
                             calls.append(ev)
@@ -222,7 +227,7 @@ class ChatService:
                         self._emit(resp, "token", text=ev.text)
                 if not calls:
                     break
-                messages += await self._run_tools(resp, calls)
+                await self._run_tools(resp, rounds, calls)
         except asyncio.CancelledError:
             self._finish(resp, written, "cancelled")
             timings["total_ms"] = ms(self.clock.now())
@@ -249,9 +254,14 @@ class ChatService:
         self._emit(resp, "done", finish_reason="stop", usage=_usage(written), timings=timings)
         self.store.close(resp.id)
 
-    async def _run_tools(self, resp: Response, calls: list[ToolCall]) -> list[Message]:
+    async def _run_tools(self, resp: Response, rounds: ToolRounds, calls: list[ToolCall]) -> None:
         """One round of calls, side by side: a status line and a ``tool`` event as each
-        starts and ends (a failing tool is a result for the LLM, never the reply's end)."""
+        starts and ends (a failing tool is a result for the LLM, never the reply's end).
+        A call already answered in this reply is not run again (see ToolRounds)."""
+        calls = [c for c in calls if not rounds.was_answered(c)]
+        if not calls:
+            await rounds.run([])
+            return
         for call in calls:
             known = self.tools.get(call.name)
             self._emit(
@@ -259,19 +269,25 @@ class ChatService:
             )
             self._emit(resp, "tool", name=call.name, state="started")
 
-        def finished(call: ToolCall, ok: bool, seconds: float) -> None:
-            self._emit(
-                resp, "tool", name=call.name, state="finished" if ok else "failed",
-                duration_ms=round(seconds * 1000, 1),
-            )  # fmt: skip
+        records: dict[str, dict[str, Any]] = {}
 
-        results = await self.tools.run_all(calls, finished, self.clock.now)
-        return tool_messages(calls, results)
+        def finished(call: ToolCall, ok: bool, seconds: float) -> None:
+            state, ms = "finished" if ok else "failed", round(seconds * 1000, 1)
+            records[call.id] = {"state": state, "duration_ms": ms}
+            self._emit(resp, "tool", name=call.name, state=state, duration_ms=ms)
+
+        await rounds.run(calls, finished, self.clock.now)
+        for call in calls:
+            resp.tool_calls.append(
+                {"name": call.name, "arguments": call.arguments, **records[call.id],
+                 "result": rounds.result(call)}
+            )  # fmt: skip
 
     def _context(self, conv: Conversation, user_index: int) -> list[Message]:
         """The LLM's messages: the system prompt, then the conversation up to the user
         message being answered."""
-        history: list[Message] = [{"role": "system", "content": self.system_prompt()}]
+        note = tools_note(self.tools) if self.tools else None
+        history: list[Message] = [{"role": "system", "content": self.system_prompt(note)}]
         for m in conv.messages[: user_index + 1]:
             history.append({"role": m.role, "content": m.content})
         return history
@@ -287,6 +303,7 @@ class ChatService:
             ChatMessage(
                 "assistant", text, response_id=resp.id,
                 incomplete=state == "failed", interrupted=state == "cancelled",
+                tool_calls=resp.tool_calls,
             )
         )  # fmt: skip
         return True

@@ -113,6 +113,19 @@ class ToolRegistry:
         return list(await asyncio.gather(*(one(c) for c in calls)))
 
 
+def tools_note(registry: ToolRegistry) -> str:
+    """A line for the system prompt when tools are offered: a prompt that says the agent
+    cannot look anything up would otherwise keep a model from calling them."""
+    names = "; ".join(
+        f"{t.name} ({t.description.split('.')[0].strip().lower()})" for t in registry.tools()
+    )
+    return (
+        f"You do have tools, and they are how you know things you otherwise could not: "
+        f"{names}. Call one for any such question, then answer from its result in one "
+        f"sentence."
+    )
+
+
 def tool_messages(calls: list[ToolCall], results: list[str]) -> list[Message]:
     """What the LLM reads back after a round of calls: its calls, then each result."""
     msgs: list[Message] = [
@@ -132,6 +145,74 @@ def tool_messages(calls: list[ToolCall], results: list[str]) -> list[Message]:
     for call, result in zip(calls, results, strict=True):
         msgs.append({"role": "tool", "tool_call_id": call.id, "content": result})
     return msgs
+
+
+class ToolRounds:
+    """The rounds of one reply's tool calls, for the voice and text paths alike.
+
+    :meth:`request` gives the next LLM request (messages, tool schemas); :meth:`run`
+    runs a round's calls side by side and adds the standard tool messages. A small
+    local model sometimes calls the same tool with the same arguments again instead
+    of reading the result it was given (Qwen2.5-Coder-0.5B does, every time): a call
+    already answered in this reply is not run again; the next request then carries
+    the results written into the caller's message, with no tools, so the model
+    answers from them. None from :meth:`request`: no more rounds."""
+
+    def __init__(self, registry: ToolRegistry, messages: list[Message], max_rounds: int) -> None:
+        self.registry = registry
+        self.base = [dict(m) for m in messages]
+        self.messages = [dict(m) for m in messages]
+        self.left = max_rounds + 1
+        self.answered: dict[str, tuple[ToolCall, str]] = {}
+        self.folded = False
+
+    def request(self) -> tuple[list[Message], list[dict[str, Any]] | None] | None:
+        if self.left <= 0:
+            return None
+        self.left -= 1
+        if self.folded:
+            return self.messages, None
+        return self.messages, self.registry.schemas() or None
+
+    async def run(
+        self,
+        calls: list[ToolCall],
+        finished: Callable[[ToolCall, bool, float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> list[ToolCall]:
+        """Run the calls not answered yet; returns the ones that were run."""
+        new = [c for c in calls if _key(c) not in self.answered]
+        if not new:
+            self._fold()
+            return []
+        results = await self.registry.run_all(new, finished, clock)
+        for call, result in zip(new, results, strict=True):
+            self.answered[_key(call)] = (call, result)
+        self.messages += tool_messages(new, results)
+        return new
+
+    def was_answered(self, call: ToolCall) -> bool:
+        return _key(call) in self.answered
+
+    def result(self, call: ToolCall) -> str:
+        return self.answered[_key(call)][1]
+
+    def _fold(self) -> None:
+        notes = "\n".join(
+            f"({call.name} {json.dumps(call.arguments)} returned: {result})"
+            for call, result in self.answered.values()
+        )
+        messages = [dict(m) for m in self.base]
+        last = messages[-1]
+        if last.get("role") == "user":
+            last["content"] = f"{last['content']}\n\n{notes}"
+        else:
+            messages.append({"role": "user", "content": notes})
+        self.messages, self.folded = messages, True
+
+
+def _key(call: ToolCall) -> str:
+    return f"{call.name}:{json.dumps(call.arguments, sort_keys=True)}"
 
 
 _JSON_TYPES: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}

@@ -154,9 +154,13 @@ def system_message(cfg: SessionConfig) -> str:
     return f"{cfg.system_prompt}\n{date_line(cfg.wall_clock())}"
 
 
-def chat_system_message(cfg: SessionConfig) -> str:
+def chat_system_message(cfg: SessionConfig, tools: str | None = None) -> str:
     """The text chat's system prompt (read at each response): its own style, the same
-    statement of what the agent can and cannot do, then the date line."""
-    if cfg.wall_clock is None:
-        return CHAT_SYSTEM_PROMPT
-    return f"{CHAT_SYSTEM_PROMPT}\n{date_line(cfg.wall_clock())}"
+    statement of what the agent can and cannot do, the date line, then the tools it has
+    (``tools``, a line that names them)."""
+    prompt = CHAT_SYSTEM_PROMPT
+    if cfg.wall_clock is not None:
+        prompt = f"{prompt}\n{date_line(cfg.wall_clock())}"
+    # last: placed before the statement of what it cannot do, the 1.5B model refused
+    # every question its tools answer
+    return f"{prompt}\n{tools}" if tools else prompt

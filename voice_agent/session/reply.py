@@ -24,7 +24,7 @@ from voice_agent.core.clock import Clock
 from voice_agent.core.enums import ReplyKind, ReplyStatus
 from voice_agent.errors import LLMError
 from voice_agent.llm.base import Message, TextDelta, ToolCall
-from voice_agent.llm.tools import tool_messages
+from voice_agent.llm.tools import ToolRounds
 from voice_agent.session.engine import Engine
 from voice_agent.session.metrics import TurnMetrics
 from voice_agent.session.writer import PacedWriter
@@ -142,13 +142,12 @@ class Reply:
     async def _generate(self, out: asyncio.Queue[str | None]) -> None:
         m, ctx = self.m, self.ctx
         splitter = SentenceSplitter(first_max_words=ctx.first_chunk_words)
-        messages = [dict(msg) for msg in self.messages]
+        rounds = ToolRounds(ctx.engine.tools, self.messages, ctx.max_tool_rounds)
         m.llm_request = ctx.clock.now()
-        tools = ctx.engine.tools.schemas() or None
         try:
-            for _ in range(ctx.max_tool_rounds + 1):
+            while (request := rounds.request()) is not None:
                 calls: list[ToolCall] = []
-                async with contextlib.aclosing(ctx.engine.llm.stream(messages, tools)) as stream:
+                async with contextlib.aclosing(ctx.engine.llm.stream(*request)) as stream:
                     async for ev in stream:
                         if isinstance(ev, TextDelta):
                             if m.llm_first_token is None:
@@ -162,7 +161,7 @@ class Reply:
                             calls.append(ev)
                 if not calls:
                     break
-                messages += await self._run_tools(calls)
+                await self._run_tools(rounds, calls)
         except LLMError as exc:
             m.status = ReplyStatus.LLM_ERROR
             m.error = str(exc)
@@ -189,19 +188,23 @@ class Reply:
             self.m.first_sentence = self.ctx.clock.now()
         await out.put(sentence)
 
-    async def _run_tools(self, calls: list[ToolCall]) -> list[Message]:
+    async def _run_tools(self, rounds: ToolRounds, calls: list[ToolCall]) -> None:
         """One round of calls, side by side (as the text chat runs them): each one's
-        status line, one spoken filler (the first tool's) while they run."""
+        status line, one spoken filler (the first tool's) while they run. A call already
+        answered in this reply is not run again (see ToolRounds)."""
         ctx = self.ctx
         tools = ctx.engine.tools
+        calls = [c for c in calls if not rounds.was_answered(c)]
+        if not calls:
+            await rounds.run([])
+            return
         for call in calls:
             tool = tools.get(call.name)
             self.m.tool_calls.append(call.name)
             await ctx.emit("status", gen=self.gen, text=tool.status if tool else "One moment.")
         first = tools.get(calls[0].name)
         await self.play_filler(preferred=first.filler if first else "One moment.")
-        results = await tools.run_all(calls, clock=ctx.clock.now)
-        return tool_messages(calls, results)
+        await rounds.run(calls, clock=ctx.clock.now)
 
     async def _speak(self, sentences: asyncio.Queue[str | None]) -> None:
         ctx, m = self.ctx, self.m
