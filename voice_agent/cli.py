@@ -208,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="phone calls through the Twilio and AudioSocket bridges at 8 kHz",
     )
     b.add_argument(
+        "--text",
+        action="store_true",
+        help="text chat over SSE: time to the first status, the first token, tool results",
+    )
+    b.add_argument(
         "--pacing-s", type=float, default=60.0, help="seconds of real-time pacing to measure"
     )
     b.add_argument(
@@ -396,6 +401,10 @@ def main(argv: list[str] | None = None) -> int:
                 from benchmarks.turns import run_turns_bench
 
                 return asyncio.run(run_turns_bench(args, _engine_config(args), _log))
+            if args.text:
+                from benchmarks.text import run_text_bench
+
+                return asyncio.run(run_text_bench(args, _engine_config(args), _log))
             if args.telephony:
                 from benchmarks.telephony import run_telephony_bench
 
