@@ -898,3 +898,16 @@ def test_a_reply_that_starts_cancels_a_prefill_still_being_read() -> None:
     assert call.llm.prefills_cancelled == 1
     assert call.session.turns[0].heard_text == "It is noon."
 
+
+
+def test_a_failover_before_the_first_token_is_silent_on_the_voice_path() -> None:
+    """The LLM adapter moved on to its next endpoint: the caller hears the answer and
+    nothing else (no status event, no filler, nothing in the history)."""
+    from voice_agent.llm.base import Failover
+
+    llm = ScriptedLLMDouble([[Failover("first", "HTTP 503"), "It is noon."]], 0.05)  # type: ignore[list-item]
+    call = one_spoken_turn(llm, 1.0)
+    turn = call.session.turns[0]
+    assert turn.heard_text == turn.reply_text == "It is noon."
+    assert "status" not in call.out.types() and "error" not in call.out.types()
+    assert call.session.history[-1] == {"role": "assistant", "content": "It is noon."}

@@ -38,7 +38,11 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="quality (Qwen2.5-Coder-1.5B, default), fast (0.5B), a manifest name or a .gguf",
     )
-    g.add_argument("--llm-url", default=None, help="remote OpenAI-compatible base URL")
+    g.add_argument(
+        "--llm-url", action="append", default=None,
+        help="remote OpenAI-compatible base URL; repeat it for endpoints to fail over to, in "
+        "order (or VOICE_AGENT_LLM_URLS=url1,url2)",
+    )  # fmt: skip
     g.add_argument("--llm-model", default=None, help="model name at --llm-url")
     g.add_argument("--llm-timeout", type=float, default=None, help="seconds to first token")
 
@@ -51,7 +55,8 @@ def _engine_config(args: argparse.Namespace) -> Any:
         vad=args.vad,
         turn_model=args.turn_model,
         llm_profile=args.llm_profile,
-        llm_base_url=args.llm_url,
+        llm_base_url=args.llm_url[0] if args.llm_url else None,
+        llm_fallback_urls=tuple(args.llm_url[1:]) if args.llm_url else None,
         llm_model=args.llm_model,
         llm_timeout_s=args.llm_timeout,
     )

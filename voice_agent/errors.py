@@ -30,7 +30,15 @@ class AudioInputError(VoiceAgentError):
 
 
 class LLMError(VoiceAgentError):
-    """The LLM endpoint refused, timed out or died."""
+    """The LLM endpoint refused, timed out or died.
+
+    ``retryable``: another endpoint may well answer (the endpoint could not be
+    reached, timed out, was overloaded (429) or failed (5xx)); a request the endpoint
+    rejected as such (a bad key, an unknown model) is not."""
+
+    def __init__(self, message: str, fix: str = "", retryable: bool = False) -> None:
+        super().__init__(message, fix)
+        self.retryable = retryable
 
 
 def leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:

@@ -7,6 +7,8 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 
 from voice_agent.audio.pcm import Pcm
+from voice_agent.core.clock import LoopClock
+from voice_agent.llm.failover import FailoverLLM
 from voice_agent.llm.local import LocalLlamaServer
 from voice_agent.llm.openai_compat import OpenAICompatLLM
 from voice_agent.session.engine import Engine, EngineConfig, TurnModel
@@ -100,7 +102,7 @@ class BothVad:
 async def open_engine(cfg: EngineConfig, log: Log = print) -> AsyncIterator[Engine]:
     """Load everything concurrently, warm it up, yield the engine, and stop the LLM server."""
     server: LocalLlamaServer | None = None
-    llm: OpenAICompatLLM | None = None
+    llm: OpenAICompatLLM | FailoverLLM | None = None
     try:
         log(
             f"loading STT {cfg.stt_model}, TTS {cfg.tts_voice}, VAD {cfg.vad}, "
@@ -120,14 +122,21 @@ async def open_engine(cfg: EngineConfig, log: Log = print) -> AsyncIterator[Engi
             model = server.model
         stt, tts, turn_model = await stt_job, await tts_job, await turn_job
         check_stt = await check_job
-        llm = OpenAICompatLLM(
-            base_url,
-            model,
-            cfg.llm_api_key,
-            first_token_timeout=cfg.llm_timeout_s,
-            max_tokens=cfg.llm_max_tokens,
-            prompt_cache=server is not None,
-        )
+        urls = [base_url, *cfg.llm_fallback_urls] if server is None else [base_url]
+        endpoints = [
+            OpenAICompatLLM(
+                url,
+                model,
+                cfg.llm_api_key,
+                first_token_timeout=cfg.llm_timeout_s,
+                max_tokens=cfg.llm_max_tokens,
+                prompt_cache=server is not None,
+            )
+            for url in urls
+        ]
+        llm = endpoints[0] if len(endpoints) == 1 else FailoverLLM(endpoints, LoopClock())
+        if len(endpoints) > 1:
+            log(f"LLM: failing over to {', '.join(urls[1:])}")
         engine = Engine(
             stt=stt,
             check_stt=check_stt,

@@ -24,7 +24,7 @@ from typing import Any
 from voice_agent.chat.events import EventStore
 from voice_agent.core.clock import Clock
 from voice_agent.errors import LLMError
-from voice_agent.llm.base import LLM, Message, ToolCall
+from voice_agent.llm.base import LLM, Failover, Message, ToolCall
 from voice_agent.llm.tools import ToolRegistry, ToolRounds, tools_note
 
 log = logging.getLogger("voice_agent.chat")
@@ -217,6 +217,12 @@ class ChatService:
                     async for ev in stream:
                         if isinstance(ev, ToolCall):
                             calls.append(ev)
+                            continue
+                        if isinstance(ev, Failover):
+                            self._emit(
+                                resp, "status", phase="failover",
+                                text="The first model did not answer; asking another…",
+                            )  # fmt: skip
                             continue
                         if not ev.text:
                             continue

@@ -21,7 +21,17 @@ class ToolCall:
     arguments: dict[str, Any] = field(default_factory=dict)
 
 
-LLMEvent = TextDelta | ToolCall
+@dataclass(frozen=True)
+class Failover:
+    """The endpoint that was asked failed before its first token; the next one is being
+    asked (a text reader is told; a caller hears nothing extra)."""
+
+    failed: str
+    """The failed endpoint's name (for logs; never sent to a client)."""
+    reason: str
+
+
+LLMEvent = TextDelta | ToolCall | Failover
 
 
 class LLM(Protocol):

@@ -150,16 +150,19 @@ class OpenAICompatLLM:
             raise LLMError(
                 f"LLM at {self.base_url} did not answer within {self.first_token_timeout:.0f}s",
                 "check that the server is up, or raise --llm-timeout",
+                retryable=True,
             ) from exc
         except openai.APIStatusError as exc:
             raise LLMError(
                 f"LLM at {self.base_url} refused the request: HTTP {exc.status_code} {exc.message}",
                 "check the model name and API key (VOICE_AGENT_LLM_MODEL, VOICE_AGENT_LLM_API_KEY)",
+                retryable=exc.status_code == 429 or exc.status_code >= 500,
             ) from exc
         except openai.APIError as exc:
             raise LLMError(
                 f"cannot reach the LLM at {self.base_url}: {exc}",
                 "start the server or fix VOICE_AGENT_LLM_BASE_URL",
+                retryable=True,
             ) from exc
 
         structured: dict[int, dict[str, str]] = {}
@@ -192,10 +195,11 @@ class OpenAICompatLLM:
             raise LLMError(
                 f"LLM stream from {self.base_url} stalled for {limit:.0f}s",
                 "check the server's load and logs",
+                retryable=True,
             ) from exc
         except openai.APIError as exc:
             raise LLMError(
-                f"LLM stream from {self.base_url} broke: {exc}", "check the server"
+                f"LLM stream from {self.base_url} broke: {exc}", "check the server", retryable=True
             ) from exc
         finally:
             await response.close()

@@ -59,6 +59,8 @@ class EngineConfig:
     llm_profile: str = "quality"
     llm_threads: int = 2
     llm_base_url: str | None = None
+    llm_fallback_urls: tuple[str, ...] = ()
+    """More endpoints, asked in order when the one before fails before its first token."""
     llm_model: str | None = None
     llm_api_key: str = "not-needed"
     llm_timeout_s: float = 30.0
@@ -67,8 +69,10 @@ class EngineConfig:
     @classmethod
     def from_env(cls, **overrides: Any) -> EngineConfig:
         env = os.environ
+        urls = [u.strip() for u in env.get("VOICE_AGENT_LLM_URLS", "").split(",") if u.strip()]
         cfg = cls(
-            llm_base_url=env.get("VOICE_AGENT_LLM_BASE_URL") or None,
+            llm_base_url=env.get("VOICE_AGENT_LLM_BASE_URL") or (urls[0] if urls else None),
+            llm_fallback_urls=tuple(urls[1:]),
             llm_model=env.get("VOICE_AGENT_LLM_MODEL") or None,
             llm_api_key=env.get("VOICE_AGENT_LLM_API_KEY")
             or env.get("OPENAI_API_KEY")

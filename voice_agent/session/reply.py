@@ -157,8 +157,8 @@ class Reply:
                                 await ctx.emit("reply.delta", gen=self.gen, text=ev.text)
                             for sentence in splitter.feed(ev.text):
                                 await self._put_sentence(out, sentence)
-                        else:
-                            calls.append(ev)
+                        elif isinstance(ev, ToolCall):
+                            calls.append(ev)  # (a Failover: the caller hears nothing extra)
                 if not calls:
                     break
                 await self._run_tools(rounds, calls)
