@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from doubles import HANG, ScriptedLLMDouble, double_engine
+from doubles import HANG, AutoAdvanceClockDouble, ScriptedLLMDouble, double_engine
 from httpx_sse import aconnect_sse
 
 from voice_agent.chat.events import (
@@ -370,17 +370,6 @@ async def test_a_model_that_calls_the_same_tool_again_is_given_the_result_in_wor
 # -- the event log, on its own ------------------------------------------------------
 
 
-class ManualClockDouble:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep_until(self, deadline: float) -> None:
-        self.t = max(self.t, deadline)
-
-
 def test_last_event_id_parsing() -> None:
     assert parse_last_event_id(None) == 0 and parse_last_event_id(" 12 ") == 12
     for bad in ("x", "1.5", "-3", "9" * 30):
@@ -389,7 +378,7 @@ def test_last_event_id_parsing() -> None:
 
 
 async def test_the_log_is_bounded_and_keeps_its_last_place_for_the_closing_event() -> None:
-    store = MemoryEventStore(ManualClockDouble(), max_events=4)
+    store = MemoryEventStore(AutoAdvanceClockDouble(100.0), max_events=4)
     store.create("r")
     for i in range(3):
         store.append("r", "token", {"text": str(i)})
@@ -410,7 +399,7 @@ async def test_a_response_that_outgrows_its_log_ends_with_an_error(chat_server: 
 
 
 async def test_logs_expire_after_their_ttl() -> None:
-    clock = ManualClockDouble()
+    clock = AutoAdvanceClockDouble(100.0)
     store = MemoryEventStore(clock, ttl_s=60.0)
     store.create("done")
     store.append("done", "done", {})

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from doubles import double_engine
+from doubles import AutoAdvanceClockDouble, double_engine
 from httpx_sse import aconnect_sse
 
 from voice_agent.errors import LLMError
@@ -79,18 +79,7 @@ def closed_port() -> str:
     return f"http://127.0.0.1:{port}/v1"
 
 
-class ManualClockDouble:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep_until(self, deadline: float) -> None:
-        self.t = max(self.t, deadline)
-
-
-def adapter(urls: list[str], clock: ManualClockDouble) -> FailoverLLM:
+def adapter(urls: list[str], clock: AutoAdvanceClockDouble) -> FailoverLLM:
     return FailoverLLM(
         [OpenAICompatLLM(u, "m", connect_timeout=2.0, first_token_timeout=5.0) for u in urls],
         clock,
@@ -108,7 +97,7 @@ async def test_a_failure_before_the_first_token_moves_on_to_the_next_endpoint(
     first, second = Endpoint(failure), Endpoint("ok")
     url1 = closed_port() if failure == "refused" else await first.start()
     url2 = await second.start()
-    clock = ManualClockDouble()
+    clock = AutoAdvanceClockDouble(0.0)
     llm = adapter([url1, url2], clock)
     try:
         events = await collect(llm)
@@ -135,7 +124,7 @@ async def test_a_failure_before_the_first_token_moves_on_to_the_next_endpoint(
 
 async def test_a_request_the_endpoint_rejects_is_not_sent_elsewhere() -> None:
     first, second = Endpoint("401"), Endpoint("ok")
-    llm = adapter([await first.start(), await second.start()], ManualClockDouble())
+    llm = adapter([await first.start(), await second.start()], AutoAdvanceClockDouble(0.0))
     try:
         with pytest.raises(LLMError, match="HTTP 401") as caught:
             await collect(llm)
@@ -149,7 +138,7 @@ async def test_a_request_the_endpoint_rejects_is_not_sent_elsewhere() -> None:
 
 async def test_a_failure_after_the_first_token_is_the_replys_own() -> None:
     first, second = Endpoint("dies"), Endpoint("ok")
-    llm = adapter([await first.start(), await second.start()], ManualClockDouble())
+    llm = adapter([await first.start(), await second.start()], AutoAdvanceClockDouble(0.0))
     got: list[LLMEvent] = []
     try:
         with pytest.raises(LLMError):
@@ -164,7 +153,7 @@ async def test_a_failure_after_the_first_token_is_the_replys_own() -> None:
 
 
 async def test_when_every_endpoint_is_down_the_last_error_is_raised() -> None:
-    llm = adapter([closed_port(), closed_port()], ManualClockDouble())
+    llm = adapter([closed_port(), closed_port()], AutoAdvanceClockDouble(0.0))
     try:
         with pytest.raises(LLMError, match="cannot reach"):
             await collect(llm)
@@ -180,7 +169,7 @@ async def test_the_text_chat_says_so_when_it_fails_over() -> None:
     from voice_agent.server import create_app
 
     first, second = Endpoint("503"), Endpoint("ok")
-    llm = adapter([await first.start(), await second.start()], ManualClockDouble())
+    llm = adapter([await first.start(), await second.start()], AutoAdvanceClockDouble(0.0))
     app = create_app(engine=double_engine(llm))
     srv, addr, task = await start_server(app)
     try:
