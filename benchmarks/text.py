@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -80,7 +81,15 @@ async def run_text_bench(
     async with open_engine(cfg, log) as engine:
         app = create_app(engine=engine)
         async with in_process_server(app) as addr:
-            async with httpx.AsyncClient(base_url=f"http://{addr}", timeout=300.0) as client:
+            await app.state.va.chat_service().warm()  # as `voice-agent serve` does at load
+            # TCP_NODELAY, as browsers set it: without it a POST written as headers then
+            # body waits ~40 ms for the server's delayed ACK on a kept-alive connection
+            nodelay = httpx.AsyncHTTPTransport(
+                socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+            )
+            async with httpx.AsyncClient(
+                base_url=f"http://{addr}", timeout=300.0, transport=nodelay
+            ) as client:
                 qs = QUESTIONS[: args.limit] if args.limit else QUESTIONS
                 for q in qs:
                     row = await one(client, q)

@@ -46,7 +46,9 @@ class ScriptedLLMDouble:
         """A prefill never completes (the endpoint is slow to read it): only a cancel ends it."""
         self.prefills_cancelled = 0
 
-    async def prefill(self, messages: list[Message]) -> bool:
+    async def prefill(
+        self, messages: list[Message], tools: list[dict[str, Any]] | None = None
+    ) -> bool:
         self.prefills.append([dict(m) for m in messages])
         if self.prefill_hangs:
             try:

@@ -367,6 +367,16 @@ async def test_a_model_that_calls_the_same_tool_again_is_given_the_result_in_wor
     assert len(conv["messages"][-1]["tool_calls"]) == 1
 
 
+async def test_the_chat_prompt_is_read_ahead_once_the_models_are_loaded(chat_server: Any) -> None:
+    chat = await chat_server(ScriptedLLMDouble([["Hi."]], 0.01))
+    assert await chat.state.chat_service().warm() is True
+    ((system,),) = chat.llm.prefills
+    assert system["role"] == "system" and "current_time" in system["content"]
+    ids = await chat.start("Hello")
+    await chat.events(ids["response_id"])
+    assert chat.llm.requests[0][0] == system  # the same bytes: the cache serves it
+
+
 # -- the event log, on its own ------------------------------------------------------
 
 
@@ -411,3 +421,18 @@ async def test_logs_expire_after_their_ttl() -> None:
     assert not store.exists("done") and store.exists("live")
     with pytest.raises(UnknownResponse):
         store.read("done", 0)
+
+
+def test_the_chat_prompt_states_the_date_not_the_minute_and_names_its_tools_last() -> None:
+    """Read again at each reply, it must stay the same bytes all day, or the LLM reads
+    again all that follows the line that changed (the tool definitions)."""
+    from datetime import datetime
+
+    from voice_agent.session.config import SessionConfig, chat_system_message
+
+    cfg = SessionConfig(wall_clock=lambda: datetime(2026, 12, 3, 8, 31))
+    text = chat_system_message(cfg, "You do have tools: x.")
+    assert text.endswith("\nToday is Thursday, December 3, 2026.\nYou do have tools: x.")
+    cfg.wall_clock = lambda: datetime(2026, 12, 3, 17, 59)
+    assert chat_system_message(cfg, "You do have tools: x.") == text
+    assert "voice" not in text and "text chat" in text

@@ -182,6 +182,9 @@ def create_app(
                     engine_config or EngineConfig(), state.progress
                 ) as e:
                     state.engine = e
+                    chat = state.chat_service()
+                    if chat is not None:  # the first chat message finds its prompt read
+                        await chat.warm()
                     await stop.wait()
             except Exception as exc:  # reported on /readyz; the process stays up for /healthz
                 state.error = str(exc)

@@ -167,6 +167,13 @@ class ChatService:
         resp.task.cancel()
         return True
 
+    async def warm(self) -> bool:
+        """Have the LLM read the chat's system prompt and tools ahead of the first
+        message (the endpoint's prompt cache; a no-op for one without)."""
+        return await self.llm.prefill(
+            self._context(Conversation(""), -1), self.tools.schemas() or None
+        )
+
     async def aclose(self) -> None:
         """Cancel every response still being written (the server is stopping)."""
         for task in list(self._tasks):

@@ -46,7 +46,9 @@ class LLM(Protocol):
         """
         ...
 
-    async def prefill(self, messages: list[Message]) -> bool:
+    async def prefill(
+        self, messages: list[Message], tools: list[dict[str, Any]] | None = None
+    ) -> bool:
         """Have the endpoint read ``messages`` into its prompt cache, ahead of a request
         that starts with them (the call's system prompt at its start; the caller's words
         so far while they still talk), so that request reads only what is new.

@@ -85,8 +85,10 @@ class FailoverLLM:
                 log.warning("LLM %s failed before its first token: %s", endpoint.name, exc)
                 yield Failover(endpoint.name, exc.message)
 
-    async def prefill(self, messages: list[Message]) -> bool:
-        return await self.endpoints[self.order()[0]].prefill(messages)
+    async def prefill(
+        self, messages: list[Message], tools: list[dict[str, Any]] | None = None
+    ) -> bool:
+        return await self.endpoints[self.order()[0]].prefill(messages, tools)
 
     async def close(self) -> None:
         for e in self.endpoints:

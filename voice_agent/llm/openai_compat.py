@@ -72,8 +72,11 @@ class OpenAICompatLLM:
                 except (openai.APIConnectionError, openai.APIStatusError, openai.APITimeoutError):
                     await asyncio.sleep(0.1)
 
-    async def prefill(self, messages: list[Message]) -> bool:
-        """Read ``messages`` into the endpoint's prompt cache: a request for one token,
+    async def prefill(
+        self, messages: list[Message], tools: list[dict[str, Any]] | None = None
+    ) -> bool:
+        """Read ``messages`` (and ``tools``, which the chat template puts in the system
+        prompt) into the endpoint's prompt cache: a request for one token,
         sent only when nothing else of ours is in flight. A reply that starts meanwhile
         (any session's) closes it, so a prefill never holds a reply up for long: the
         endpoint keeps what it had read. Cancelling it closes the request too."""
@@ -87,6 +90,7 @@ class OpenAICompatLLM:
             max_tokens=1,
             temperature=0.0,
             timeout=self.first_token_timeout,
+            **({"tools": tools} if tools else {}),
         )
         request = asyncio.ensure_future(_once_more_if_unsent(create))
         self._prefilling = request

@@ -49,9 +49,13 @@ def local_now() -> datetime:
     return datetime.now().astimezone()
 
 
-def date_line(now: datetime) -> str:
+def date_line(now: datetime, with_time: bool = True) -> str:
     """The current date and time as the system prompt states them (once per call, last,
-    so every call shares the prompt's cached prefix)."""
+    so every call shares the prompt's cached prefix). Without the time, for prompts
+    read again at each reply: a line that changed every minute would make the LLM read
+    all that follows it again (the tool definitions come after the system prompt)."""
+    if not with_time:
+        return f"Today is {now:%A}, {now:%B} {now.day}, {now.year}."
     hour = now.hour % 12 or 12
     half = "in the morning" if now.hour < 12 else "in the afternoon" if now.hour < 18 else (
         "in the evening")  # fmt: skip
@@ -159,8 +163,8 @@ def chat_system_message(cfg: SessionConfig, tools: str | None = None) -> str:
     statement of what the agent can and cannot do, the date line, then the tools it has
     (``tools``, a line that names them)."""
     prompt = CHAT_SYSTEM_PROMPT
-    if cfg.wall_clock is not None:
-        prompt = f"{prompt}\n{date_line(cfg.wall_clock())}"
+    if cfg.wall_clock is not None:  # the date only: the time tool tells the time
+        prompt = f"{prompt}\n{date_line(cfg.wall_clock(), with_time=False)}"
     # last: placed before the statement of what it cannot do, the 1.5B model refused
     # every question its tools answer
     return f"{prompt}\n{tools}" if tools else prompt
