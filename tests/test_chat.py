@@ -4,6 +4,7 @@ with httpx and httpx-sse as a browser's EventSource would."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -375,6 +376,56 @@ async def test_the_chat_prompt_is_read_ahead_once_the_models_are_loaded(chat_ser
     ids = await chat.start("Hello")
     await chat.events(ids["response_id"])
     assert chat.llm.requests[0][0] == system  # the same bytes: the cache serves it
+
+
+async def test_a_reader_that_stops_reading_is_cut_off_and_loses_nothing() -> None:
+    """A reader that never reads (4 KiB socket buffers on both sides) while a 400 KB reply
+    is written: the reply is written to its end all the same, the server holds no more
+    than the response's bounded log, the stalled reader is disconnected after the send
+    timeout (0.5 s), and a reader that resumes from event 0 gets the whole reply."""
+    import socket
+
+    from conftest import start_server
+
+    big = ["x" * 199 + " " for _ in range(2000)]
+    llm = ScriptedLLMDouble([big], 0.0)
+    app = create_app(
+        engine=double_engine(llm), config=ServerConfig(sse_send_timeout_s=0.5)
+    )
+    srv, addr, task = await start_server(app, sndbuf=4096)
+    host, port = addr.split(":")
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://{addr}", timeout=30.0) as client:
+            chat = Chat(client, llm, app.state.va)
+            ids = await chat.start("Write a lot.")
+            stalled.connect((host, int(port)))
+            stalled.sendall(f"GET {ids['events_url']} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            service = app.state.va.chat_service()
+            for _ in range(500):
+                if service.responses[ids["response_id"]].state == "done":
+                    break
+                await asyncio.sleep(0.02)
+            assert service.responses[ids["response_id"]].state == "done"
+            log = service.store._logs[ids["response_id"]]
+            assert len(log.events) == 2003 <= service.store.max_events
+            await asyncio.sleep(1.0)  # past the send timeout: the server gave up on it
+            stalled.setblocking(False)
+            got = b""
+            with contextlib.suppress(BlockingIOError):
+                while chunk := stalled.recv(65536):
+                    got += chunk
+            assert b"event: status" in got and b"event: done" not in got
+            assert len(got) < 100_000  # what the socket buffers held, not the reply
+            whole = await chat.events(ids["response_id"])
+            assert len(whole) == 2003 and whole[-1][1] == "done"
+            assert "".join(d["text"] for _, e, d in whole if e == "token") == "".join(big)
+            assert (await client.get("/healthz")).status_code == 200
+    finally:
+        stalled.close()
+        srv.should_exit = True
+        await task
 
 
 # -- the event log, on its own ------------------------------------------------------

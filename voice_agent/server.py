@@ -83,6 +83,9 @@ class ServerConfig:
     """(host, port) of an Asterisk AudioSocket TCP listener beside the HTTP server."""
     sse_heartbeat_s: float = 15.0
     """A ``: ping`` comment on every text-chat event stream this often."""
+    sse_send_timeout_s: float = 30.0
+    """A text-chat reader that takes no event for this long is disconnected (its
+    response goes on; it can resume with ``Last-Event-ID``)."""
 
 
 @dataclass
@@ -325,7 +328,10 @@ def create_app(
         Route("/v1/sessions/{sid}", session_report),
         WebSocketRoute("/v1/voice/ws", voice_ws),
         *chat_routes(
-            state.chat_service, state.config.sse_heartbeat_s, state.config.max_message_bytes
+            state.chat_service,
+            state.config.sse_heartbeat_s,
+            state.config.max_message_bytes,
+            state.config.sse_send_timeout_s,
         ),
     ]
     from voice_agent.transports.telephony.routes import telephony_routes

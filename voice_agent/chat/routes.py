@@ -11,11 +11,12 @@ it can reconnect with ``Last-Event-ID``).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from sse_starlette.event import ServerSentEvent
-from sse_starlette.sse import EventSourceResponse
+from sse_starlette.sse import EventSourceResponse, SendTimeoutError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -23,6 +24,7 @@ from starlette.routing import Route
 from voice_agent.chat.events import BadLastEventId, UnknownResponse, parse_last_event_id
 from voice_agent.chat.service import ChatRefused, ChatService
 
+log = logging.getLogger("voice_agent.chat")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -88,7 +90,7 @@ def chat_routes(
             async for ev in stream:
                 yield ServerSentEvent(data=ev.json(), event=ev.event, id=str(ev.id))
 
-        return EventSourceResponse(
+        return _EventStream(
             sse(), headers=SSE_HEADERS, ping=heartbeat_s, send_timeout=send_timeout_s
         )
 
@@ -133,6 +135,18 @@ def chat_routes(
         Route("/v1/chat/{response_id}/regenerate", regenerate, methods=["POST"]),
         Route("/v1/conversations/{conversation_id}", conversation),
     ]
+
+
+class _EventStream(EventSourceResponse):
+    """sse-starlette's response; a reader that took no event within the send timeout is
+    let go quietly (the response goes on, and the reader can resume), not logged as an
+    error of the app."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except* SendTimeoutError:
+            log.info("a chat reader took no event for %.0f s: disconnected", self.send_timeout)
 
 
 async def _json_body(request: Request, limit: int) -> dict[str, Any]:
