@@ -51,6 +51,8 @@ async def one(client: Any, question: str) -> dict[str, Any]:
     text: list[str] = []
     async with aconnect_sse(client, "GET", r.json()["events_url"]) as source:
         async for sse in source.aiter_sse():
+            if not sse.data:  # httpx-sse reads a heartbeat after an id as an empty event
+                continue
             data = json.loads(sse.data)
             if sse.event == "status" and row["first_status_ms"] is None:
                 row["first_status_ms"] = ms()

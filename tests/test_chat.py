@@ -52,6 +52,8 @@ class Chat:
             assert source.response.headers["cache-control"] == "no-cache"
             assert source.response.headers["x-accel-buffering"] == "no"
             async for sse in source.aiter_sse():
+                if not sse.data:  # httpx-sse reads a heartbeat after an id as an empty event
+                    continue
                 got.append((sse.id, sse.event, json.loads(sse.data)))
                 if limit is not None and len(got) >= limit:
                     break
@@ -178,6 +180,17 @@ async def test_a_heartbeat_comment_keeps_a_slow_stream_alive(chat_server: Any) -
     first_token = lines.index("event: token")
     pings = [i for i, line in enumerate(lines) if line.startswith(": ping")]
     assert pings and pings[0] < first_token  # during the 0.7 s before the first token
+
+
+async def test_heartbeats_between_events_are_not_events(chat_server: Any) -> None:
+    """Pings every 50 ms between tokens 200 ms apart: a reader gets exactly the events
+    (httpx-sse reports a comment after an id as an empty event; the helpers skip it)."""
+    chat = await chat_server(ScriptedLLMDouble([["One ", "two."]], 0.2), heartbeat_s=0.05)
+    ids = await chat.start("Count slowly.")
+    events = await chat.events(ids["response_id"])
+    assert [(e[0], e[1]) for e in events] == [
+        ("1", "status"), ("2", "status"), ("3", "token"), ("4", "token"), ("5", "done"),
+    ]  # fmt: skip
 
 
 async def test_an_llm_dying_mid_reply_sends_an_error_and_keeps_the_partial(

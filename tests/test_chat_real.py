@@ -53,6 +53,8 @@ async def ask(addr: str, message: str) -> tuple[list[tuple[str, dict[str, Any]]]
         events: list[tuple[str, dict[str, Any]]] = []
         async with aconnect_sse(client, "GET", ids["events_url"]) as source:
             async for sse in source.aiter_sse():
+                if not sse.data:  # httpx-sse reads a heartbeat after an id as an empty event
+                    continue
                 events.append((sse.event, json.loads(sse.data)))
         conv = (await client.get(f"/v1/conversations/{ids['conversation_id']}")).json()
     return events, conv
