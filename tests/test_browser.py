@@ -137,7 +137,12 @@ async def test_dropped_connection_shows_an_error_and_reconnect_works(
             page = await browser.new_page()
             await page.goto(f"http://{real_server}/?aec=0&transport=ws")
             await page.click("#start")
-            await page.wait_for_function("window.va.connected === true", timeout=15_000)
+            # the page is "connected" when its socket opens, before the server has read
+            # session.start and made the session: wait for the server's answer to it
+            await page.wait_for_function(
+                "window.va.events.some(e => e.type === 'session.started')", timeout=15_000
+            )
+            assert state.sessions
             for session in list(state.sessions.values()):
                 session.hangup()  # the server ends the session under the page
             await page.wait_for_selector("#error:not([hidden])", timeout=10_000)
