@@ -105,7 +105,7 @@ def test_frames_held_up_by_a_stall_are_dated_when_they_were_captured() -> None:
     """Our loop stalled 0.4 s: the 20 frames captured meanwhile arrive together at its
     end. Each is dated by the stream's real time, not its late arrival, so the input
     timeline (the echo guard's anchor) stays where the caller's microphone is."""
-    p = InboundPipeline(EnergyVadDouble(), vad_start_ms=60, vad_stop_ms=120)
+    p = InboundPipeline(EnergyVadDouble(), vad_start_ms=60, vad_stop_ms=120, capture_window_s=1.0)
     feed(p, silence(1.0), t0=10.0)  # on time: frame k arrives as it is captured
     late = np.concatenate([tone(0.2, 500), silence(0.2)])
     events: list[object] = []
