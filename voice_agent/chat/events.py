@@ -111,7 +111,11 @@ class MemoryEventStore:
         return response_id in self._logs
 
     def append(self, response_id: str, event: str, data: dict[str, Any]) -> ChatEvent:
-        log = self._get(response_id)
+        # no expiry sweep here: append runs for every token (the sweep runs on create,
+        # exists and read)
+        log = self._logs.get(response_id)
+        if log is None:
+            raise UnknownResponse(response_id)
         if log.closed:
             raise ValueError(f"response {response_id} is closed")
         # the last place is kept for the closing event (done or error)

@@ -273,7 +273,7 @@ class ChatService:
         A call already answered in this reply is not run again (see ToolRounds)."""
         calls = [c for c in calls if not rounds.was_answered(c)]
         if not calls:
-            await rounds.run([])
+            await rounds.run([], None, self.clock.now)
             return
         for call in calls:
             known = self.tools.get(call.name)

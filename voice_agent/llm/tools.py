@@ -12,7 +12,6 @@ import asyncio
 import inspect
 import json
 import re
-import time
 import types
 import typing
 from collections.abc import Awaitable, Callable
@@ -97,8 +96,8 @@ class ToolRegistry:
     async def run_all(
         self,
         calls: list[ToolCall],
-        finished: Callable[[ToolCall, bool, float], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        finished: Callable[[ToolCall, bool, float], None] | None,
+        clock: Callable[[], float],
     ) -> list[str]:
         """Run one turn's calls side by side, each with its own timeout; the results in
         the calls' order. ``finished(call, ok, seconds)`` is called as each one ends."""
@@ -177,8 +176,8 @@ class ToolRounds:
     async def run(
         self,
         calls: list[ToolCall],
-        finished: Callable[[ToolCall, bool, float], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        finished: Callable[[ToolCall, bool, float], None] | None,
+        clock: Callable[[], float],
     ) -> list[ToolCall]:
         """Run the calls not answered yet; returns the ones that were run."""
         new = [c for c in calls if _key(c) not in self.answered]

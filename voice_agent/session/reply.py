@@ -196,7 +196,7 @@ class Reply:
         tools = ctx.engine.tools
         calls = [c for c in calls if not rounds.was_answered(c)]
         if not calls:
-            await rounds.run([])
+            await rounds.run([], None, ctx.clock.now)
             return
         for call in calls:
             tool = tools.get(call.name)
@@ -204,7 +204,7 @@ class Reply:
             await ctx.emit("status", gen=self.gen, text=tool.status if tool else "One moment.")
         first = tools.get(calls[0].name)
         await self.play_filler(preferred=first.filler if first else "One moment.")
-        await rounds.run(calls, clock=ctx.clock.now)
+        await rounds.run(calls, None, ctx.clock.now)
 
     async def _speak(self, sentences: asyncio.Queue[str | None]) -> None:
         ctx, m = self.ctx, self.m
