@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 # VOICE_AGENT_INSTALL_TEST_DEPS=0 (the Docker image) skips what only the tests need.
 TEST_DEPS="${VOICE_AGENT_INSTALL_TEST_DEPS:-1}"
 APT_PACKAGES=(cmake g++ make libsndfile1 libgomp1)
-[ "$TEST_DEPS" = "1" ] && APT_PACKAGES+=(espeak-ng sox chromium)
+# the tests start real PostgreSQL, Redis and HAProxy servers of their own
+[ "$TEST_DEPS" = "1" ] && APT_PACKAGES+=(espeak-ng sox chromium postgresql redis-server haproxy)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

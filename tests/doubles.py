@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -293,3 +294,66 @@ def double_engine(
         partial_worker=FairWorker("stt-partial", modeled_runner(partial_s)),
         tts_worker=FairWorker("tts", modeled_runner(tts_s)),
     )
+
+
+def chunk(text: str) -> bytes:
+    body = {"id": "1", "object": "chat.completion.chunk", "created": 0, "model": "m",
+            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}  # fmt: skip
+    return f"data: {json.dumps(body)}\n\n".encode()
+
+
+def http_chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+class OpenAIEndpointDouble:
+    """An OpenAI-compatible chat endpoint on a real socket (a test double of a model
+    server). ``mode``: "ok" streams "Hello" " there."; "503", "429" or "401" answer that
+    status; "dies" streams "Hello" and then drops the connection; "words" streams
+    ``words``, one chunk every ``gap_s`` seconds."""
+
+    def __init__(self, mode: str, words: list[str] | None = None, gap_s: float = 0.0) -> None:
+        self.mode = mode
+        self.words = words or []
+        self.gap_s = gap_s
+        self.requests = 0
+        self.server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        self.requests += 1
+        if self.mode in ("503", "429", "401"):
+            body = b'{"error": {"message": "no"}}'
+            writer.write(
+                f"HTTP/1.1 {self.mode} No\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+            )
+        elif self.mode == "words":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                         b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")  # fmt: skip
+            for word in self.words:
+                writer.write(http_chunk(chunk(word)))
+                await writer.drain()
+                await asyncio.sleep(self.gap_s)
+            writer.write(http_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        else:  # chunked, as llama-server sends it: a drop mid-body is seen as one
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                         b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                         + http_chunk(chunk("Hello")))  # fmt: skip
+            await writer.drain()
+            if self.mode == "dies":
+                writer.transport.abort()
+                return
+            writer.write(http_chunk(chunk(" there.") + b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+
+    def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()

@@ -111,10 +111,12 @@ async def test_a_reply_streams_status_then_tokens_then_done(chat_server: Any) ->
     assert t["context_ms"] >= 0
     conv = await chat.conversation(ids["conversation_id"])
     assert conv["running"] is None
-    assert conv["messages"] == [
-        {"role": "user", "content": "What is the capital of France?"},
-        {"role": "assistant", "content": "Paris is the capital.", "response_id": ids["response_id"]},
-    ]
+    user_msg, reply = conv["messages"]
+    assert user_msg == {"role": "user", "content": "What is the capital of France?", "source": "text"}
+    assert reply == {
+        "role": "assistant", "content": "Paris is the capital.", "source": "text",
+        "response_id": ids["response_id"], "timings": t,
+    }  # fmt: skip
     # the LLM saw the text chat's own system prompt, then the message
     system, user = chat.llm.requests[0]
     assert system["role"] == "system" and "text chat" in system["content"]
@@ -206,9 +208,11 @@ async def test_an_llm_dying_mid_reply_sends_an_error_and_keeps_the_partial(
     assert err["code"] == "llm_failed" and err["partial_kept"] is True
     assert "10.1.2.3" not in json.dumps(err) and "4242" not in json.dumps(err)
     conv = await chat.conversation(ids["conversation_id"])
-    assert conv["messages"][-1] == {
+    kept = conv["messages"][-1]
+    assert kept.pop("timings")["first_token_ms"] >= 0
+    assert kept == {
         "role": "assistant", "content": "Hello there,", "response_id": ids["response_id"],
-        "incomplete": True,
+        "source": "text", "incomplete": True,
     }  # fmt: skip
     # regenerate: the same message answered again; the partial leaves the conversation
     r = await chat.client.post(f"/v1/chat/{ids['response_id']}/regenerate")
@@ -416,13 +420,13 @@ async def test_a_reader_that_stops_reading_is_cut_off_and_loses_nothing() -> Non
             stalled.connect((host, int(port)))
             stalled.sendall(f"GET {ids['events_url']} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             service = app.state.va.chat_service()
+            log = service.events._logs[ids["response_id"]]
             for _ in range(500):
-                if service.responses[ids["response_id"]].state == "done":
+                if log.closed:
                     break
                 await asyncio.sleep(0.02)
-            assert service.responses[ids["response_id"]].state == "done"
-            log = service.store._logs[ids["response_id"]]
-            assert len(log.events) == 2003 <= service.store.max_events
+            assert service.responses[ids["response_id"]].state == "done" and log.closed
+            assert len(log.events) == 2003 <= service.events.max_events
             await asyncio.sleep(1.0)  # past the send timeout: the server gave up on it
             stalled.setblocking(False)
             got = b""
@@ -453,7 +457,7 @@ def test_last_event_id_parsing() -> None:
 
 async def test_the_log_is_bounded_and_keeps_its_last_place_for_the_closing_event() -> None:
     store = MemoryEventStore(AutoAdvanceClockDouble(100.0), max_events=4)
-    store.create("r")
+    store.create_now("r")
     for i in range(3):
         store.append("r", "token", {"text": str(i)})
     with pytest.raises(LogFull):
@@ -465,7 +469,7 @@ async def test_the_log_is_bounded_and_keeps_its_last_place_for_the_closing_event
 
 async def test_a_response_that_outgrows_its_log_ends_with_an_error(chat_server: Any) -> None:
     chat = await chat_server(ScriptedLLMDouble([STORY], 0.0))
-    chat.state.chat_service().store.max_events = 8
+    chat.state.chat_service().events.max_events = 8
     ids = await chat.start("Go on.")
     events = await chat.events(ids["response_id"])
     assert [e[1] for e in events] == ["status", "status"] + ["token"] * 5 + ["error"]
@@ -475,10 +479,10 @@ async def test_a_response_that_outgrows_its_log_ends_with_an_error(chat_server: 
 async def test_logs_expire_after_their_ttl() -> None:
     clock = AutoAdvanceClockDouble(100.0)
     store = MemoryEventStore(clock, ttl_s=60.0)
-    store.create("done")
+    store.create_now("done")
     store.append("done", "done", {})
     store.close("done")
-    store.create("live")
+    store.create_now("live")
     clock.t += 30
     store.append("live", "token", {"text": "a"})
     clock.t += 40  # "done" was last touched 70 s ago, "live" 40 s ago

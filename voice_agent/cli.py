@@ -132,6 +132,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="also listen for Asterisk AudioSocket calls on this TCP address",
     )
     v.add_argument(
+        "--db",
+        default=None,
+        help="conversation store: a SQLite file path or a postgresql:// URL "
+        "(also VOICE_AGENT_DB; default: voice-agent.db in the cache dir)",
+    )
+    v.add_argument(
+        "--redis-url",
+        default=None,
+        help="keep text-chat event streams in Redis, shared by every server process on it "
+        "(also VOICE_AGENT_REDIS_URL); default: in memory",
+    )
+    v.add_argument(
+        "--knowledge",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a folder of markdown files the agent searches (BM25) to answer",
+    )
+    v.add_argument(
+        "--sse-heartbeat",
+        type=float,
+        default=15.0,
+        help="seconds between ': ping' comments on text-chat event streams",
+    )
+    v.add_argument(
         "--webrtc-ip",
         action="append",
         default=[],
@@ -284,6 +309,10 @@ async def _serve(args: argparse.Namespace) -> int:
         or os.environ.get("VOICE_AGENT_TWILIO_AUTH_TOKEN")
         or None,
         audiosocket=_host_port(args.audiosocket) if args.audiosocket else None,
+        db=args.db,
+        redis_url=args.redis_url or os.environ.get("VOICE_AGENT_REDIS_URL") or None,
+        knowledge_dir=args.knowledge,
+        sse_heartbeat_s=args.sse_heartbeat,
     )
     app = create_app(_engine_config(args), config)
     uv = uvicorn.Config(

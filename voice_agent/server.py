@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import importlib.resources
 import logging
-import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -28,16 +27,20 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from voice_agent.chat.events import MemoryEventStore
+from voice_agent.chat.events import EventStore, MemoryEventStore
 from voice_agent.chat.routes import chat_routes
 from voice_agent.chat.service import ChatService
 from voice_agent.core.clock import LoopClock
+from voice_agent.core.ids import new_id
 from voice_agent.errors import leaves
 from voice_agent.llm.builtin_tools import time_tool
+from voice_agent.llm.knowledge import KnowledgeBase
 from voice_agent.llm.tools import ToolRegistry
 from voice_agent.session.config import chat_system_message
 from voice_agent.session.driver import Session, SessionConfig
 from voice_agent.session.engine import Engine, EngineConfig
+from voice_agent.store import ConversationStore, StoreError, default_db, open_store
+from voice_agent.store.recorder import SessionRecorder
 from voice_agent.transports.websocket import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL,
@@ -86,6 +89,15 @@ class ServerConfig:
     sse_send_timeout_s: float = 30.0
     """A text-chat reader that takes no event for this long is disconnected (its
     response goes on; it can resume with ``Last-Event-ID``)."""
+    redis_url: str | None = None
+    """Set: text-chat event logs go to Redis Streams, shared by every process on it (a
+    reader may resume through any of them); None: in this process's memory."""
+    knowledge_dir: Path | None = None
+    """A folder of markdown files: the knowledge-search tool, and its best passages read
+    ahead of each text reply."""
+    db: str | None = None
+    """The conversation store: a SQLite file path or a PostgreSQL URL; None: the
+    default file (``VOICE_AGENT_DB``, else ``voice-agent.db`` in the cache dir)."""
 
 
 @dataclass
@@ -101,25 +113,68 @@ class ServerState:
     reports: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
     chat: ChatService | None = None
     """The text chat, made once the models are loaded."""
+    store: ConversationStore | None = None
+    """The conversation store, opened (and migrated) at startup."""
+    knowledge: KnowledgeBase | None = None
+    """The knowledge folder's index, built at startup (``knowledge_dir``)."""
+    recorders: dict[str, SessionRecorder] = field(default_factory=dict)
+    recording: set[asyncio.Task[None]] = field(default_factory=set)
 
     def chat_service(self) -> ChatService | None:
-        if self.chat is None and self.engine is not None:
+        if self.chat is None and self.engine is not None and self.store is not None:
             cfg = self.session_config
-            tools = ToolRegistry([time_tool(), *self.engine.tools.tools()])
+            extra = [time_tool()]
+            prefetch = None
+            if self.knowledge is not None:
+                extra.append(self.knowledge.tool())
+                prefetch = self.knowledge.prefetch
+            tools = ToolRegistry([*extra, *self.engine.tools.tools()])
+            events: EventStore = MemoryEventStore(LoopClock())
+            if self.config.redis_url:
+                from voice_agent.chat.redis_events import RedisEventStore
+
+                events = RedisEventStore(self.config.redis_url)
             self.chat = ChatService(
                 self.engine.llm,
-                MemoryEventStore(LoopClock()),
+                events,
+                self.store,
                 LoopClock(),
                 lambda tools_line: chat_system_message(cfg, tools_line),
                 tools=tools,
+                prefetch=prefetch,
             )
         return self.chat
+
+    def add_session(
+        self, sid: str, session: Session, transport: str, conversation_id: str | None = None
+    ) -> None:
+        """A call starts: it counts among the live sessions, and its messages and report
+        go to the conversation store (in a conversation of its own unless one is named)."""
+        self.sessions[sid] = session
+        if self.store is None:
+            return
+        rec = SessionRecorder(
+            self.store, sid, conversation_id or new_id(), transport, conversation_id is None
+        )
+        session.record.sink = rec.message
+        self.recorders[sid] = rec
+        task = asyncio.get_running_loop().create_task(rec.run(), name=f"record-{sid}")
+        self.recording.add(task)
+        task.add_done_callback(self.recording.discard)
+
+    def conversation_of(self, sid: str) -> str | None:
+        rec = self.recorders.get(sid)
+        return None if rec is None else rec.conversation_id
 
     def progress(self, message: str) -> None:
         self.stage = message
         print(f"[voice-agent] {message}", flush=True)
 
     def keep_report(self, sid: str, report: dict[str, Any]) -> None:
+        rec = self.recorders.pop(sid, None)
+        if rec is not None:
+            report = report | {"conversation_id": rec.conversation_id}
+            rec.end(report)
         self.reports[sid] = report
         while len(self.reports) > self.config.kept_reports:
             self.reports.popitem(last=False)
@@ -161,9 +216,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with _audiosocket(state):
-            async with serving(app):
-                yield
+        async with _conversation_store(state), _audiosocket(state), serving(app):
+            yield
 
     @contextlib.asynccontextmanager
     async def serving(app: Starlette) -> AsyncIterator[None]:
@@ -224,12 +278,26 @@ def create_app(
         return FileResponse(WEB_CLIENT / "index.html")
 
     async def session_report(request: Request) -> Response:
+        """A live session of this process, else its record in the conversation store
+        (written by whichever process served it, and kept across restarts)."""
         sid = request.path_params["sid"]
         if sid in state.sessions:
-            return JSONResponse({"live": True} | state.sessions[sid].report())
+            cid = {"conversation_id": state.conversation_of(sid)}
+            return JSONResponse({"live": True} | cid | state.sessions[sid].report())
         if sid in state.reports:
             return JSONResponse({"live": False} | state.reports[sid])
-        return JSONResponse({"error": f"no session {sid!r}"}, status_code=404)
+        row = None
+        if state.store is not None:
+            try:
+                row = await state.store.session(sid)
+            except StoreError as exc:
+                log.error("session lookup failed: %s", exc)
+                return JSONResponse({"error": "the store is unavailable"}, status_code=503)
+        if row is None:
+            return JSONResponse({"error": "no such session"}, status_code=404)
+        body = {"live": row["ended_at"] is None, "conversation_id": row["conversation_id"],
+                "transport": row["transport"]}  # fmt: skip
+        return JSONResponse(body | (row["report"] or {}))
 
     async def webrtc_config(request: Request) -> Response:
         """What the browser page needs to build its RTCPeerConnection."""
@@ -258,10 +326,17 @@ def create_app(
             await ws.close(exc.code, exc.reason)
             return
         assert state.engine is not None
-        sid = opts.session_id or uuid.uuid4().hex[:12]
+        sid = opts.session_id or new_id()
         if sid in state.sessions:
             await ws.close(CLOSE_PROTOCOL, f"session {sid} is already live")
             return
+        history: list[tuple[str, str]] = []
+        if opts.conversation_id is not None:
+            found = await _conversation_history(state, opts.conversation_id)
+            if found is None:
+                await ws.close(CLOSE_PROTOCOL, "no such conversation_id")
+                return
+            history = found
         output = WebSocketOutput(
             ws.send_text,
             ws.send_bytes,
@@ -270,7 +345,8 @@ def create_app(
             send_timeout_s=state.config.send_timeout_s,
         )
         session = Session(state.engine, output, LoopClock(), state.session_config)
-        state.sessions[sid] = session
+        session.history.extend({"role": r, "content": c} for r, c in history)
+        state.add_session(sid, session, "websocket", opts.conversation_id)
         code, reason = CLOSE_NORMAL, "session ended"
         try:
             async with asyncio.TaskGroup() as tg:
@@ -279,6 +355,7 @@ def create_app(
                 await session.emit(
                     "session.started",
                     session_id=sid,
+                    conversation_id=state.conversation_of(sid),
                     sample_rate=opts.sample_rate,
                     output_sample_rate=opts.output_sample_rate,
                     max_message_bytes=state.config.max_message_bytes,
@@ -460,7 +537,7 @@ async def _answer_offer(state: ServerState, request: Request) -> dict[str, Any]:
         raise OfferError(400, "the body is not valid JSON") from exc
     sdp = check_offer(body)
     assert state.engine is not None
-    sid = uuid.uuid4().hex[:12]
+    sid = new_id()
     ice = [RTCIceServer(urls=url) for url in state.config.ice_servers]
     pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
     clock = LoopClock()
@@ -517,6 +594,7 @@ async def _answer_offer(state: ServerState, request: Request) -> dict[str, Any]:
             await session.emit(
                 "session.started", session_id=sid, sample_rate=RTC_RATE,
                 output_sample_rate=RTC_RATE, transport="webrtc",
+                conversation_id=state.conversation_of(sid),
             )  # fmt: skip
             await session.run()
         except* SlowClient as group:
@@ -537,7 +615,7 @@ async def _answer_offer(state: ServerState, request: Request) -> dict[str, Any]:
             report = session.report() | {"transport": "webrtc", "close_reason": reason}
             state.keep_report(sid, report)
 
-    state.sessions[sid] = session
+    state.add_session(sid, session, "webrtc")
     state.peers[sid] = (pc, asyncio.create_task(run(), name=f"webrtc-{sid}"))
     local = pc.localDescription
     return {"sdp": local.sdp, "type": local.type, "session_id": sid}
@@ -563,6 +641,42 @@ async def _on_channel_message(session: Session, output: Any, message: Any) -> No
 async def _close_chat(state: ServerState) -> None:
     if state.chat is not None:
         await state.chat.aclose()
+        await state.chat.events.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _conversation_store(state: ServerState) -> AsyncIterator[None]:
+    """Open (and migrate) the conversation store for the app's life; at the end, wait
+    for the calls' records to be written, then close it."""
+    db = state.config.db or default_db()
+    state.store = await asyncio.to_thread(open_store, db)
+    state.progress(f"conversation store: {state.store.kind}")
+    if state.config.knowledge_dir is not None:
+        state.knowledge = await asyncio.to_thread(KnowledgeBase.load, state.config.knowledge_dir)
+        state.progress(
+            f"knowledge: {len(state.knowledge.passages)} passages from "
+            f"{len(state.knowledge.files)} files"
+        )
+    try:
+        yield
+    finally:
+        if state.recording:
+            await asyncio.wait(state.recording, timeout=10)
+        await asyncio.to_thread(state.store.close)
+
+
+async def _conversation_history(state: ServerState, cid: str) -> list[tuple[str, str]] | None:
+    """The messages of a stored conversation a call goes on with; None: no such one."""
+    if state.store is None:
+        return None
+    try:
+        conv = await state.store.conversation(cid, limit=200)
+    except StoreError as exc:
+        log.error("conversation lookup failed: %s", exc)
+        return None
+    if conv is None:
+        return None
+    return [(m["role"], m["content"]) for m in conv["messages"]]
 
 
 async def _close_peers(state: ServerState) -> None:

@@ -58,15 +58,21 @@ class LogFull(Exception):
 
 
 class EventStore(Protocol):
-    def create(self, response_id: str) -> None: ...
+    """Where responses' events go. ``append`` and ``close`` never wait (the writer is
+    a generation task, one per response); ``create`` and ``open`` may."""
+
+    async def create(self, response_id: str) -> None: ...
 
     def append(self, response_id: str, event: str, data: dict[str, Any]) -> ChatEvent: ...
 
     def close(self, response_id: str) -> None: ...
 
-    def exists(self, response_id: str) -> bool: ...
+    async def open(self, response_id: str, after: int) -> AsyncIterator[ChatEvent]:
+        """The events after id ``after``, then each new one until the response ends.
+        Raises :class:`UnknownResponse` or :class:`BadLastEventId` at once."""
+        ...
 
-    def read(self, response_id: str, after: int) -> AsyncIterator[ChatEvent]: ...
+    async def aclose(self) -> None: ...
 
 
 def parse_last_event_id(header: str | None) -> int:
@@ -97,7 +103,16 @@ class MemoryEventStore:
         self.max_responses = max_responses
         self._logs: OrderedDict[str, _Log] = OrderedDict()
 
-    def create(self, response_id: str) -> None:
+    async def create(self, response_id: str) -> None:
+        self.create_now(response_id)
+
+    async def open(self, response_id: str, after: int) -> AsyncIterator[ChatEvent]:
+        return self.read(response_id, after)
+
+    async def aclose(self) -> None:
+        return None
+
+    def create_now(self, response_id: str) -> None:
         self._expire()
         while len(self._logs) >= self.max_responses:
             victim = next((k for k, v in self._logs.items() if v.closed), None)

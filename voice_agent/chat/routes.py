@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from voice_agent.chat.events import BadLastEventId, UnknownResponse, parse_last_event_id
 from voice_agent.chat.service import ChatRefused, ChatService
+from voice_agent.chat.service import Response as Response_
 
 log = logging.getLogger("voice_agent.chat")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -32,12 +33,11 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def _accepted(service: ChatService, response_id: str) -> JSONResponse:
-    resp = service.responses[response_id]
+def _accepted(resp: Response_) -> JSONResponse:
     return JSONResponse(
         {
             "response_id": resp.id,
-            "conversation_id": resp.conversation.id,
+            "conversation_id": resp.conversation_id,
             "events_url": f"/v1/chat/{resp.id}/events",
         },
         status_code=202,
@@ -68,17 +68,17 @@ def chat_routes(
             cid = body.get("conversation_id")
             if cid is not None and not isinstance(cid, str):
                 raise ChatRefused(400, '"conversation_id" must be a string')
-            resp = s.start(message, cid)
+            resp = await s.start(message, cid)
         except ChatRefused as exc:
             return _error(exc.status, exc.message)
-        return _accepted(s, resp.id)
+        return _accepted(resp)
 
     async def events(request: Request) -> Response:
         rid = request.path_params["response_id"]
         try:
             s = ready()
             after = parse_last_event_id(request.headers.get("last-event-id"))
-            stream = s.store.read(rid, after)
+            stream = await s.events.open(rid, after)
         except ChatRefused as exc:
             return _error(exc.status, exc.message)
         except UnknownResponse:
@@ -107,26 +107,17 @@ def chat_routes(
     async def regenerate(request: Request) -> Response:
         try:
             s = ready()
-            resp = s.regenerate(request.path_params["response_id"])
+            resp = await s.regenerate(request.path_params["response_id"])
         except ChatRefused as exc:
             return _error(exc.status, exc.message)
-        return _accepted(s, resp.id)
+        return _accepted(resp)
 
     async def conversation(request: Request) -> Response:
         try:
             s = ready()
+            return JSONResponse(await s.conversation(request.path_params["conversation_id"]))
         except ChatRefused as exc:
             return _error(exc.status, exc.message)
-        conv = s.conversations.get(request.path_params["conversation_id"])
-        if conv is None:
-            return _error(404, "no such conversation")
-        return JSONResponse(
-            {
-                "conversation_id": conv.id,
-                "running": conv.running,
-                "messages": [m.public() for m in conv.messages],
-            }
-        )
 
     return [
         Route("/v1/chat", start, methods=["POST"]),

@@ -9,6 +9,10 @@ Events, in order: ``status`` (``thinking``) at once, then ``status`` (``writing`
 What was written before a failure or a cancel is kept in the conversation, marked
 ``incomplete`` (failed) or ``interrupted`` (cancelled), and :meth:`regenerate`
 answers the same message again. An error event never carries internal detail.
+
+Conversations, their messages, tool calls and timings live in the conversation store
+(:mod:`voice_agent.store`), so they outlive the process and are shared by every
+process on the same database; the response being written (its task) lives here.
 """
 
 from __future__ import annotations
@@ -16,23 +20,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from voice_agent.chat.events import EventStore
 from voice_agent.core.clock import Clock
+from voice_agent.core.ids import new_id
 from voice_agent.errors import LLMError
 from voice_agent.llm.base import LLM, Failover, Message, ToolCall
 from voice_agent.llm.tools import ToolRegistry, ToolRounds, tools_note
+from voice_agent.store import ConversationStore, StoreError
 
 log = logging.getLogger("voice_agent.chat")
 
-
-def new_id() -> str:
-    """An unguessable id: 128 random bits, URL-safe."""
-    return secrets.token_urlsafe(16)
+Prefetch = Callable[[str], Awaitable[str | None]]
+"""Context read ahead of the LLM call from the user's message (knowledge hits): a
+system note, or None."""
 
 
 class ChatRefused(Exception):
@@ -45,44 +49,12 @@ class ChatRefused(Exception):
 
 
 @dataclass
-class ChatMessage:
-    role: str
-    content: str
-    response_id: str | None = None
-    incomplete: bool = False
-    """The LLM failed while writing it: what came before the failure."""
-    interrupted: bool = False
-    """The reply was cancelled while being written."""
-    tool_calls: list[dict[str, Any]] = field(default_factory=list)
-    """The tools the reply called: name, arguments, state, duration_ms and result."""
-
-    def public(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"role": self.role, "content": self.content}
-        if self.response_id is not None:
-            out["response_id"] = self.response_id
-        if self.tool_calls:
-            out["tool_calls"] = self.tool_calls
-        if self.incomplete:
-            out["incomplete"] = True
-        if self.interrupted:
-            out["interrupted"] = True
-        return out
-
-
-@dataclass
-class Conversation:
-    id: str
-    messages: list[ChatMessage] = field(default_factory=list)
-    running: str | None = None
-    """The response being written now, if any."""
-
-
-@dataclass
 class Response:
     id: str
-    conversation: Conversation
-    user_index: int
-    """Where the user message it answers is in the conversation."""
+    conversation_id: str
+    user_message_id: int
+    """The user message it answers (its id in the store)."""
+    user_text: str
     task: asyncio.Task[None] | None = None
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     state: str = "running"
@@ -93,86 +65,114 @@ class ChatService:
     def __init__(
         self,
         llm: LLM,
-        store: EventStore,
+        events: EventStore,
+        store: ConversationStore,
         clock: Clock,
         system_prompt: Callable[[str | None], str],
         max_message_chars: int = 8000,
         max_running: int = 32,
-        max_conversations: int = 10_000,
         tools: ToolRegistry | None = None,
         max_tool_rounds: int = 3,
+        prefetch: Prefetch | None = None,
     ) -> None:
         self.llm = llm
         self.tools = tools or ToolRegistry()
         self.max_tool_rounds = max_tool_rounds
+        self.events = events
         self.store = store
         self.clock = clock
         self.system_prompt = system_prompt
         self.max_message_chars = max_message_chars
         self.max_running = max_running
-        self.max_conversations = max_conversations
-        self.conversations: dict[str, Conversation] = {}
+        self.prefetch = prefetch
         self.responses: dict[str, Response] = {}
+        """The responses this process is writing (or wrote), for cancel."""
+        self.running: dict[str, str] = {}
+        """conversation id → the response being written in it (in this process)."""
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- requests ----------------------------------------------------------------
 
-    def start(self, message: str, conversation_id: str | None = None) -> Response:
+    async def start(self, message: str, conversation_id: str | None = None) -> Response:
         """Take a user message and start its response (the ids come back at once)."""
         text = message.strip()
         if not text:
             raise ChatRefused(400, "message must not be empty")
         if len(text) > self.max_message_chars:
             raise ChatRefused(413, f"message is over {self.max_message_chars} characters")
-        if conversation_id is None:
-            if len(self.conversations) >= self.max_conversations:
-                raise ChatRefused(503, "too many conversations; try again later")
-            conv = Conversation(new_id())
-            self.conversations[conv.id] = conv
-        else:
-            found = self.conversations.get(conversation_id)
-            if found is None:
-                raise ChatRefused(404, "no such conversation")
-            conv = found
-        self._check_free(conv)
-        conv.messages.append(ChatMessage("user", text))
-        return self._launch(conv, len(conv.messages) - 1)
+        try:
+            if conversation_id is None:
+                self._check_free(None)
+                cid = new_id()
+                await self.store.create_conversation(cid)
+            else:
+                cid = conversation_id
+                if not await self.store.conversation_exists(cid):
+                    raise ChatRefused(404, "no such conversation")
+                self._check_free(cid)
+            self.running[cid] = ""  # held while the user message is written
+            try:
+                mid = await self.store.add_message(cid, "user", text, source="text")
+            finally:
+                self.running.pop(cid, None)
+            return await self._launch(cid, mid, text)
+        except StoreError as exc:
+            log.error("chat: the conversation store failed: %s", exc)
+            raise ChatRefused(503, "the conversation store is unavailable; try again") from None
 
-    def regenerate(self, response_id: str) -> Response:
+    async def regenerate(self, response_id: str) -> Response:
         """Answer again the message of a response that failed or was cancelled; what it
         had written is taken out of the conversation."""
-        old = self.responses.get(response_id)
-        if old is None:
-            raise ChatRefused(404, "no such response")
-        if old.state not in ("failed", "cancelled"):
-            raise ChatRefused(
-                409, f"the response is {old.state}; only a failed or cancelled one is redone"
-            )
-        conv = old.conversation
-        self._check_free(conv)
-        if conv.messages[-1].response_id == old.id:
-            conv.messages.pop()
-        if conv.messages[-1] is not conv.messages[old.user_index]:
-            raise ChatRefused(409, "the conversation has gone on since that response")
-        old.state = "regenerated"
-        return self._launch(conv, old.user_index)
+        try:
+            old = await self.store.response(response_id)
+            if old is None:
+                raise ChatRefused(404, "no such response")
+            if old["state"] not in ("failed", "cancelled"):
+                raise ChatRefused(
+                    409,
+                    f"the response is {old['state']}; only a failed or cancelled one is redone",
+                )
+            cid = old["conversation_id"]
+            self._check_free(cid)
+            last = await self.store.last_message(cid)
+            if last is not None and last[1] == response_id:
+                await self.store.delete_reply(response_id)
+                last = await self.store.last_message(cid)
+            if last is None or last[0] != old["user_message_id"]:
+                raise ChatRefused(409, "the conversation has gone on since that response")
+            if not await self.store.set_response_state(response_id, "regenerated", old["state"]):
+                raise ChatRefused(409, "the response is being regenerated already")
+            text = (await self.store.history(cid, old["user_message_id"], limit=1))[-1][1]
+            return await self._launch(cid, old["user_message_id"], text)
+        except StoreError as exc:
+            log.error("chat: the conversation store failed: %s", exc)
+            raise ChatRefused(503, "the conversation store is unavailable; try again") from None
 
     def cancel(self, response_id: str) -> bool:
         """Stop a response being written. False: it had already ended."""
         resp = self.responses.get(response_id)
         if resp is None:
-            raise ChatRefused(404, "no such response")
+            raise ChatRefused(404, "no such response (or it is being written by another server)")
         if resp.state != "running" or resp.task is None:
             return False
         resp.task.cancel()
         return True
 
+    async def conversation(self, cid: str) -> dict[str, Any]:
+        try:
+            conv = await self.store.conversation(cid)
+        except StoreError as exc:
+            log.error("chat: the conversation store failed: %s", exc)
+            raise ChatRefused(503, "the conversation store is unavailable; try again") from None
+        if conv is None:
+            raise ChatRefused(404, "no such conversation")
+        rid = self.running.get(cid)
+        return conv | {"running": rid or None}
+
     async def warm(self) -> bool:
         """Have the LLM read the chat's system prompt and tools ahead of the first
         message (the endpoint's prompt cache; a no-op for one without)."""
-        return await self.llm.prefill(
-            self._context(Conversation(""), -1), self.tools.schemas() or None
-        )
+        return await self.llm.prefill([self._system()], self.tools.schemas() or None)
 
     async def aclose(self) -> None:
         """Cancel every response still being written (the server is stopping)."""
@@ -183,28 +183,35 @@ class ChatService:
 
     # -- generation ----------------------------------------------------------------
 
-    def _check_free(self, conv: Conversation) -> None:
-        if conv.running is not None:
+    def _check_free(self, cid: str | None) -> None:
+        if cid is not None and cid in self.running:
             raise ChatRefused(409, "a response is still being written in this conversation")
         if len(self._tasks) >= self.max_running:
             raise ChatRefused(503, "too many responses in progress; try again later")
 
-    def _launch(self, conv: Conversation, user_index: int) -> Response:
-        resp = Response(new_id(), conv, user_index)
-        self.store.create(resp.id)
+    async def _launch(self, cid: str, user_message_id: int, text: str) -> Response:
+        resp = Response(new_id(), cid, user_message_id, text)
+        self.running[cid] = resp.id
+        try:
+            await self.store.put_response(resp.id, cid, user_message_id)
+            await self.events.create(resp.id)
+        except BaseException:
+            self.running.pop(cid, None)
+            raise
         self.responses[resp.id] = resp
-        conv.running = resp.id
+        while len(self.responses) > 10_000:  # ended ones first: dicts keep insertion order
+            oldest = next(k for k, v in self.responses.items() if v.state != "running")
+            del self.responses[oldest]
         resp.task = asyncio.get_running_loop().create_task(self._run(resp))
         self._tasks.add(resp.task)
         resp.task.add_done_callback(self._tasks.discard)
         return resp
 
     def _emit(self, resp: Response, event: str, **data: Any) -> None:
-        self.store.append(resp.id, event, data)
+        self.events.append(resp.id, event, data)
 
     async def _run(self, resp: Response) -> None:
         t0 = self.clock.now()
-        conv = resp.conversation
         written: list[str] = []
         timings: dict[str, float | None] = {"first_status_ms": None, "first_token_ms": None}
 
@@ -215,8 +222,8 @@ class ChatService:
             self._emit(resp, "status", phase="thinking", text="Thinking…")
             timings["first_status_ms"] = ms(self.clock.now())
             c0 = self.clock.now()
-            messages = self._context(conv, resp.user_index)
-            timings["context_ms"] = ms(self.clock.now()) - ms(c0)
+            messages = await self._context(resp)
+            timings["context_ms"] = round((self.clock.now() - c0) * 1000, 1)
             rounds = ToolRounds(self.tools, messages, self.max_tool_rounds)
             while (request := rounds.request()) is not None:
                 calls: list[ToolCall] = []
@@ -242,30 +249,31 @@ class ChatService:
                     break
                 await self._run_tools(resp, rounds, calls)
         except asyncio.CancelledError:
-            self._finish(resp, written, "cancelled")
             timings["total_ms"] = ms(self.clock.now())
+            await _finish_anyway(self._finish(resp, written, "cancelled", timings))
             self._emit(
                 resp, "done", finish_reason="cancelled", usage=_usage(written), timings=timings
             )
-            self.store.close(resp.id)
+            self.events.close(resp.id)
             raise
         except Exception as exc:  # the detail goes to the log, never to the reader
             if not isinstance(exc, LLMError):
                 log.error("chat response %s failed", resp.id, exc_info=exc)
             else:
                 log.warning("chat response %s: %s", resp.id, exc)
-            kept = self._finish(resp, written, "failed")
+            timings["total_ms"] = ms(self.clock.now())
+            kept = await self._finish(resp, written, "failed", timings)
             self._emit(
                 resp, "error", code="llm_failed",
                 message="The language model failed while answering. Regenerate to try again.",
                 partial_kept=kept,
             )  # fmt: skip
-            self.store.close(resp.id)
+            self.events.close(resp.id)
             return
-        self._finish(resp, written, "done")
         timings["total_ms"] = ms(self.clock.now())
+        await self._finish(resp, written, "done", timings)
         self._emit(resp, "done", finish_reason="stop", usage=_usage(written), timings=timings)
-        self.store.close(resp.id)
+        self.events.close(resp.id)
 
     async def _run_tools(self, resp: Response, rounds: ToolRounds, calls: list[ToolCall]) -> None:
         """One round of calls, side by side: a status line and a ``tool`` event as each
@@ -277,9 +285,7 @@ class ChatService:
             return
         for call in calls:
             known = self.tools.get(call.name)
-            self._emit(
-                resp, "status", phase="tool", text=known.status if known else "One moment."
-            )
+            self._emit(resp, "status", phase="tool", text=known.status if known else "One moment.")
             self._emit(resp, "tool", name=call.name, state="started")
 
         records: dict[str, dict[str, Any]] = {}
@@ -296,30 +302,56 @@ class ChatService:
                  "result": rounds.result(call)}
             )  # fmt: skip
 
-    def _context(self, conv: Conversation, user_index: int) -> list[Message]:
-        """The LLM's messages: the system prompt, then the conversation up to the user
-        message being answered."""
+    def _system(self, extra: str | None = None) -> Message:
         note = tools_note(self.tools) if self.tools else None
-        history: list[Message] = [{"role": "system", "content": self.system_prompt(note)}]
-        for m in conv.messages[: user_index + 1]:
-            history.append({"role": m.role, "content": m.content})
-        return history
+        text = self.system_prompt(note)
+        return {"role": "system", "content": text if extra is None else f"{text}\n\n{extra}"}
 
-    def _finish(self, resp: Response, written: list[str], state: str) -> bool:
+    async def _context(self, resp: Response) -> list[Message]:
+        """The LLM's messages: the system prompt (with what the prefetch found), then the
+        conversation up to the user message being answered. The history and the
+        prefetch are read side by side."""
+        hits: Awaitable[str | None] = self.prefetch(resp.user_text) if self.prefetch else _none()
+        history, extra = await asyncio.gather(
+            self.store.history(resp.conversation_id, resp.user_message_id), hits
+        )
+        out: list[Message] = [self._system(extra)]
+        out.extend({"role": role, "content": content} for role, content in history)
+        return out
+
+    async def _finish(
+        self, resp: Response, written: list[str], state: str, timings: dict[str, Any]
+    ) -> bool:
         """Store what was written; True when a (partial) reply was kept."""
         resp.state = state
-        resp.conversation.running = None
+        self.running.pop(resp.conversation_id, None)
         text = "".join(written).strip()
-        if not text:
-            return False
-        resp.conversation.messages.append(
-            ChatMessage(
-                "assistant", text, response_id=resp.id,
+        try:
+            await self.store.set_response_state(resp.id, state)
+            if not text:
+                return False
+            await self.store.add_message(
+                resp.conversation_id, "assistant", text, source="text", response_id=resp.id,
                 incomplete=state == "failed", interrupted=state == "cancelled",
-                tool_calls=resp.tool_calls,
-            )
-        )  # fmt: skip
+                timings=timings, tools=resp.tool_calls,
+            )  # fmt: skip
+        except StoreError as exc:
+            log.error("chat response %s: the reply could not be stored: %s", resp.id, exc)
+            return False
         return True
+
+
+async def _none() -> None:
+    return None
+
+
+async def _finish_anyway(aw: Awaitable[Any]) -> None:
+    """Store a cancelled reply even if a second cancel comes while it is being stored;
+    the caller re-raises the first cancel once it is stored."""
+    task = asyncio.ensure_future(aw)
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
 
 
 def _usage(written: list[str]) -> dict[str, int]:

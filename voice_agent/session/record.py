@@ -3,6 +3,7 @@ interruptions and errors. Pure: the driver reports what happened, with clock tim
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from voice_agent.audio.playout import Segment
@@ -10,10 +11,19 @@ from voice_agent.core.enums import BargeOutcome
 from voice_agent.llm.base import Message
 from voice_agent.session.metrics import Interruption, TurnMetrics
 
+INTERRUPTED_MARK = "[interrupted by the caller]"
+"""Ends the history's copy of a reply the caller cut off (what the LLM reads)."""
+
+MessageSink = Callable[[str, str, dict[str, Any]], None]
+"""Told of each message the call keeps: (role, content, flags), the flags being
+``interrupted``, ``incomplete`` and ``timings`` (the turn's metrics)."""
+
 
 class CallRecord:
     def __init__(self, system_prompt: str, t0: float) -> None:
         self.t0 = t0
+        self.sink: MessageSink | None = None
+        """Where the kept messages also go (the conversation store), if anywhere."""
         self.history: list[Message] = [{"role": "system", "content": system_prompt}]
         self.turns: list[TurnMetrics] = []
         """The turns the caller heard an answer to (or began to), in order."""
@@ -32,6 +42,8 @@ class CallRecord:
         self.turns.append(m)
         if m.user_text:
             self.history.append({"role": "user", "content": m.user_text})
+            if self.sink is not None:
+                self.sink("user", m.user_text, {})
 
     def ended(self, m: TurnMetrics, heard: Message | None) -> None:
         """A reply's task is over; ``heard`` is the assistant message the caller heard."""
@@ -42,6 +54,14 @@ class CallRecord:
             self._by_gen.pop(m.gen, None)
         elif heard is not None:
             self.history.append(heard)
+            if self.sink is not None:
+                cut = str(heard["content"]).endswith(INTERRUPTED_MARK)
+                self.sink(
+                    "assistant",
+                    m.heard_text if cut else m.reply_text,
+                    {"interrupted": cut, "incomplete": m.error is not None,
+                     "timings": m.to_dict(self.t0)},
+                )  # fmt: skip
         self._last_sent.pop(m.gen, None)
 
     def playout_ack(self, gen: int, samples: int, now: float) -> None:

@@ -27,6 +27,7 @@ from voice_agent.llm.base import Message, TextDelta, ToolCall
 from voice_agent.llm.tools import ToolRounds
 from voice_agent.session.engine import Engine
 from voice_agent.session.metrics import TurnMetrics
+from voice_agent.session.record import INTERRUPTED_MARK
 from voice_agent.session.writer import PacedWriter
 from voice_agent.text.sentences import SentenceSplitter
 
@@ -136,7 +137,7 @@ class Reply:
         """The assistant message the caller heard (None: nothing to remember)."""
         content = self.m.reply_text
         if interrupted:
-            content = f"{self.m.heard_text} [interrupted by the caller]".strip()
+            content = f"{self.m.heard_text} {INTERRUPTED_MARK}".strip()
         return {"role": "assistant", "content": content} if content else None
 
     async def _generate(self, out: asyncio.Queue[str | None]) -> None:

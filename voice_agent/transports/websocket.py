@@ -50,6 +50,8 @@ class StartOptions:
     sample_rate: int
     output_sample_rate: int
     session_id: str | None
+    conversation_id: str | None = None
+    """A stored conversation the call goes on with (its turns are added to it)."""
 
 
 def parse_start(text: str) -> StartOptions:
@@ -75,7 +77,12 @@ def parse_start(text: str) -> StartOptions:
     sid = msg.get("session_id")
     if sid is not None and (not isinstance(sid, str) or not 0 < len(sid) <= 64):
         raise ProtocolError(CLOSE_PROTOCOL, "session_id must be a string of 1 to 64 characters")
-    return StartOptions(rates[0], rates[1], sid)
+    cid = msg.get("conversation_id")
+    if cid is not None and (not isinstance(cid, str) or not 0 < len(cid) <= 64):
+        raise ProtocolError(
+            CLOSE_PROTOCOL, "conversation_id must be a string of 1 to 64 characters"
+        )
+    return StartOptions(rates[0], rates[1], sid, cid)
 
 
 def parse_client_message(text: str) -> dict[str, Any]:

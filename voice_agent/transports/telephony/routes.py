@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
@@ -25,6 +24,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from voice_agent.core.clock import Clock, LoopClock
+from voice_agent.core.ids import new_id
 from voice_agent.errors import leaves
 from voice_agent.session.driver import Session
 from voice_agent.transports.telephony.audiosocket import (
@@ -214,7 +214,7 @@ async def serve_call(
 ) -> Session | None:
     """One provider call as a session of the server: counted among its sessions while it
     lasts, its report kept after. ``accept(start)`` may refuse the stream."""
-    sid = uuid.uuid4().hex[:12]
+    sid = new_id()
 
     def make_session(output: StreamOutput) -> Session | None:
         assert output.stream.start is not None
@@ -222,7 +222,7 @@ async def serve_call(
             log.warning("%s stream %s: refused (no valid one-time token)", protocol.name, sid)
             return None
         session = Session(state.engine, output, LoopClock(), state.session_config)
-        state.sessions[sid] = session
+        state.add_session(sid, session, protocol.name)
         return session
 
     failed: list[str] = []
