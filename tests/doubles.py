@@ -333,10 +333,14 @@ class OpenAIEndpointDouble:
         elif self.mode == "words":
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                          b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")  # fmt: skip
-            for word in self.words:
-                writer.write(http_chunk(chunk(word)))
-                await writer.drain()
-                await asyncio.sleep(self.gap_s)
+            try:
+                for word in self.words:
+                    writer.write(http_chunk(chunk(word)))
+                    await writer.drain()
+                    await asyncio.sleep(self.gap_s)
+            except ConnectionError:  # the client stopped reading (a prefill, a cancel)
+                writer.close()
+                return
             writer.write(http_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
         else:  # chunked, as llama-server sends it: a drop mid-body is seen as one
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"

@@ -20,8 +20,10 @@ queue). The public methods are coroutines.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -70,14 +72,35 @@ def head_revision() -> str:
     return head
 
 
+MIGRATION_LOCK = 0x7661_6462  # "vadb": PostgreSQL's advisory lock key for migrations
+
+
 def migrate(engine: sa.Engine) -> str:
-    """Bring the schema up to the newest migration; the revision it is at."""
-    with engine.begin() as conn:
+    """Bring the schema up to the newest migration; the revision it is at. Processes
+    starting together take turns (PostgreSQL: an advisory lock; SQLite: a lock file
+    beside the database), so each sees the schema whole."""
+    with _migration_lock(engine), engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
         command.upgrade(_alembic(conn), "head")
     with engine.connect() as conn:
         rev = MigrationContext.configure(conn).get_current_revision()
     assert rev is not None
     return rev
+
+
+@contextlib.contextmanager
+def _migration_lock(engine: sa.Engine) -> Iterator[None]:
+    path = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not path or path == ":memory:":
+        yield
+        return
+    with open(f"{path}.migrate-lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _make_engine(url: str) -> sa.Engine:
