@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -95,11 +94,16 @@ async def cluster(postgres_url: str, redis_url: str) -> AsyncIterator[dict[str, 
                             "    http-response set-header X-Backend %s")  # fmt: skip
     (workdir / "haproxy.cfg").write_text(config)
     exe = shutil.which("haproxy") or "/usr/sbin/haproxy"
-    check = subprocess.run([exe, "-c", "-f", str(workdir / "haproxy.cfg")],
-                           capture_output=True, text=True)  # fmt: skip
-    assert check.returncode == 0, check.stdout + check.stderr
-    lb = subprocess.Popen([exe, "-db", "-f", str(workdir / "haproxy.cfg")],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    check = await asyncio.create_subprocess_exec(
+        exe, "-c", "-f", str(workdir / "haproxy.cfg"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    said, _ = await check.communicate()
+    assert check.returncode == 0, said.decode(errors="replace")
+    lb = await asyncio.create_subprocess_exec(
+        exe, "-db", "-f", str(workdir / "haproxy.cfg"),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
     try:
         bases = [f"http://127.0.0.1:{p}" for p in ports]
         await asyncio.gather(*(_ready(b, p) for b, p in zip(bases, procs, strict=True)))
@@ -108,7 +112,7 @@ async def cluster(postgres_url: str, redis_url: str) -> AsyncIterator[dict[str, 
                "endpoint": endpoint}  # fmt: skip
     finally:
         lb.terminate()
-        lb.wait(10)
+        await asyncio.wait_for(lb.wait(), 10)
         for proc in procs:
             if proc.returncode is None:
                 proc.terminate()
@@ -202,12 +206,12 @@ async def test_a_voice_sessions_record_is_readable_from_both_processes(
                 while True:
                     await asyncio.wait_for(ws.recv(), 30)
             for _ in range(100):
-                rec = (await client.get(f"{cluster['b']}/v1/sessions/{sid}")).json()
-                if not rec["live"]:
+                rec_b = (await client.get(f"{cluster['b']}/v1/sessions/{sid}")).json()
+                if not rec_b["live"]:
                     break
                 await asyncio.sleep(0.05)
             rec_a = (await client.get(f"{cluster['a']}/v1/sessions/{sid}")).json()
-            for rec in (rec, rec_a):
+            for rec in (rec_b, rec_a):
                 assert rec["live"] is False and rec["conversation_id"] == cid
                 assert [t["user_text"] for t in rec["turns"]] == ["Count please."]
             conv = (await client.get(f"{cluster['b']}/v1/conversations/{cid}")).json()

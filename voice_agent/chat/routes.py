@@ -26,6 +26,8 @@ from voice_agent.chat.service import ChatRefused, ChatService
 from voice_agent.chat.service import Response as Response_
 
 log = logging.getLogger("voice_agent.chat")
+RECONNECT_MS = 1000
+"""How soon a dropped EventSource reconnects (its ``retry:``; browsers wait 3 s without)."""
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -87,8 +89,10 @@ def chat_routes(
             return _error(400, str(exc))
 
         async def sse() -> AsyncIterator[ServerSentEvent]:
+            retry: int | None = RECONNECT_MS  # told once per connection
             async for ev in stream:
-                yield ServerSentEvent(data=ev.json(), event=ev.event, id=str(ev.id))
+                yield ServerSentEvent(data=ev.json(), event=ev.event, id=str(ev.id), retry=retry)
+                retry = None
 
         return _EventStream(
             sse(), headers=SSE_HEADERS, ping=heartbeat_s, send_timeout=send_timeout_s

@@ -44,7 +44,10 @@ function line(who, cls) {
 function onEvent(ev) {
   va.events.push(ev);
   switch (ev.type) {
-    case "session.started": setStatus("Listening…"); break;
+    case "session.started":
+      setStatus("Listening…");
+      if (ev.conversation_id) va.conversationId = ev.conversation_id;  // the chat pane joins it
+      break;
     case "speech.started": setStatus("Listening…"); break;
     case "transcript.partial":
       if (!userLine) userLine = line("user", "partial");
@@ -190,7 +193,10 @@ async function connectWs() {
   ws.binaryType = "arraybuffer";
   ws.onopen = () => {
     setConn(true);
-    ws.send(JSON.stringify({ type: "session.start", sample_rate: ctx.sampleRate, output_sample_rate: ctx.sampleRate, encoding: "pcm16" }));
+    const start = { type: "session.start", sample_rate: ctx.sampleRate, output_sample_rate: ctx.sampleRate, encoding: "pcm16" };
+    const cid = (va.chat && va.chat.conversationId) || va.conversationId;
+    if (cid) start.conversation_id = cid;  // the call goes on with the chat's conversation
+    ws.send(JSON.stringify(start));
   };
   ws.onmessage = (e) => {
     if (typeof e.data === "string") { onEvent(JSON.parse(e.data)); return; }
