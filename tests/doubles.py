@@ -40,6 +40,8 @@ class ScriptedLLMDouble:
         self.default = default or ["(no more scripted replies)"]
         self.token_delay_s = token_delay_s
         self.requests: list[list[Message]] = []
+        self.tool_schemas: list[list[dict[str, Any]]] = []
+        """The tools offered with each request."""
         self.closed_streams = 0
         self.prefills: list[list[Message]] = []
         """The messages of every prefill, in order."""
@@ -63,6 +65,7 @@ class ScriptedLLMDouble:
         self, messages: list[Message], tools: list[dict[str, Any]] | None = None
     ) -> AsyncGenerator[LLMEvent, None]:
         self.requests.append([dict(m) for m in messages])
+        self.tool_schemas.append(list(tools or []))
         steps = self.replies.pop(0) if self.replies else self.default
         try:
             for step in steps:

@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
+from conftest import Chat
 from doubles import HANG, AutoAdvanceClockDouble, ScriptedLLMDouble, double_engine
-from httpx_sse import aconnect_sse
 
 from voice_agent.chat.events import (
     BadLastEventId,
@@ -23,72 +22,10 @@ from voice_agent.chat.events import (
 )
 from voice_agent.errors import LLMError
 from voice_agent.llm.base import ToolCall
-from voice_agent.llm.tools import Tool, ToolRegistry, tool
+from voice_agent.llm.tools import tool
 from voice_agent.server import ServerConfig, create_app
 
 STORY = [f"Word{i} " for i in range(20)]
-
-
-class Chat:
-    def __init__(self, client: httpx.AsyncClient, llm: ScriptedLLMDouble, state: Any) -> None:
-        self.client, self.llm, self.state = client, llm, state
-
-    async def start(self, message: str, **body: Any) -> dict[str, Any]:
-        r = await self.client.post("/v1/chat", json={"message": message, **body})
-        assert r.status_code == 202, r.text
-        out: dict[str, Any] = r.json()
-        return out
-
-    async def events(
-        self, rid: str, last_id: str | None = None, limit: int | None = None
-    ) -> list[tuple[str, str, dict[str, Any]]]:
-        """(id, event, data) of each event, from after ``last_id``; at most ``limit``
-        (then the connection is dropped)."""
-        headers = {} if last_id is None else {"Last-Event-ID": last_id}
-        got: list[tuple[str, str, dict[str, Any]]] = []
-        async with aconnect_sse(
-            self.client, "GET", f"/v1/chat/{rid}/events", headers=headers
-        ) as source:
-            assert source.response.headers["cache-control"] == "no-cache"
-            assert source.response.headers["x-accel-buffering"] == "no"
-            async for sse in source.aiter_sse():
-                if not sse.data:  # httpx-sse reads a heartbeat after an id as an empty event
-                    continue
-                got.append((sse.id, sse.event, json.loads(sse.data)))
-                if limit is not None and len(got) >= limit:
-                    break
-        return got
-
-    async def conversation(self, cid: str) -> dict[str, Any]:
-        r = await self.client.get(f"/v1/conversations/{cid}")
-        assert r.status_code == 200, r.text
-        out: dict[str, Any] = r.json()
-        return out
-
-
-@pytest.fixture
-async def chat_server() -> AsyncIterator[Any]:
-    """Makes servers (an LLM double each) and closes them and their clients after."""
-    from conftest import start_server
-
-    opened: list[tuple[Any, Any, httpx.AsyncClient]] = []
-
-    async def make(
-        llm: ScriptedLLMDouble, heartbeat_s: float = 15.0, tools: list[Tool] | None = None
-    ) -> Chat:
-        engine = double_engine(llm)
-        engine.tools = ToolRegistry(tools or [])
-        app = create_app(engine=engine, config=ServerConfig(sse_heartbeat_s=heartbeat_s))
-        srv, addr, task = await start_server(app)
-        client = httpx.AsyncClient(base_url=f"http://{addr}", timeout=10.0)
-        opened.append((srv, task, client))
-        return Chat(client, llm, app.state.va)
-
-    yield make
-    for srv, task, client in opened:
-        await client.aclose()
-        srv.should_exit = True
-        await task
 
 
 async def test_a_reply_streams_status_then_tokens_then_done(chat_server: Any) -> None:
