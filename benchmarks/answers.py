@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.stats import machine
-from voice_agent.llm.base import TextDelta
+from voice_agent.core.clock import LoopClock
+from voice_agent.llm.base import Message, TextDelta, ToolCall
+from voice_agent.llm.tools import ToolRegistry, ToolRounds, tools_note
 from voice_agent.session.config import SessionConfig, honest_line, system_message
 from voice_agent.session.engine import EngineConfig
 from voice_agent.text.sentences import SentenceSplitter
@@ -57,13 +59,26 @@ def judge(q: dict[str, Any], spoken: str) -> dict[str, Any]:
     return row
 
 
-async def ask(llm: Any, system: str, text: str) -> str:
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": text}]
-    splitter, chunks = SentenceSplitter(), []
-    async for event in llm.stream(messages):
-        if isinstance(event, TextDelta):
-            chunks += splitter.feed(event.text)
-    return " ".join(chunks + splitter.flush())
+async def ask(llm: Any, tools: ToolRegistry, system: str, text: str) -> tuple[str, list[str]]:
+    """What the session would say (the LLM's reply, after any tool rounds, as it would
+    speak it), and the tools it called."""
+    messages: list[Message] = [
+        {"role": "system", "content": system}, {"role": "user", "content": text}
+    ]
+    splitter, chunks, called = SentenceSplitter(), [], []
+    rounds = ToolRounds(tools, messages, 3)
+    while (request := rounds.request()) is not None:
+        calls: list[ToolCall] = []
+        async for event in llm.stream(*request):
+            if isinstance(event, TextDelta):
+                chunks += splitter.feed(event.text)
+            elif isinstance(event, ToolCall):
+                calls.append(event)
+        if not calls:
+            break
+        called += [c.name for c in calls]
+        await rounds.run(calls, None, LoopClock().now)
+    return " ".join(chunks + splitter.flush()), called
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -78,6 +93,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "general": len(general),
         "mean_words": round(sum(r["words"] for r in rows) / max(1, len(rows)), 1),
         "fixed_lines": sum(bool(r.get("fixed_line")) for r in rows),
+        "tool_calls": sum(len(r.get("tools_called", [])) for r in rows),
     }
 
 
@@ -89,21 +105,27 @@ async def run_answers_bench(
     session = SessionConfig()
     if getattr(args, "no_honesty_guard", False):
         session.honesty_guard = False
-    system = system_message(session)
     rows = []
     async with open_engine(cfg, log) as engine:
+        # the call's own system prompt, naming the tools it is offered (as a session does)
+        system = system_message(session, tools_note(engine.tools) if engine.tools else None)
         for q in questions()[: args.limit] if args.limit else questions():
             # as the session answers: a fixed line when it plainly cannot know, else the LLM
-            line = honest_line(session, q["text"], bool(engine.tools))
-            spoken = line if line is not None else await ask(engine.llm, system, q["text"])
-            row = judge(q, spoken) | {"fixed_line": line is not None}
+            line = honest_line(session, q["text"], engine.tools.checks_live())
+            called: list[str] = []
+            if line is None:
+                spoken, called = await ask(engine.llm, engine.tools, system, q["text"])
+            else:
+                spoken = line
+            row = judge(q, spoken) | {"fixed_line": line is not None, "tools_called": called}
             rows.append(row)
             flag = (
                 ("correct" if row["correct"] else "WRONG")
                 if q["kind"] == "general"
                 else ("INVENTED" if row["invented"] else "ok")
             )
-            log(f"{q['kind']:<8} {flag:<8} {q['text'][:50]:<50} → {row['reply'][:90]}")
+            tool = f" [{', '.join(called)}]" if called else ""
+            log(f"{q['kind']:<8} {flag:<8} {q['text'][:50]:<50} →{tool} {row['reply'][:90]}")
         model = engine.info.get("llm")
     summary = summarize(rows) | {"llm": model, "machine": machine(),
                                  "honesty_guard": session.honesty_guard}
@@ -113,7 +135,7 @@ async def run_answers_bench(
         f"of {summary['unknowable']} (said it cannot check: {summary['says_cannot']}); "
         f"general knowledge {summary['general_correct']} of {summary['general']} correct; "
         f"{summary['mean_words']} words a reply on average; {summary['fixed_lines']} answered "
-        f"by the honesty guard's fixed line"
+        f"by the honesty guard's fixed line; {summary['tool_calls']} tool calls"
     )
     log(f"figures written to {args.json}")
     return 0

@@ -294,6 +294,12 @@ async def test_a_failing_tool_is_a_result_for_the_llm_not_the_end_of_the_reply(
     assert events[-1][1] == "done"
     (result,) = [m for m in llm.requests[1] if m["role"] == "tool"]
     assert "unknown timezone" in json.loads(result["content"])["error"]
+    # the conversation names the failed call but not its error (the tool's own words)
+    conv = await chat.conversation(ids["conversation_id"])
+    assert conv["messages"][-1]["tool_calls"] == [
+        {"name": "current_time", "arguments": {"timezone": "Mars/Olympus_Mons"},
+         "state": "failed", "duration_ms": failed[0]["duration_ms"]},
+    ]  # fmt: skip
 
 
 async def test_a_model_that_calls_the_same_tool_again_is_given_the_result_in_words(

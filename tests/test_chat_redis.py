@@ -89,3 +89,34 @@ async def test_a_log_is_bounded_and_expires(redis_url: str) -> None:
             await other.aclose()
     finally:
         await store.aclose()
+
+
+async def test_an_unreachable_redis_is_a_503_without_detail() -> None:
+    import socket
+
+    import httpx
+    from conftest import start_server
+    from doubles import ScriptedLLMDouble, double_engine
+
+    from voice_agent.server import ServerConfig, create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    app = create_app(
+        engine=double_engine(ScriptedLLMDouble([["Hi."]], 0.01)),
+        config=ServerConfig(redis_url=f"redis://127.0.0.1:{port}/0"),
+    )
+    srv, addr, task = await start_server(app)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://{addr}", timeout=30) as client:
+            r = await client.post("/v1/chat", json={"message": "Hello"})
+            assert r.status_code == 503
+            assert r.json() == {"error": "the conversation store is unavailable; try again"}
+            assert str(port) not in r.text
+            r = await client.get("/v1/chat/abc/events")
+            assert r.status_code == 503 and str(port) not in r.text
+            assert (await client.get("/healthz")).status_code == 200  # still serving
+    finally:
+        srv.should_exit = True  # type: ignore[attr-defined]
+        await task  # type: ignore[misc]

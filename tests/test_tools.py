@@ -171,7 +171,47 @@ def test_the_time_tool_tells_the_time_in_a_timezone() -> None:
     }
     ny = json.loads(asyncio.run(t.handler({"timezone": "America/New_York"})))
     assert (ny["time_12h"], ny["utc_offset"]) == ("7:05 AM", "-05:00")
-    assert json.loads(asyncio.run(t.handler({})))["time_24h"] == "12:05"
+    # no zone: the server's own local time
+    local = datetime(2026, 12, 3, 12, 5, tzinfo=UTC).astimezone()
+    assert json.loads(asyncio.run(t.handler({})))["time_24h"] == f"{local:%H:%M}"
+    assert json.loads(asyncio.run(t.handler({"timezone": "local"})))["time_24h"] == f"{local:%H:%M}"
     with pytest.raises(ValueError, match="unknown timezone"):
         asyncio.run(t.handler({"timezone": "Mars/Olympus_Mons"}))
     assert t.schema()["function"]["parameters"]["required"] == []
+
+
+def test_a_turn_that_asks_for_a_tool_has_its_first_round_asked_with_the_tool_prompt() -> None:
+    from voice_agent.llm.builtin_tools import time_tool
+    from voice_agent.llm.tools import ToolRegistry, ToolRounds
+
+    registry = ToolRegistry([time_tool()])
+    assert registry.intended("What time is it in Tokyo?")
+    assert registry.intended("what's the date today")
+    assert not registry.intended("What time does the bakery close?")
+    assert not registry.intended("How many minutes are there in a day?")
+    assert not registry.checks_live()  # the shipped tools leave the honesty guard on
+    messages = [{"role": "system", "content": "spoken style"}, {"role": "user", "content": "Hi"}]
+    rounds = ToolRounds(registry, messages, 2, first_system="tool style")
+    first = rounds.request()
+    assert first is not None
+    assert first[0][0] == {"role": "system", "content": "tool style"}
+    assert first[0][1:] == messages[1:] and first[1] == registry.schemas()
+    second = rounds.request()  # the answer's round: the call's own prompt
+    assert second is not None and second[0][0] == {"role": "system", "content": "spoken style"}
+    assert ToolRounds(registry, messages, 2).request() == (messages, registry.schemas())
+
+
+def test_a_user_tool_that_may_check_live_facts_turns_the_guard_off() -> None:
+    from voice_agent.llm.tools import ToolRegistry, tool
+    from voice_agent.session.config import SessionConfig, honest_line
+
+    @tool(status="Checking the weather…")
+    async def weather(city: str) -> str:
+        """The weather in a city."""
+        return "sunny"
+
+    registry = ToolRegistry([weather])
+    assert registry.checks_live()
+    q = "What's the weather in Denver this weekend?"
+    assert honest_line(SessionConfig(), q, registry.checks_live()) is None
+    assert honest_line(SessionConfig(), q, False) is not None

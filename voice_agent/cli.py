@@ -45,6 +45,10 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     g.add_argument("--llm-model", default=None, help="model name at --llm-url")
     g.add_argument("--llm-timeout", type=float, default=None, help="seconds to first token")
+    g.add_argument(
+        "--no-tools", action="store_true",
+        help="offer the LLM no tools (by default: the current time; --knowledge adds search)",
+    )  # fmt: skip
 
 
 def _engine_config(args: argparse.Namespace) -> Any:
@@ -59,6 +63,7 @@ def _engine_config(args: argparse.Namespace) -> Any:
         llm_fallback_urls=tuple(args.llm_url[1:]) if args.llm_url else None,
         llm_model=args.llm_model,
         llm_timeout_s=args.llm_timeout,
+        builtin_tools=False if args.no_tools else None,
     )
 
 

@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator, Callable
 
 from voice_agent.audio.pcm import Pcm
 from voice_agent.core.clock import LoopClock
+from voice_agent.llm.builtin_tools import time_tool
 from voice_agent.llm.failover import FailoverLLM
 from voice_agent.llm.local import LocalLlamaServer
 from voice_agent.llm.openai_compat import OpenAICompatLLM
+from voice_agent.llm.tools import ToolRegistry
 from voice_agent.session.engine import Engine, EngineConfig, TurnModel
 from voice_agent.session.inbound import FrameClassifier
 from voice_agent.stt.base import STT
@@ -145,6 +147,7 @@ async def open_engine(cfg: EngineConfig, log: Log = print) -> AsyncIterator[Engi
             new_vad=_vad_factory(cfg),
             speech_seconds=speech_seconds(),
             turn_model=turn_model,
+            tools=ToolRegistry([time_tool()] if cfg.builtin_tools else []),
             info={
                 "stt": cfg.stt_model,
                 "turn_model": cfg.turn_model,

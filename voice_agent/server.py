@@ -123,12 +123,9 @@ class ServerState:
     def chat_service(self) -> ChatService | None:
         if self.chat is None and self.engine is not None and self.store is not None:
             cfg = self.session_config
-            extra = [time_tool()]
-            prefetch = None
-            if self.knowledge is not None:
-                extra.append(self.knowledge.tool())
-                prefetch = self.knowledge.prefetch
-            tools = ToolRegistry([*extra, *self.engine.tools.tools()])
+            # the agent's tools (the voice path's too), and the time tool in any case
+            tools = ToolRegistry([time_tool(), *self.engine.tools.tools()])
+            prefetch = self.knowledge.prefetch if self.knowledge is not None else None
             events: EventStore = MemoryEventStore(LoopClock())
             if self.config.redis_url:
                 from voice_agent.chat.redis_events import RedisEventStore
@@ -144,6 +141,13 @@ class ServerState:
                 prefetch=prefetch,
             )
         return self.chat
+
+    def use_engine(self, engine: Engine) -> None:
+        """The models are loaded: the knowledge search joins the agent's tools (offered
+        to callers and text chat alike)."""
+        self.engine = engine
+        if self.knowledge is not None:
+            engine.tools.add(self.knowledge.tool())
 
     def add_session(
         self, sid: str, session: Session, transport: str, conversation_id: str | None = None
@@ -222,7 +226,8 @@ def create_app(
     @contextlib.asynccontextmanager
     async def serving(app: Starlette) -> AsyncIterator[None]:
         if engine is not None:
-            state.engine, state.stage = engine, "ready"
+            state.use_engine(engine)
+            state.stage = "ready"
             try:
                 yield
             finally:
@@ -238,7 +243,7 @@ def create_app(
                 async with (opener or open_engine)(
                     engine_config or EngineConfig(), state.progress
                 ) as e:
-                    state.engine = e
+                    state.use_engine(e)
                     chat = state.chat_service()
                     if chat is not None:  # the first chat message finds its prompt read
                         await chat.warm()

@@ -53,6 +53,10 @@ class BadLastEventId(ValueError):
     """A ``Last-Event-ID`` that is not a number, or one past the log's last event."""
 
 
+class EventsUnavailable(Exception):
+    """The shared event store (Redis) cannot be reached; the detail is in the log."""
+
+
 class LogFull(Exception):
     """The response's event log reached its bound."""
 

@@ -29,6 +29,7 @@ from voice_agent.chat.events import (
     CLOSING,
     BadLastEventId,
     ChatEvent,
+    EventsUnavailable,
     LogFull,
     UnknownResponse,
 )
@@ -67,10 +68,14 @@ class RedisEventStore:
 
     async def create(self, response_id: str) -> None:
         key = self.key(response_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(key, {"event": CREATED}, id="0-1")
-            pipe.expire(key, int(self.ttl_s))
-            await pipe.execute()
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xadd(key, {"event": CREATED}, id="0-1")
+                pipe.expire(key, int(self.ttl_s))
+                await pipe.execute()
+        except RedisError as exc:
+            log.error("Redis: a response's stream could not be made: %s", exc)
+            raise EventsUnavailable from None
         self._counts[response_id] = 0
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
@@ -124,7 +129,11 @@ class RedisEventStore:
 
     async def open(self, response_id: str, after: int) -> AsyncIterator[ChatEvent]:
         key = self.key(response_id)
-        last: Any = await self.redis.xrevrange(key, "+", "-", count=1)
+        try:
+            last: Any = await self.redis.xrevrange(key, "+", "-", count=1)
+        except RedisError as exc:
+            log.error("Redis: a response's stream could not be read: %s", exc)
+            raise EventsUnavailable from None
         if not last:
             raise UnknownResponse(response_id)
         last_n = int(str(last[0][0]).split("-")[0])

@@ -21,7 +21,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from voice_agent.chat.events import BadLastEventId, UnknownResponse, parse_last_event_id
+from voice_agent.chat.events import (
+    BadLastEventId,
+    EventsUnavailable,
+    UnknownResponse,
+    parse_last_event_id,
+)
 from voice_agent.chat.service import ChatRefused, ChatService
 from voice_agent.chat.service import Response as Response_
 
@@ -85,6 +90,8 @@ def chat_routes(
             return _error(exc.status, exc.message)
         except UnknownResponse:
             return _error(404, "no such response (or it has expired)")
+        except EventsUnavailable:
+            return _error(503, "the event store is unavailable; try again shortly")
         except BadLastEventId as exc:
             return _error(400, str(exc))
 

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from voice_agent.chat.events import EventStore
+from voice_agent.chat.events import EventStore, EventsUnavailable
 from voice_agent.core.clock import Clock
 from voice_agent.core.ids import new_id
 from voice_agent.errors import LLMError
@@ -116,8 +116,8 @@ class ChatService:
             finally:
                 self.running.pop(cid, None)
             return await self._launch(cid, mid, text)
-        except StoreError as exc:
-            log.error("chat: the conversation store failed: %s", exc)
+        except (StoreError, EventsUnavailable) as exc:
+            log.error("chat: the conversation store failed: %r", exc)
             raise ChatRefused(503, "the conversation store is unavailable; try again") from None
 
     async def regenerate(self, response_id: str) -> Response:
@@ -144,7 +144,7 @@ class ChatService:
                 raise ChatRefused(409, "the response is being regenerated already")
             text = (await self.store.history(cid, old["user_message_id"], limit=1))[-1][1]
             return await self._launch(cid, old["user_message_id"], text)
-        except StoreError as exc:
+        except (StoreError, EventsUnavailable) as exc:
             log.error("chat: the conversation store failed: %s", exc)
             raise ChatRefused(503, "the conversation store is unavailable; try again") from None
 
@@ -166,6 +166,10 @@ class ChatService:
             raise ChatRefused(503, "the conversation store is unavailable; try again") from None
         if conv is None:
             raise ChatRefused(404, "no such conversation")
+        for m in conv["messages"]:  # a failed call's result is the tool's error: not shown
+            for call in m.get("tool_calls", []):
+                if call["state"] != "finished":
+                    call.pop("result", None)
         rid = self.running.get(cid)
         return conv | {"running": rid or None}
 

@@ -143,7 +143,10 @@ class KnowledgeBase:
     def tool(self, k: int = 3) -> Tool:
         base = self
 
-        @tool(status="Searching the knowledge base…", spoken="Let me look that up.")
+        @tool(
+            status="Searching the knowledge base…", spoken="Let me look that up.",
+            checks_live=False,
+        )  # fmt: skip
         async def search_knowledge(
             query: Annotated[str, "What to look for, in a few words"],
         ) -> str:

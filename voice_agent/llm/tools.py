@@ -35,6 +35,13 @@ class Tool:
     """Shown to a text reader (and said, when ``spoken`` is None) while the tool runs."""
     spoken: str | None = None
     """The short filler a caller hears while it runs (None: ``status``)."""
+    checks_live: bool = True
+    """It may reach live facts or the caller's own data (a web search, an order lookup).
+    While such a tool is offered, the voice path's honesty guard leaves those questions
+    to the LLM; the shipped tools (the time, the knowledge folder) say False."""
+    intent: re.Pattern[str] | None = None
+    """Words that plainly ask for this tool ("what time is it in…"). A voice turn that
+    matches asks its first round with the tool-friendly prompt (see ToolRounds)."""
 
     @property
     def filler(self) -> str:
@@ -70,6 +77,14 @@ class ToolRegistry:
 
     def tools(self) -> list[Tool]:
         return list(self._tools.values())
+
+    def intended(self, text: str) -> bool:
+        """``text`` plainly asks for one of the tools (its ``intent`` matches)."""
+        return any(t.intent is not None and t.intent.search(text) for t in self._tools.values())
+
+    def checks_live(self) -> bool:
+        """Any tool offered may reach live facts or the caller's data."""
+        return any(t.checks_live for t in self._tools.values())
 
     def add(self, tool: Tool) -> Tool:
         self._tools[tool.name] = tool
@@ -157,13 +172,22 @@ class ToolRounds:
     the results written into the caller's message, with no tools, so the model
     answers from them. None from :meth:`request`: no more rounds."""
 
-    def __init__(self, registry: ToolRegistry, messages: list[Message], max_rounds: int) -> None:
+    def __init__(
+        self,
+        registry: ToolRegistry,
+        messages: list[Message],
+        max_rounds: int,
+        first_system: str | None = None,
+    ) -> None:
         self.registry = registry
         self.base = [dict(m) for m in messages]
         self.messages = [dict(m) for m in messages]
         self.left = max_rounds + 1
         self.answered: dict[str, tuple[ToolCall, str]] = {}
         self.folded = False
+        self.first_system = first_system
+        """The first request's system prompt instead of the messages' own (the rounds
+        after it, which answer from the results, have the messages' own)."""
 
     def request(self) -> tuple[list[Message], list[dict[str, Any]] | None] | None:
         if self.left <= 0:
@@ -171,6 +195,11 @@ class ToolRounds:
         self.left -= 1
         if self.folded:
             return self.messages, None
+        first, self.first_system = self.first_system, None
+        if first is not None and self.messages and self.messages[0].get("role") == "system":
+            return [{"role": "system", "content": first}, *self.messages[1:]], (
+                self.registry.schemas() or None
+            )
         return self.messages, self.registry.schemas() or None
 
     async def run(
@@ -241,7 +270,11 @@ def _schema_of(hint: Any) -> dict[str, Any]:
 
 
 def tool(
-    status: str = "One moment.", spoken: str | None = None, name: str | None = None
+    status: str = "One moment.",
+    spoken: str | None = None,
+    name: str | None = None,
+    checks_live: bool = True,
+    intent: str | None = None,
 ) -> Callable[[Callable[..., Awaitable[str]]], Tool]:
     """Make a :class:`Tool` of an async function: its name, its docstring as the
     description, and its parameters' type hints as the JSON schema (a parameter with
@@ -271,7 +304,8 @@ def tool(
             return await fn(**args)
 
         doc = inspect.getdoc(fn) or fn.__name__
-        return Tool(name or fn.__name__, doc, params, handler, status, spoken)
+        wants = re.compile(intent, re.IGNORECASE) if intent else None
+        return Tool(name or fn.__name__, doc, params, handler, status, spoken, checks_live, wants)
 
     return make
 

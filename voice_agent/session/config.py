@@ -151,11 +151,15 @@ def honest_line(cfg: SessionConfig, text: str, has_tools: bool) -> str | None:
     return cfg.cannot_check_live if kind is Unknowable.LIVE else cfg.cannot_see_personal
 
 
-def system_message(cfg: SessionConfig) -> str:
-    """The call's system prompt: the configured one, then the date line."""
-    if cfg.wall_clock is None:
-        return cfg.system_prompt
-    return f"{cfg.system_prompt}\n{date_line(cfg.wall_clock())}"
+def system_message(cfg: SessionConfig, tools: str | None = None, with_time: bool = True) -> str:
+    """The call's system prompt: the configured one, the date line, then the tools the
+    agent has (``tools``, a line that names them; last, as in the chat's prompt).
+    ``with_time`` False: the date only, for an agent with a time tool (the 1.5B model
+    read "What time is it in Tokyo?" off the prompt's local time instead of calling it)."""
+    prompt = cfg.system_prompt
+    if cfg.wall_clock is not None:
+        prompt = f"{prompt}\n{date_line(cfg.wall_clock(), with_time=with_time)}"
+    return f"{prompt}\n{tools}" if tools else prompt
 
 
 def chat_system_message(cfg: SessionConfig, tools: str | None = None) -> str:

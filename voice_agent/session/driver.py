@@ -23,10 +23,13 @@ from voice_agent.core.clock import Clock
 from voice_agent.core.enums import BargeOutcome, ReplyKind
 from voice_agent.core.queues import DropOldestQueue
 from voice_agent.llm.base import Message
+from voice_agent.llm.builtin_tools import TIME_TOOL
+from voice_agent.llm.tools import tools_note
 from voice_agent.session import turns as t
 from voice_agent.session.config import (
     DEFAULT_SYSTEM_PROMPT,
     SessionConfig,
+    chat_system_message,
     honest_line,
     system_message,
 )
@@ -58,7 +61,9 @@ class Session:
         self.engine, self.output, self.clock = engine, output, clock
         self.config = cfg = config or SessionConfig()
         self.t0 = clock.now()
-        self.record = CallRecord(system_message(cfg), self.t0)
+        note = tools_note(engine.tools) if engine.tools else None
+        timed = engine.tools.get(TIME_TOOL) is None  # with the time tool, it tells the time
+        self.record = CallRecord(system_message(cfg, note, with_time=timed), self.t0)
         self.history, self.turns = self.record.history, self.record.turns
         self.errors = self.record.errors
         self.events = Events(output, clock, self.t0, self.record.errors)
@@ -96,6 +101,7 @@ class Session:
         self.ctx = ReplyContext(
             engine, self, self.playout, self.writer, clock, self.emit, Fillers(cfg.fillers),
             cfg.max_tool_rounds, cfg.first_chunk_words,
+            chat_system_message(cfg, note) if note else None,
         )  # fmt: skip
         self.end_reason: str | None = None
         self._inbound_q: DropOldestQueue[tuple[Pcm, float] | None] = DropOldestQueue(
@@ -334,7 +340,8 @@ class Session:
         if messages == self._prefilled:
             return  # the same words again: nothing new to read
         self._prefilled = messages
-        self._prefilling = self._tg.create_task(self.engine.llm.prefill(messages))
+        tools = self.engine.tools.schemas() or None  # the reply's request offers them too
+        self._prefilling = self._tg.create_task(self.engine.llm.prefill(messages, tools))
 
     def _stop_prefill(self) -> None:
         if self._prefilling is not None:
@@ -359,7 +366,9 @@ class Session:
         if final is not None and final.unclear:  # a guess: ask again, never answer it
             m.kind = ReplyKind.SAY_AGAIN
             reply = Reply(self.ctx, m, [], fixed=self.config.say_again, turn=len(self.turns))
-        elif (honest := honest_line(self.config, text, bool(self.engine.tools))) is not None:
+        elif (
+            honest := honest_line(self.config, text, self.engine.tools.checks_live())
+        ) is not None:
             # it cannot know: say so, never let the LLM guess
             m.kind = ReplyKind.CANNOT_CHECK
             reply = Reply(self.ctx, m, [], fixed=honest, turn=len(self.turns))

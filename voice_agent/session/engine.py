@@ -65,6 +65,8 @@ class EngineConfig:
     llm_api_key: str = "not-needed"
     llm_timeout_s: float = 30.0
     llm_max_tokens: int = 160
+    builtin_tools: bool = True
+    """Offer the shipped tools that need no network (``current_time``) to the LLM."""
 
     @classmethod
     def from_env(cls, **overrides: Any) -> EngineConfig:

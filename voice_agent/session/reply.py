@@ -66,6 +66,11 @@ class ReplyContext:
     fillers: Fillers
     max_tool_rounds: int = 3
     first_chunk_words: int = 5
+    tool_prompt: str | None = None
+    """The system prompt of a turn's first round when its words plainly ask for a tool:
+    the 1.5B model never calls a tool under the spoken-style prompt (it reads the time
+    off nothing and says "14:30"), but does under the text chat's. The answer's round,
+    after the call, is asked with the call's own prompt."""
 
 
 class Reply:
@@ -143,7 +148,11 @@ class Reply:
     async def _generate(self, out: asyncio.Queue[str | None]) -> None:
         m, ctx = self.m, self.ctx
         splitter = SentenceSplitter(first_max_words=ctx.first_chunk_words)
-        rounds = ToolRounds(ctx.engine.tools, self.messages, ctx.max_tool_rounds)
+        asks = ctx.tool_prompt is not None and ctx.engine.tools.intended(m.user_text or "")
+        rounds = ToolRounds(
+            ctx.engine.tools, self.messages, ctx.max_tool_rounds,
+            first_system=ctx.tool_prompt if asks else None,
+        )  # fmt: skip
         m.llm_request = ctx.clock.now()
         try:
             while (request := rounds.request()) is not None:
