@@ -37,4 +37,4 @@ def test_the_judge_tells_an_invented_fact_from_an_honest_answer() -> None:
     assert summarize(rows) == {"questions": 3, "invented_facts": 1, "unknowable": 2,
                                "says_cannot": 1, "general_correct": 1, "general": 1,
                                "mean_words": round((11 + 14 + 1) / 3, 1),
-                               "fixed_lines": 0}  # fmt: skip
+                               "fixed_lines": 0, "tool_calls": 0}  # fmt: skip
