@@ -25,10 +25,15 @@ def test_parse_variants(text: str) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["Paris is sunny.", '{"name": "unknown_tool", "arguments": {}}', "{not json", '{"foo": 1}'],
+    ["Paris is sunny.", '{"name": "unknown_tool"}', "{not json", '{"foo": 1}'],
 )
 def test_not_a_call(text: str) -> None:
     assert parse_tool_calls(text, KNOWN) is None
+
+
+def test_a_whole_call_of_a_tool_never_offered_is_a_call_not_speech() -> None:
+    (call,) = parse_tool_calls('{"name": "horizon", "arguments": {"far": true}}', KNOWN) or []
+    assert (call.name, call.arguments) == ("horizon", {"far": True})
 
 
 def feed_all(parts: list[str], known: set[str] | None = KNOWN) -> list[object]:

@@ -47,7 +47,8 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--llm-timeout", type=float, default=None, help="seconds to first token")
     g.add_argument(
         "--no-tools", action="store_true",
-        help="offer the LLM no tools (by default: the current time; --knowledge adds search)",
+        help="offer the LLM no tools (by default: the current time, except on the fast "
+        "profile; --knowledge adds search)",
     )  # fmt: skip
 
 

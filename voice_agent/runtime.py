@@ -147,7 +147,7 @@ async def open_engine(cfg: EngineConfig, log: Log = print) -> AsyncIterator[Engi
             new_vad=_vad_factory(cfg),
             speech_seconds=speech_seconds(),
             turn_model=turn_model,
-            tools=ToolRegistry([time_tool()] if cfg.builtin_tools else []),
+            tools=ToolRegistry([time_tool()] if cfg.offers_tools() else []),
             info={
                 "stt": cfg.stt_model,
                 "turn_model": cfg.turn_model,

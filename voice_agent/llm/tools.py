@@ -311,7 +311,12 @@ def tool(
 
 
 def parse_tool_calls(text: str, known: set[str] | None = None) -> list[ToolCall] | None:
-    """Tool calls written as text, or None when ``text`` is not (only) a tool call."""
+    """Tool calls written as text, or None when ``text`` is not (only) a tool call.
+
+    A call of a tool that was not offered (``known``) still counts when it is written
+    whole, with its arguments: the Qwen 0.5B model writes such calls (``{"name":
+    "horizon", "arguments": {...}}``), and spoken they are gibberish; as a call, the
+    registry answers it "unknown tool" and the model answers from that."""
     body = text.strip()
     if m := _FENCE.match(body):
         body = m.group(1)
@@ -339,8 +344,9 @@ def parse_tool_calls(text: str, known: set[str] | None = None) -> list[ToolCall]
                 return None
         if not isinstance(name, str) or not isinstance(args, dict):
             return None
-        if known is not None and name not in known:
-            return None
+        whole = "arguments" in item or "parameters" in item
+        if known is not None and name not in known and not whole:
+            return None  # {"name": "Paris"} is text; a call to a tool never offered is a call
         calls.append(ToolCall(id=f"call_{i}", name=name, arguments=args))
     return calls or None
 

@@ -65,8 +65,16 @@ class EngineConfig:
     llm_api_key: str = "not-needed"
     llm_timeout_s: float = 30.0
     llm_max_tokens: int = 160
-    builtin_tools: bool = True
-    """Offer the shipped tools that need no network (``current_time``) to the LLM."""
+    builtin_tools: bool | None = None
+    """Offer the shipped tools that need no network (``current_time``) to the LLM. None:
+    by the model, as measured: yes for the default profile's 1.5B model and for a
+    remote endpoint; no for the fast profile's 0.5B model, which wrote calls of tools
+    it made up ("country-can-do-for-you") for questions no tool answers."""
+
+    def offers_tools(self) -> bool:
+        if self.builtin_tools is not None:
+            return self.builtin_tools
+        return self.llm_base_url is not None or self.llm_profile != "fast"
 
     @classmethod
     def from_env(cls, **overrides: Any) -> EngineConfig:
