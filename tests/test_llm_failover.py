@@ -130,6 +130,7 @@ async def test_the_text_chat_says_so_when_it_fails_over() -> None:
                     if not sse.data:  # httpx-sse reads a heartbeat after an id as an empty event
                         continue
                     events.append((sse.event, json.loads(sse.data)))
+            metrics = (await client.get("/metrics")).text
     finally:
         srv.should_exit = True
         await task
@@ -141,5 +142,6 @@ async def test_the_text_chat_says_so_when_it_fails_over() -> None:
         ("status", "thinking"), ("status", "failover"), ("status", "writing"),
         ("token", "Hello"), ("token", " there."), ("done", None),
     ]  # fmt: skip
+    assert "\nvoice_agent_llm_failovers_total 1.0\n" in metrics
     # nothing of the endpoint (its address, its error) reaches the reader
     assert "127.0.0.1" not in json.dumps(events) and "503" not in json.dumps(events)

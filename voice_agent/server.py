@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -34,6 +35,7 @@ from voice_agent.core.clock import LoopClock
 from voice_agent.core.ids import new_id
 from voice_agent.errors import leaves
 from voice_agent.llm.builtin_tools import time_tool
+from voice_agent.llm.failover import FailoverLLM
 from voice_agent.llm.knowledge import KnowledgeBase
 from voice_agent.llm.tools import ToolRegistry
 from voice_agent.session.config import chat_system_message
@@ -41,6 +43,7 @@ from voice_agent.session.driver import Session, SessionConfig
 from voice_agent.session.engine import Engine, EngineConfig
 from voice_agent.store import ConversationStore, StoreError, default_db, open_store
 from voice_agent.store.recorder import SessionRecorder
+from voice_agent.telemetry import ServerMetrics
 from voice_agent.transports.websocket import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL,
@@ -117,6 +120,9 @@ class ServerState:
     """The conversation store, opened (and migrated) at startup."""
     knowledge: KnowledgeBase | None = None
     """The knowledge folder's index, built at startup (``knowledge_dir``)."""
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    transports: dict[str, str] = field(default_factory=dict)
+    """The transport of each live session (for the metrics' labels)."""
     recorders: dict[str, SessionRecorder] = field(default_factory=dict)
     recording: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -140,12 +146,27 @@ class ServerState:
                 tools=tools,
                 prefetch=prefetch,
             )
+            self.chat.on_end = self._chat_ended
         return self.chat
+
+    def _chat_ended(self, state: str) -> None:
+        self.metrics.chat_responses.labels(state).inc()
+        if state == "failed":
+            self.metrics.llm_errors.labels("text").inc()
 
     def use_engine(self, engine: Engine) -> None:
         """The models are loaded: the knowledge search joins the agent's tools (offered
         to callers and text chat alike)."""
         self.engine = engine
+        self.metrics.watch(
+            lambda: len(self.sessions),
+            {"stt": lambda: engine.stt_worker.waiting,
+             "stt_partial": lambda: engine.partial_worker.waiting,
+             "tts": lambda: engine.tts_worker.waiting,
+             "end_of_turn": lambda: engine.turn_worker.waiting},
+        )  # fmt: skip
+        if isinstance(engine.llm, FailoverLLM):
+            engine.llm.on_failover = self.metrics.llm_failovers.inc
         if self.knowledge is not None:
             engine.tools.add(self.knowledge.tool())
 
@@ -155,6 +176,9 @@ class ServerState:
         """A call starts: it counts among the live sessions, and its messages and report
         go to the conversation store (in a conversation of its own unless one is named)."""
         self.sessions[sid] = session
+        self.transports[sid] = transport
+        self.metrics.sessions_started.labels(transport).inc()
+        session.record.observer = self.metrics.observe_turn
         if self.store is None:
             return
         rec = SessionRecorder(
@@ -175,6 +199,9 @@ class ServerState:
         print(f"[voice-agent] {message}", flush=True)
 
     def keep_report(self, sid: str, report: dict[str, Any]) -> None:
+        transport = self.transports.pop(sid, report.get("transport", "unknown"))
+        code = report.get("close_code")
+        self.metrics.sessions_ended.labels(transport, "" if code is None else str(code)).inc()
         rec = self.recorders.pop(sid, None)
         if rec is not None:
             report = report | {"conversation_id": rec.conversation_id}
@@ -278,6 +305,9 @@ def create_app(
             "models": _public(state.engine.info) if state.engine else None,
         }
         return JSONResponse(body, status_code=200 if ready else 503)
+
+    async def metrics(request: Request) -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def index(request: Request) -> Response:
         return FileResponse(WEB_CLIENT / "index.html")
@@ -406,6 +436,7 @@ def create_app(
         Route("/v1/voice/webrtc/offer", webrtc_offer, methods=["POST"]),
         Route("/v1/voice/webrtc/config", webrtc_config),
         Route("/readyz", readyz),
+        Route("/metrics", metrics),
         Route("/", index),
         Route("/v1/sessions/{sid}", session_report),
         WebSocketRoute("/v1/voice/ws", voice_ws),
@@ -450,13 +481,18 @@ def _public(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def _refusal(state: ServerState) -> str | None:
+    """Why a new call is refused now (counted), or None."""
+    reason, why = None, ""
     if state.draining:
-        return "server is shutting down"
-    if state.engine is None:
-        return f"models are not loaded yet ({state.error or state.stage})"
-    if len(state.sessions) >= state.config.max_sessions:
-        return f"too many sessions (limit {state.config.max_sessions})"
-    return None
+        reason, why = "draining", "server is shutting down"
+    elif state.engine is None:
+        reason, why = "loading", f"models are not loaded yet ({state.error or state.stage})"
+    elif len(state.sessions) >= state.config.max_sessions:
+        reason, why = "full", f"too many sessions (limit {state.config.max_sessions})"
+    if reason is None:
+        return None
+    state.metrics.sessions_refused.labels(reason).inc()
+    return why
 
 
 async def _read_client(

@@ -85,6 +85,8 @@ class ChatService:
         self.max_message_chars = max_message_chars
         self.max_running = max_running
         self.prefetch = prefetch
+        self.on_end: Callable[[str], None] | None = None
+        """Told how each response ended (``done``, ``failed``, ``cancelled``): metrics."""
         self.responses: dict[str, Response] = {}
         """The responses this process is writing (or wrote), for cancel."""
         self.running: dict[str, str] = {}
@@ -329,6 +331,8 @@ class ChatService:
         """Store what was written; True when a (partial) reply was kept."""
         resp.state = state
         self.running.pop(resp.conversation_id, None)
+        if self.on_end is not None:
+            self.on_end(state)
         text = "".join(written).strip()
         try:
             await self.store.set_response_state(resp.id, state)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,8 @@ class FailoverLLM:
             raise ValueError("FailoverLLM needs at least one endpoint")
         self.endpoints = list(endpoints)
         self.clock = clock
+        self.on_failover: Callable[[], None] | None = None
+        """Told each time a request moves on to the next endpoint (the metrics)."""
         self.cooldown_s = cooldown_s
         self.max_cooldown_s = max_cooldown_s
         self.circuits = [Circuit() for _ in endpoints]
@@ -83,6 +85,8 @@ class FailoverLLM:
                     raise
                 self.failovers += 1
                 log.warning("LLM %s failed before its first token: %s", endpoint.name, exc)
+                if self.on_failover is not None:
+                    self.on_failover()
                 yield Failover(endpoint.name, exc.message)
 
     async def prefill(

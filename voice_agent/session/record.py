@@ -24,6 +24,8 @@ class CallRecord:
         self.t0 = t0
         self.sink: MessageSink | None = None
         """Where the kept messages also go (the conversation store), if anywhere."""
+        self.observer: Callable[[TurnMetrics], None] | None = None
+        """Told of each answered turn as it ends (the server's Prometheus metrics)."""
         self.history: list[Message] = [{"role": "system", "content": system_prompt}]
         self.turns: list[TurnMetrics] = []
         """The turns the caller heard an answer to (or began to), in order."""
@@ -49,6 +51,8 @@ class CallRecord:
         """A reply's task is over; ``heard`` is the assistant message the caller heard."""
         if m.error:
             self.errors.append(m.error)
+        if m.committed and self.observer is not None:
+            self.observer(m)
         if not m.committed:  # a prepared reply the caller never heard leaves no trace
             self.prepared_dropped += 1
             self._by_gen.pop(m.gen, None)
