@@ -72,15 +72,17 @@ async def slow_time(city: str) -> str:
     return f"It is 09:00 in {city}."
 
 
-@pytest.fixture
-async def page_server() -> AsyncIterator[Any]:
+@pytest.fixture(params=["open", "with a token"])
+async def page_server(request: Any) -> AsyncIterator[Any]:
+    import httpx
     from conftest import start_server
     from playwright.async_api import async_playwright
 
     llm = ScriptedLLMDouble([[ToolCall("c1", "slow_time", {"city": "Tokyo"})], REPLY], 0.05)
     engine = double_engine(llm)
     engine.tools = ToolRegistry([slow_time])
-    app = create_app(engine=engine, config=ServerConfig())
+    keys = [] if request.param == "open" else ["operator-key-" + "k" * 20]
+    app = create_app(engine=engine, config=ServerConfig(api_keys=keys))
     srv, addr, task = await start_server(app)
     host, port = addr.split(":")
     proxy = CuttingProxy((host, int(port)))
@@ -91,8 +93,15 @@ async def page_server() -> AsyncIterator[Any]:
             page = await browser.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-            await page.goto(f"http://{front}/")
-            yield page, proxy, errors, addr
+            query = ""
+            if keys:  # the operator's backend mints the page a token with its key
+                async with httpx.AsyncClient(base_url=f"http://{addr}") as client:
+                    r = await client.post(
+                        "/v1/tokens", headers={"Authorization": f"Bearer {keys[0]}"}
+                    )
+                query = f"?token={r.json()['token']}"
+            await page.goto(f"http://{front}/{query}")
+            yield page, proxy, errors, addr, keys
         finally:
             await browser.close()
             assert proxy.server is not None
@@ -104,7 +113,7 @@ async def page_server() -> AsyncIterator[Any]:
 async def test_a_reply_cut_mid_stream_resumes_and_renders_whole(page_server: Any) -> None:
     import httpx
 
-    page, proxy, errors, addr = page_server
+    page, proxy, errors, addr, keys = page_server
     await page.fill("#chat-text", "What time is it in Tokyo? Show a table.")
     await page.click("#chat-form button")
     # the status line while the tool runs
@@ -143,7 +152,8 @@ async def test_a_reply_cut_mid_stream_resumes_and_renders_whole(page_server: Any
     assert "<table>" in partial_html and "<pre><code" in partial_html
     # the page's text is the stored reply
     async with httpx.AsyncClient(base_url=f"http://{addr}") as client:
-        conv = (await client.get(f"/v1/conversations/{chat['cid']}")).json()
+        auth = {"Authorization": f"Bearer {keys[0]}"} if keys else {}
+        conv = (await client.get(f"/v1/conversations/{chat['cid']}", headers=auth)).json()
     assert conv["messages"][-1]["content"] == whole.strip()
     assert errors == []
     rendered = await page.inner_text("#chat-log")

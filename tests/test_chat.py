@@ -25,6 +25,7 @@ from voice_agent.llm.base import ToolCall
 from voice_agent.llm.tools import tool
 from voice_agent.server import ServerConfig, create_app
 
+JSON_TYPE = {"content-type": "application/json"}
 STORY = [f"Word{i} " for i in range(20)]
 
 
@@ -196,8 +197,10 @@ async def test_bad_requests_get_a_4xx_with_a_message(chat_server: Any) -> None:
     chat = await chat_server(ScriptedLLMDouble([["Fine."]], 0.01))
     c = chat.client
     cases: list[tuple[httpx.Response, int, str]] = [
-        (await c.post("/v1/chat", content=b""), 400, "empty"),
-        (await c.post("/v1/chat", content=b"{not json"), 400, "not valid JSON"),
+        (await c.post("/v1/chat", content=b"", headers=JSON_TYPE), 400, "empty"),
+        (await c.post("/v1/chat", content=b"{not json", headers=JSON_TYPE), 400, "not valid JSON"),
+        # a cross-site form or text/plain POST cannot be one
+        (await c.post("/v1/chat", content=b'{"message": "hi"}', headers={"content-type": "text/plain"}), 415, "application/json"),
         (await c.post("/v1/chat", json=["message"]), 400, "JSON object"),
         (await c.post("/v1/chat", json={"text": "hi"}), 400, '"message"'),
         (await c.post("/v1/chat", json={"message": 7}), 400, '"message"'),

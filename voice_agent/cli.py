@@ -138,6 +138,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="also listen for Asterisk AudioSocket calls on this TCP address",
     )
     v.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        help="require this key (repeatable; also VOICE_AGENT_API_KEYS=k1,k2) on every endpoint "
+        "but /healthz, /readyz and the page; the page calls with a token from POST /v1/tokens",
+    )
+    v.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        help="refuse browser WebSockets and POSTs from any other Origin (repeatable)",
+    )
+    v.add_argument(
         "--db",
         default=None,
         help="conversation store: a SQLite file path or a postgresql:// URL "
@@ -316,6 +329,9 @@ async def _serve(args: argparse.Namespace) -> int:
         or None,
         audiosocket=_host_port(args.audiosocket) if args.audiosocket else None,
         db=args.db,
+        api_keys=args.api_key
+        + [k.strip() for k in os.environ.get("VOICE_AGENT_API_KEYS", "").split(",") if k.strip()],
+        allowed_origins=args.allowed_origin,
         redis_url=args.redis_url or os.environ.get("VOICE_AGENT_REDIS_URL") or None,
         knowledge_dir=args.knowledge,
         sse_heartbeat_s=args.sse_heartbeat,

@@ -22,12 +22,14 @@ import numpy as np
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from voice_agent.auth import Auth, Guard, key_authenticated
 from voice_agent.chat.events import EventStore, MemoryEventStore
 from voice_agent.chat.routes import chat_routes
 from voice_agent.chat.service import ChatService
@@ -98,6 +100,13 @@ class ServerConfig:
     knowledge_dir: Path | None = None
     """A folder of markdown files: the knowledge-search tool, and its best passages read
     ahead of each text reply."""
+    api_keys: list[str] = field(default_factory=list)
+    """Set: every endpoint but health, readiness and the page needs a key or a token
+    (voice_agent.auth)."""
+    allowed_origins: list[str] = field(default_factory=list)
+    """Set: a browser request (a WebSocket, a POST) from another Origin is refused."""
+    token_ttl_s: float = 600.0
+    """How long a token from ``POST /v1/tokens`` is good for."""
     db: str | None = None
     """The conversation store: a SQLite file path or a PostgreSQL URL; None: the
     default file (``VOICE_AGENT_DB``, else ``voice-agent.db`` in the cache dir)."""
@@ -240,6 +249,7 @@ def create_app(
     """The app. Pass ``engine`` to serve already-loaded models (tests); otherwise the models
     named by ``engine_config`` load in the background at startup."""
     state = ServerState(config or ServerConfig(), session_config or SessionConfig())
+    auth = Auth(state.config.api_keys, state.config.token_ttl_s)
     if state.config.ice_addresses:
         from voice_agent.transports.webrtc import restrict_ice_addresses
 
@@ -296,6 +306,8 @@ def create_app(
 
     async def readyz(request: Request) -> Response:
         ready = state.engine is not None and not state.draining
+        if not request.state.authenticated:  # only ready or not, to a stranger
+            return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
         body = {
             "ready": ready,
             "stage": state.stage,
@@ -305,6 +317,16 @@ def create_app(
             "models": _public(state.engine.info) if state.engine else None,
         }
         return JSONResponse(body, status_code=200 if ready else 503)
+
+    async def tokens(request: Request) -> Response:
+        """A short-lived token for the browser page, minted for a caller with a key."""
+        if not auth.enabled:
+            return JSONResponse({"error": "tokens are off: the server has no API keys"},
+                                status_code=404)  # fmt: skip
+        if not key_authenticated(request.scope, auth):
+            return JSONResponse({"error": "a token is minted only for an API key"},
+                                status_code=401)  # fmt: skip
+        return JSONResponse(auth.mint(), status_code=201)
 
     async def metrics(request: Request) -> Response:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
@@ -437,6 +459,7 @@ def create_app(
         Route("/v1/voice/webrtc/config", webrtc_config),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
+        Route("/v1/tokens", tokens, methods=["POST"]),
         Route("/", index),
         Route("/v1/sessions/{sid}", session_report),
         WebSocketRoute("/v1/voice/ws", voice_ws),
@@ -452,7 +475,14 @@ def create_app(
     routes += telephony_routes(state, lambda: _refusal(state))
     if WEB_CLIENT.is_dir():
         routes.append(Mount("/static", StaticFiles(directory=WEB_CLIENT), name="static"))
-    app = Starlette(routes=routes, lifespan=lifespan)
+    twilio_signed = state.config.twilio_auth_token is not None
+    guard = Middleware(
+        Guard, auth=auth, allowed_origins=state.config.allowed_origins,
+        # Twilio's own signatures guard its webhook and streams when its token is set
+        exempt=lambda path: twilio_signed and path.startswith("/v1/telephony/twilio/"),
+        on_refused=lambda why: state.metrics.requests_refused.labels(why).inc(),
+    )  # fmt: skip
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[guard])
     app.state.va = state
     return app
 

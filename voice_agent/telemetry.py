@@ -51,6 +51,11 @@ class ServerMetrics:
         self.sessions_refused = Counter(
             "voice_agent_sessions_refused", "Calls refused", ["reason"], registry=r
         )
+        self.requests_refused = Counter(
+            "voice_agent_requests_refused",
+            "Requests refused before the app: no credential (auth), a foreign origin",
+            ["reason"], registry=r,
+        )  # fmt: skip
         self.barge_ins = Counter(
             "voice_agent_barge_ins",
             "Caller speech over the agent, by what it turned out to be",

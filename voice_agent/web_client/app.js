@@ -14,7 +14,14 @@ if (params.get("transport") === "ws" || params.get("transport") === "webrtc") {
   $("transport").value = params.get("transport");
 }
 
+// ?token=… (a token from POST /v1/tokens, minted by the operator's backend with an API
+// key) goes with every call: a header where it can, the URL where a browser cannot set one
+const token = params.get("token");
+const authHeaders = token ? { Authorization: `Bearer ${token}` } : {};
+const withToken = (url) => (token ? `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : url);
+
 const va = (window.va = {
+  authHeaders, withToken,
   events: [], played: {}, acked: {}, connected: false, closes: [], transport: null,
   rtc: { energy: 0, loudFrames: 0, state: "new" },
 });
@@ -189,7 +196,7 @@ async function connectWs() {
     capture.port.onmessage = (e) => { if (ws && ws.readyState === WebSocket.OPEN) ws.send(e.data); };
   }
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  ws = new WebSocket(`${scheme}://${location.host}/v1/voice/ws`);
+  ws = new WebSocket(withToken(`${scheme}://${location.host}/v1/voice/ws`));
   ws.binaryType = "arraybuffer";
   ws.onopen = () => {
     setConn(true);
@@ -239,7 +246,7 @@ function meterRemote(remote) {
 }
 
 async function connectRtc() {
-  const cfg = await (await fetch("/v1/voice/webrtc/config")).json();
+  const cfg = await (await fetch("/v1/voice/webrtc/config", { headers: authHeaders })).json();
   pc = new RTCPeerConnection({ iceServers: cfg.ice_servers });
   const peer = pc;
   for (const track of stream.getAudioTracks()) peer.addTrack(track, stream);
@@ -261,7 +268,7 @@ async function connectRtc() {
   await iceGathered(peer, 3000);
   const r = await fetch("/v1/voice/webrtc/offer", {
     method: "POST",
-    headers: { "Content-Type": "application/json" },
+    headers: { "Content-Type": "application/json", ...authHeaders },
     body: JSON.stringify({ sdp: peer.localDescription.sdp, type: "offer" }),
   });
   const body = await r.json().catch(() => ({}));

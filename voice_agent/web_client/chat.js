@@ -58,7 +58,7 @@ async function ask(message) {
   bubble("user").textContent = message;
   let r, answer;
   try {
-    r = await fetch("/v1/chat", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    r = await fetch("/v1/chat", { method: "POST", headers: { "Content-Type": "application/json", ...(va.authHeaders || {}) }, body: JSON.stringify(body) });
     answer = await r.json().catch(() => ({}));
   } catch (err) {
     chatStatus("Could not reach the server. Try again.");
@@ -80,7 +80,7 @@ function follow(rid, url) {
     chat.html[rid] = el.innerHTML;
   };
   const schedule = () => { if (!pending) { pending = true; requestAnimationFrame(() => paint(false)); } };
-  const es = new EventSource(url);
+  const es = new EventSource(va.withToken ? va.withToken(url) : url);
   chat.current = { rid, source: es };
   es.onopen = () => { chat.opens += 1; };
   const log = (name, data) => chat.events.push({ rid, event: name, data });
@@ -116,7 +116,7 @@ function follow(rid, url) {
       again.textContent = "Regenerate";
       again.onclick = async () => {
         again.remove();
-        const r = await fetch(`/v1/chat/${rid}/regenerate`, { method: "POST" });
+        const r = await fetch(`/v1/chat/${rid}/regenerate`, { method: "POST", headers: va.authHeaders || {} });
         const answer = await r.json().catch(() => ({}));
         if (r.ok) { el.remove(); follow(answer.response_id, answer.events_url); }
         else chatStatus(answer.error || "Could not regenerate.");

@@ -1,0 +1,148 @@
+"""API keys, signed tokens, the Origin list and the JSON content-type check, against a
+real server (model doubles): every endpoint but health, readiness and the page refuses
+anonymous use, before any model work."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+from conftest import start_server
+from doubles import AutoAdvanceClockDouble, ScriptedLLMDouble, double_engine
+from httpx_sse import aconnect_sse
+
+from voice_agent.auth import Auth
+from voice_agent.server import ServerConfig, create_app
+
+KEY = "k-" + "x" * 30
+
+
+@pytest.fixture
+async def guarded() -> AsyncIterator[tuple[str, ScriptedLLMDouble, Any]]:
+    llm = ScriptedLLMDouble([["Hello."]] * 4, 0.01)
+    config = ServerConfig(api_keys=[KEY], allowed_origins=["http://good.example"])
+    app = create_app(engine=double_engine(llm), config=config)
+    srv, addr, task = await start_server(app)
+    yield addr, llm, app.state.va
+    srv.should_exit = True  # type: ignore[attr-defined]
+    await task  # type: ignore[misc]
+
+
+async def _ws_close(url: str, **kw: Any) -> tuple[int, str]:
+    async with websockets.connect(url, **kw) as ws:
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 10)
+    assert closed.value.rcvd is not None
+    return closed.value.rcvd.code, closed.value.rcvd.reason
+
+
+async def test_anonymous_use_is_refused_everywhere_but_health_and_the_page(guarded: Any) -> None:
+    addr, llm, state = guarded
+    async with httpx.AsyncClient(base_url=f"http://{addr}", timeout=10) as c:
+        for method, path, body in [
+            ("POST", "/v1/chat", {"message": "hi"}), ("GET", "/v1/chat/x/events", None),
+            ("POST", "/v1/chat/x/cancel", None), ("GET", "/v1/conversations/x", None),
+            ("GET", "/v1/sessions/x", None), ("GET", "/metrics", None),
+            ("POST", "/v1/voice/webrtc/offer", {"sdp": "v=0", "type": "offer"}),
+            ("GET", "/v1/voice/webrtc/config", None), ("POST", "/v1/tokens", None),
+        ]:  # fmt: skip
+            r = await c.request(method, path, json=body)
+            assert r.status_code == 401, (path, r.text)
+            assert r.headers["www-authenticate"] == "Bearer"
+            assert "authentication required" in r.json()["error"]
+            # a wrong key, and a key where only a token may go, are refused alike
+            r = await c.request(method, path, json=body, headers={"Authorization": "Bearer nope"})
+            assert r.status_code == 401
+        assert (await c.get("/v1/sessions/x", params={"token": KEY})).status_code == 401
+        assert (await c.get("/healthz")).status_code == 200
+        assert (await c.get("/")).status_code == 200
+        assert (await c.get("/static/app.js")).status_code == 200
+        r = await c.get("/readyz")  # a stranger learns only ready or not
+        assert r.status_code == 200 and r.json() == {"ready": True}
+        r = await c.get("/readyz", headers={"Authorization": f"Bearer {KEY}"})
+        assert r.json()["ready"] is True and "stage" in r.json()
+    for path in ("/v1/voice/ws", "/v1/telephony/telnyx/stream"):
+        code, reason = await _ws_close(f"ws://{addr}{path}")
+        assert code == 4401 and "authentication required" in reason
+    # no model time was spent, and the refusals are counted
+    assert llm.requests == [] and state.sessions == {}
+    async with httpx.AsyncClient(base_url=f"http://{addr}", timeout=10) as c:
+        text = (await c.get("/metrics", headers={"Authorization": f"Bearer {KEY}"})).text
+    (line,) = [x for x in text.splitlines() if x.startswith('voice_agent_requests_refused_total{reason="auth"}')]
+    assert float(line.split()[-1]) >= 20
+
+
+async def test_a_key_calls_and_a_token_lets_the_page_call(guarded: Any) -> None:
+    addr, _, _ = guarded
+    key = {"Authorization": f"Bearer {KEY}"}
+    async with httpx.AsyncClient(base_url=f"http://{addr}", timeout=10) as c:
+        r = await c.post("/v1/chat", json={"message": "hi"}, headers=key)
+        assert r.status_code == 202
+        r = await c.post("/v1/tokens", headers=key)
+        assert r.status_code == 201
+        minted = r.json()
+        assert minted["expires_in"] == 600 and minted["token_type"] == "Bearer"
+        token = minted["token"]
+        bearer = {"Authorization": f"Bearer {token}"}
+        # a token cannot mint tokens
+        assert (await c.post("/v1/tokens", headers=bearer)).status_code == 401
+        r = await c.post("/v1/chat", json={"message": "hello"}, headers=bearer)
+        assert r.status_code == 202
+        # an EventSource cannot set a header: the token goes in the URL
+        url = r.json()["events_url"] + f"?token={token}"
+        async with aconnect_sse(c, "GET", url) as source:
+            kinds = [sse.event async for sse in source.aiter_sse() if sse.data]
+        assert kinds[-1] == "done"
+    async with websockets.connect(f"ws://{addr}/v1/voice/ws?token={token}") as ws:
+        await ws.send(json.dumps({"type": "session.start", "sample_rate": 16000}))
+        assert json.loads(await ws.recv())["type"] == "session.started"
+    # a provider's fixed stream URL may carry the key itself: the stream is let in (it
+    # waits for the provider's start message)
+    async with websockets.connect(f"ws://{addr}/v1/telephony/telnyx/stream?token={KEY}") as ws:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ws.recv(), 1.0)
+
+
+async def test_other_origins_are_refused(guarded: Any) -> None:
+    addr, _, _ = guarded
+    key = {"Authorization": f"Bearer {KEY}"}
+    code, reason = await _ws_close(
+        f"ws://{addr}/v1/voice/ws", origin="http://evil.example", additional_headers=key
+    )
+    assert (code, reason) == (4403, "this origin is not allowed")
+    async with httpx.AsyncClient(base_url=f"http://{addr}", timeout=10) as c:
+        evil = key | {"Origin": "http://evil.example"}
+        r = await c.post("/v1/chat", json={"message": "hi"}, headers=evil)
+        assert r.status_code == 403 and r.json() == {"error": "this origin is not allowed"}
+        good = key | {"Origin": "http://good.example"}
+        assert (await c.post("/v1/chat", json={"message": "hi"}, headers=good)).status_code == 202
+
+
+def test_a_token_expires_on_the_injected_clock_and_needs_the_same_keys() -> None:
+    clock = AutoAdvanceClockDouble(1_800_000_000.0)
+    auth = Auth([KEY], token_ttl_s=60, wall=clock.now)
+    token = auth.mint()["token"]
+    assert auth.is_token(token) and not auth.is_key(token)
+    assert Auth([KEY], wall=clock.now).is_token(token)  # another process, the same keys
+    assert not Auth(["other"], wall=clock.now).is_token(token)
+    clock.stall(61)
+    assert not auth.is_token(token)
+    assert not auth.is_token("not.a.jwt") and not auth.is_token("")
+
+
+async def test_without_keys_tokens_are_off() -> None:
+    app = create_app(engine=double_engine(ScriptedLLMDouble([], 0.01)))
+    srv, addr, task = await start_server(app)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://{addr}") as c:
+            r = await c.post("/v1/tokens")
+            assert r.status_code == 404 and "no API keys" in r.json()["error"]
+            assert (await c.get("/metrics")).status_code == 200
+    finally:
+        srv.should_exit = True  # type: ignore[attr-defined]
+        await task  # type: ignore[misc]

@@ -1,0 +1,165 @@
+"""Who may call: API keys, short-lived signed tokens for the browser page, and the
+Origin and content-type checks against cross-site requests.
+
+With ``--api-key`` set (or ``VOICE_AGENT_API_KEYS``), every endpoint but ``/healthz``,
+``/readyz`` (which then tells only ready or not), the page and its static files asks
+for a credential: ``Authorization: Bearer <key or token>``, or ``?token=<token>`` where
+a browser cannot set a header (the WebSocket, an EventSource). ``POST /v1/tokens`` with
+a key mints a token (a JWT, HS256, signed with a secret derived from the keys, so every
+process with the same keys takes every process's tokens). Telephony streams may carry
+a key in ``?token=`` (a provider is given a fixed URL); Twilio's own signature checks
+stay as they are. A refusal is a 401 (HTTP) or close 4401 (WebSocket), before any model
+work. Pure ASGI middleware: the app behind it never sees a refused request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+import jwt
+
+from voice_agent.core.ids import new_id
+
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN_ORIGIN = 4403
+OPEN_PATHS = ("/healthz", "/readyz", "/", "/favicon.ico")
+JSON_POSTS = ("/v1/chat", "/v1/voice/webrtc/offer")
+"""POSTs whose body is JSON: another content type is refused (a cross-site form or
+``text/plain`` request cannot be one)."""
+
+
+class Auth:
+    def __init__(
+        self,
+        keys: list[str],
+        token_ttl_s: float = 600.0,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.keys = frozenset(k for k in keys if k)
+        self.token_ttl_s = token_ttl_s
+        self.wall = wall
+        material = "\0".join(sorted(self.keys)).encode()
+        self._secret = hashlib.sha256(b"voice-agent token v1\0" + material).digest()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.keys)
+
+    def mint(self) -> dict[str, Any]:
+        now = self.wall()
+        claims = {"iat": int(now), "exp": int(now + self.token_ttl_s), "jti": new_id()}
+        token = jwt.encode(claims, self._secret, algorithm="HS256")
+        return {"token": token, "expires_in": int(self.token_ttl_s), "token_type": "Bearer"}
+
+    def is_key(self, credential: str) -> bool:
+        return credential in self.keys
+
+    def is_token(self, credential: str) -> bool:
+        try:  # the expiry is checked on the injected clock, not PyJWT's own
+            claims = jwt.decode(
+                credential, self._secret, algorithms=["HS256"],
+                options={"verify_exp": False, "verify_iat": False, "verify_nbf": False,
+                         "require": ["exp", "iat", "jti"]},
+            )  # fmt: skip
+        except jwt.InvalidTokenError:
+            return False
+        return bool(int(claims["exp"]) > self.wall())
+
+
+class Guard:
+    """ASGI middleware: authentication (when keys are set), the Origin list, and the
+    content type of JSON POSTs."""
+
+    def __init__(
+        self,
+        app: Any,
+        auth: Auth,
+        allowed_origins: list[str],
+        key_in_query: Callable[[str], bool] = lambda path: path.startswith("/v1/telephony/"),
+        exempt: Callable[[str], bool] = lambda path: False,
+        on_refused: Callable[[str], None] = lambda why: None,
+    ) -> None:
+        self.app = app
+        self.auth = auth
+        self.origins = {o.rstrip("/") for o in allowed_origins}
+        self.key_in_query = key_in_query
+        self.exempt = exempt
+        self.on_refused = on_refused
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        origin = headers.get("origin")
+        if self.origins and origin is not None and origin.rstrip("/") not in self.origins:
+            if kind == "websocket" or scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+                self.on_refused("origin")
+                await _refuse(kind, send, receive, 403, CLOSE_FORBIDDEN_ORIGIN,
+                              "this origin is not allowed")  # fmt: skip
+                return
+        if kind == "http" and scope["method"] == "POST" and path in JSON_POSTS:
+            ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype != "application/json":
+                await _refuse(kind, send, receive, 415, 0,
+                              "send the body as Content-Type: application/json")  # fmt: skip
+                return
+        authenticated = self._authenticated(path, headers, scope.get("query_string", b""))
+        scope.setdefault("state", {})["authenticated"] = authenticated
+        open_path = path in OPEN_PATHS or path.startswith("/static/") or self.exempt(path)
+        if self.auth.enabled and not authenticated and not open_path:
+            self.on_refused("auth")
+            why = "authentication required: an API key or a token from /v1/tokens"
+            await _refuse(kind, send, receive, 401, CLOSE_UNAUTHORIZED, why)
+            return
+        await self.app(scope, receive, send)
+
+    def _authenticated(self, path: str, headers: dict[str, str], query: bytes) -> bool:
+        if not self.auth.enabled:
+            return True
+        bearer = headers.get("authorization", "")
+        if bearer[:7].lower() == "bearer ":
+            credential = bearer[7:].strip()
+            if self.auth.is_key(credential) or self.auth.is_token(credential):
+                return True
+        token = parse_qs(query.decode("latin-1")).get("token", [""])[0]
+        if token:
+            return self.auth.is_token(token) or (
+                self.key_in_query(path) and self.auth.is_key(token)
+            )
+        return False
+
+
+def key_authenticated(scope: Any, auth: Auth) -> bool:
+    """The request carries an API key itself (not a token): only a key mints tokens."""
+    for k, v in scope["headers"]:
+        if k.lower() == b"authorization":
+            value = v.decode("latin-1")
+            return value[:7].lower() == "bearer " and auth.is_key(value[7:].strip())
+    return False
+
+
+async def _refuse(kind: str, send: Any, receive: Any, status: int, code: int, why: str) -> None:
+    if kind == "websocket":
+        message = await receive()  # the handshake
+        if message["type"] != "websocket.connect":
+            return
+        # accepted, then closed: a browser sees the code and the reason (a refused
+        # handshake shows it only "1006")
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": code, "reason": why})
+        return
+    body = json.dumps({"error": why}).encode()
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode())]  # fmt: skip
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
