@@ -93,7 +93,8 @@ async def test_speak_jfk_get_transcript_reply_and_audio_in_order(
             )
         )
         started = json.loads(await ws.recv())
-        assert started["type"] == "session.started" and started["session_id"] == "jfk-test"
+        assert started["type"] == "session.started" and started["session_id"] != "jfk-test"
+        assert re.fullmatch(r"[A-Za-z0-9_-]{22}", started["session_id"])  # minted: 128 bits
         assert started["output_sample_rate"] == 24000
 
         async def speak() -> None:
@@ -150,7 +151,7 @@ async def test_speak_jfk_get_transcript_reply_and_audio_in_order(
             await asyncio.wait_for(ws.recv(), 10)
         assert ws.close_code == 1000
     status, report = await asyncio.to_thread(
-        http_json, f"http://{real_server}/v1/sessions/jfk-test"
+        http_json, f"http://{real_server}/v1/sessions/{started['session_id']}"
     )
     assert status == 200 and report["live"] is False
     turn = next(t for t in report["turns"] if t["gen"] == gen)

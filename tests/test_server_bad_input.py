@@ -174,17 +174,17 @@ async def test_client_that_stops_reading_is_closed_4408(addr: str) -> None:
                     "type": "session.start",
                     "sample_rate": 16000,
                     "output_sample_rate": 48000,
-                    "session_id": "slow",
                 }
             )
         )
+        sid = json.loads(await ws.recv())["session_id"]  # the server's own id
         await ws.send(json.dumps({"type": "text", "text": "talk for a long time"}))
         for _ in range(40):
             await asyncio.sleep(0.5)
-            status = await asyncio.to_thread(_report, addr, "slow")
+            status = await asyncio.to_thread(_report, addr, sid)
             if status.get("live") is False:
                 break
-        report = await asyncio.to_thread(_report, addr, "slow")
+        report = await asyncio.to_thread(_report, addr, sid)
     finally:
         await ws.close()
     assert report["live"] is False

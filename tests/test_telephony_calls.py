@@ -78,8 +78,10 @@ async def test_jfk_is_heard_and_the_reply_is_audible_over_every_bridge(
 ) -> None:
     mic = load_audio_16k(jfk_path)
     before = reports_of(line[2], protocol)
-    # stay on the line long enough for the last turn to be answered on a busy machine
-    call = await dial(protocol, url_of(protocol, line), mic, rate, linger_s=8.0, max_s=60.0)
+    # stay on the line long enough for the last turn to be answered on a busy machine: a
+    # phone that hangs up in a long pause between two of the reply's sentences cuts it
+    # short (seen once, 8 s, with a 1.5B model test running beside the suite)
+    call = await dial(protocol, url_of(protocol, line), mic, rate, linger_s=12.0, max_s=60.0)
     assert call.errors == []
     report = await last_report(line[2], protocol, before)
     assert report["errors"] == []
@@ -92,7 +94,9 @@ async def test_jfk_is_heard_and_the_reply_is_audible_over_every_bridge(
     replies = call.report()["replies"]
     assert any(r["caller_end_s"] >= 10.0 for r in replies), replies
     heard = call.heard_audio()
-    assert np.count_nonzero(np.abs(heard) > 300) > 8000, (replies, report["turns"])  # 0.5 s
+    story = [(t["user_text"], t["status"], t["reply_text"], t["heard_text"], t["barge_in"])
+             for t in report["turns"]]  # fmt: skip
+    assert np.count_nonzero(np.abs(heard) > 300) > 8000, (replies, story)  # 0.5 s
     stt, _ = stt_tts
     words = read_back(stt, heard)
     spoken = " ".join(t["heard_text"] for t in report["turns"])

@@ -383,10 +383,9 @@ def create_app(
             await ws.close(exc.code, exc.reason)
             return
         assert state.engine is not None
-        sid = opts.session_id or new_id()
-        if sid in state.sessions:
-            await ws.close(CLOSE_PROTOCOL, f"session {sid} is already live")
-            return
+        # minted here, never the client's: 128 random bits, never reused (a client's
+        # "session_id" is not taken: a guessable or reused id would expose a record)
+        sid = new_id()
         history: list[tuple[str, str]] = []
         if opts.conversation_id is not None:
             found = await _conversation_history(state, opts.conversation_id)
