@@ -36,6 +36,14 @@ def test_a_whole_call_of_a_tool_never_offered_is_a_call_not_speech() -> None:
     assert (call.name, call.arguments) == ("horizon", {"far": True})
 
 
+def test_a_call_in_template_braces_is_a_call() -> None:
+    text = '{{"name": "current_time", "arguments": {"timezone": "Europe/Paris"}}}'
+    (call,) = parse_tool_calls(text, KNOWN | {"current_time"}) or []
+    assert (call.name, call.arguments) == ("current_time", {"timezone": "Europe/Paris"})
+    events = feed_all([text[:10], text[10:]], known=KNOWN | {"current_time"})
+    assert [type(e).__name__ for e in events] == ["ToolCall"]
+
+
 def feed_all(parts: list[str], known: set[str] | None = KNOWN) -> list[object]:
     p = ContentToolCallParser(known)
     out: list[object] = []

@@ -27,12 +27,10 @@ def time_tool(wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC)) ->
         intent=TIME_INTENT,
     )  # fmt: skip
     async def current_time(
-        timezone: Annotated[
-            str, "IANA timezone name, such as Asia/Tokyo or Europe/Paris; empty: local time"
-        ] = "",
+        timezone: Annotated[str, "IANA timezone name, such as Asia/Tokyo or Europe/Paris"] = "",
     ) -> str:
         """The current date and time in a timezone. Use it for any question about the
-        time or the date, here or somewhere else."""
+        time or the date somewhere."""
         name = timezone.strip()
         if not name or name.lower() == "local":
             now = wall_clock().astimezone()  # the server's own zone

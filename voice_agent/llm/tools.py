@@ -322,6 +322,8 @@ def parse_tool_calls(text: str, known: set[str] | None = None) -> list[ToolCall]
         body = m.group(1)
     elif m := _TAG.match(body):
         body = m.group(2)
+    if body.startswith("{{") and body.endswith("}}"):
+        body = body[1:-1]  # template braces: the 1.5B model wrote {{"name": ...}} once
     try:
         data = json.loads(body)
     except json.JSONDecodeError:
