@@ -570,6 +570,13 @@ async def _dispatch(session: Session, output: Any, ctl: dict[str, Any], out_rate
         case "playout":
             session.playout_ack(ctl["gen"], ctl["samples"] * 16000 // out_rate)
         case "text":
+            limit = session.config.max_text_chars
+            if len(ctl["text"]) > limit:
+                await output.send_event(
+                    {"type": "error", "code": "bad_message",
+                     "message": f"text is over {limit} characters"}
+                )  # fmt: skip
+                return True
             accepted = session.send_text(ctl["text"])
         case "interrupt":
             accepted = session.interrupt()

@@ -29,6 +29,7 @@ from voice_agent.core.clock import Clock
 from voice_agent.core.ids import new_id
 from voice_agent.errors import LLMError
 from voice_agent.llm.base import LLM, Failover, Message, ToolCall
+from voice_agent.llm.context import fit_context
 from voice_agent.llm.tools import ToolRegistry, ToolRounds, tools_note
 from voice_agent.store import ConversationStore, StoreError
 
@@ -74,6 +75,7 @@ class ChatService:
         tools: ToolRegistry | None = None,
         max_tool_rounds: int = 3,
         prefetch: Prefetch | None = None,
+        max_context_chars: int = 12_000,
     ) -> None:
         self.llm = llm
         self.tools = tools or ToolRegistry()
@@ -85,6 +87,8 @@ class ChatService:
         self.max_message_chars = max_message_chars
         self.max_running = max_running
         self.prefetch = prefetch
+        self.max_context_chars = max_context_chars
+        """The most characters of history a request carries (older turns dropped)."""
         self.on_end: Callable[[str], None] | None = None
         """Told how each response ended (``done``, ``failed``, ``cancelled``): metrics."""
         self.responses: dict[str, Response] = {}
@@ -323,7 +327,7 @@ class ChatService:
         )
         out: list[Message] = [self._system(extra)]
         out.extend({"role": role, "content": content} for role, content in history)
-        return out
+        return fit_context(out, self.max_context_chars)
 
     async def _finish(
         self, resp: Response, written: list[str], state: str, timings: dict[str, Any]

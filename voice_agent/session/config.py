@@ -132,6 +132,12 @@ class SessionConfig:
     """A final transcript whose mean token log-probability is below this is unclear. None:
     the STT's own floor (``STT.unclear_logprob``: whisper -0.7, Moonshine -0.5, each
     measured on its own scale); ``float("-inf")``: never."""
+    max_context_chars: int = 8000
+    """The most characters of history (past the system prompt) a reply's LLM request
+    carries; older turns are dropped (llm.context). The local model's window is 4096
+    tokens, about 16,000 characters, with the prompt and the tools in it too."""
+    max_text_chars: int = 2000
+    """The longest typed message a call takes (a longer one is an error event)."""
     honesty_guard: bool = True
     """A turn that plainly asks for live facts or the caller's own data is answered with
     ``cannot_check_live`` or ``cannot_see_personal``, without the LLM, while the agent has

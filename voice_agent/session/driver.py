@@ -24,6 +24,7 @@ from voice_agent.core.enums import BargeOutcome, ReplyKind
 from voice_agent.core.queues import DropOldestQueue
 from voice_agent.llm.base import Message
 from voice_agent.llm.builtin_tools import TIME_TOOL
+from voice_agent.llm.context import fit_context
 from voice_agent.llm.tools import tools_note
 from voice_agent.session import turns as t
 from voice_agent.session.config import (
@@ -144,7 +145,8 @@ class Session:
         await self._inbound_q.join()
 
     def send_text(self, text: str) -> bool:
-        """Typed input: ends the caller's turn with ``text``. False: too busy, dropped."""
+        """Typed input: ends the caller's turn with ``text``. False: too busy, dropped
+        (a transport refuses text over ``config.max_text_chars`` before it gets here)."""
         return self._control_nowait(t.TextInput(self.clock.now(), text))
 
     def interrupt(self) -> bool:
@@ -337,6 +339,7 @@ class Session:
         messages = list(self.history)
         if words:
             messages.append({"role": "user", "content": words})
+        messages = fit_context(messages, self.config.max_context_chars)
         if messages == self._prefilled:
             return  # the same words again: nothing new to read
         self._prefilled = messages
@@ -359,7 +362,9 @@ class Session:
             m.speech_start = self.inbound.turn_onset
         if final is not None:
             m.stt_final, m.stt_compute_s = final.ready, final.compute_s
-        messages = [*self.history, {"role": "user", "content": text}]
+        messages = fit_context(
+            [*self.history, {"role": "user", "content": text}], self.config.max_context_chars
+        )
         if decided is not None:
             self._commit_turn(m)
         assert self._tg is not None
