@@ -131,6 +131,10 @@ class ServerState:
     """The knowledge folder's index, built at startup (``knowledge_dir``)."""
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     transports: dict[str, str] = field(default_factory=dict)
+    reserved: int = 0
+    """Calls accepted but not started yet: they count against ``max_sessions``."""
+    peers_reserved: int = 0
+    """WebRTC offers being answered: they count against ``max_peers``."""
     """The transport of each live session (for the metrics' labels)."""
     recorders: dict[str, SessionRecorder] = field(default_factory=dict)
     recording: set[asyncio.Task[None]] = field(default_factory=set)
@@ -366,82 +370,99 @@ def create_app(
         if refusal:
             await ws.close(CLOSE_TRY_LATER, refusal)
             return
+        # the slot is held from the accept, not the start: 40 sockets opened first and
+        # started after could otherwise all pass a limit of 16
+        state.reserved += 1
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                state.reserved -= 1
+                held = False
+
         try:
-            async with asyncio.timeout(state.config.start_timeout_s):
-                first = await ws.receive()
-        except TimeoutError:
-            await ws.close(CLOSE_PROTOCOL, "no session.start within the start timeout")
-            return
-        if first["type"] == "websocket.disconnect":
-            return
-        if first.get("text") is None:
-            await ws.close(CLOSE_PROTOCOL, "binary audio before session.start")
-            return
-        try:
-            opts = parse_start(first["text"])
-        except ProtocolError as exc:
-            await ws.close(exc.code, exc.reason)
-            return
-        assert state.engine is not None
-        # minted here, never the client's: 128 random bits, never reused (a client's
-        # "session_id" is not taken: a guessable or reused id would expose a record)
-        sid = new_id()
-        history: list[tuple[str, str]] = []
-        if opts.conversation_id is not None:
-            found = await _conversation_history(state, opts.conversation_id)
-            if found is None:
-                await ws.close(CLOSE_PROTOCOL, "no such conversation_id")
+            try:
+                async with asyncio.timeout(state.config.start_timeout_s):
+                    first = await ws.receive()
+            except TimeoutError:
+                await ws.close(CLOSE_PROTOCOL, "no session.start within the start timeout")
                 return
-            history = found
-        output = WebSocketOutput(
-            ws.send_text,
-            ws.send_bytes,
-            opts.output_sample_rate,
-            max_queue=state.config.send_queue,
-            send_timeout_s=state.config.send_timeout_s,
-        )
-        session = Session(state.engine, output, LoopClock(), state.session_config)
-        session.history.extend({"role": r, "content": c} for r, c in history)
-        state.add_session(sid, session, "websocket", opts.conversation_id)
-        code, reason = CLOSE_NORMAL, "session ended"
-        try:
-            async with asyncio.TaskGroup() as tg:
-                writer = tg.create_task(output.writer())
-                run = tg.create_task(session.run())
-                await session.emit(
-                    "session.started",
-                    session_id=sid,
-                    conversation_id=state.conversation_of(sid),
-                    sample_rate=opts.sample_rate,
-                    output_sample_rate=opts.output_sample_rate,
-                    max_message_bytes=state.config.max_message_bytes,
-                )
-                reader = tg.create_task(
-                    _read_client(ws, session, output, InboundAudio(opts.sample_rate), opts)
-                )
-                await asyncio.wait({reader, run}, return_when=asyncio.FIRST_COMPLETED)
-                if state.draining and run.done():
-                    code, reason = CLOSE_GOING_AWAY, "server is shutting down"
-                session.hangup()
-                await run
-                reader.cancel()
-                await output.flush()
-                writer.cancel()
-        except* SlowClient as group:
-            code, reason = CLOSE_SLOW_CLIENT, str(leaves(group)[0])
-        except* WebSocketDisconnect:
-            code, reason = CLOSE_GOING_AWAY, "client went away"
-        except* Exception as group:  # the detail goes to the log, never to the client
-            log.error("session %s failed", sid, exc_info=leaves(group)[0])
-            code, reason = CLOSE_INTERNAL, "internal error"
+            if first["type"] == "websocket.disconnect":
+                return
+            if first.get("text") is None:
+                await ws.close(CLOSE_PROTOCOL, "binary audio before session.start")
+                return
+            try:
+                opts = parse_start(first["text"])
+            except ProtocolError as exc:
+                await ws.close(exc.code, exc.reason)
+                return
+            assert state.engine is not None
+            # minted here, never the client's: 128 random bits, never reused (a client's
+            # "session_id" is not taken: a guessable or reused id would expose a record)
+            sid = new_id()
+            history: list[tuple[str, str]] = []
+            if opts.conversation_id is not None:
+                found = await _conversation_history(state, opts.conversation_id)
+                if found is None:
+                    await ws.close(CLOSE_PROTOCOL, "no such conversation_id")
+                    return
+                history = found
+            output = WebSocketOutput(
+                ws.send_text,
+                ws.send_bytes,
+                opts.output_sample_rate,
+                max_queue=state.config.send_queue,
+                send_timeout_s=state.config.send_timeout_s,
+            )
+            session = Session(state.engine, output, LoopClock(), state.session_config)
+            session.history.extend({"role": r, "content": c} for r, c in history)
+            state.add_session(sid, session, "websocket", opts.conversation_id)
+            release()  # the session counts itself now
+            code, reason = CLOSE_NORMAL, "session ended"
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    writer = tg.create_task(output.writer())
+                    run = tg.create_task(session.run())
+                    await session.emit(
+                        "session.started",
+                        session_id=sid,
+                        conversation_id=state.conversation_of(sid),
+                        sample_rate=opts.sample_rate,
+                        output_sample_rate=opts.output_sample_rate,
+                        max_message_bytes=state.config.max_message_bytes,
+                    )
+                    reader = tg.create_task(
+                        _read_client(ws, session, output, InboundAudio(opts.sample_rate), opts)
+                    )
+                    await asyncio.wait({reader, run}, return_when=asyncio.FIRST_COMPLETED)
+                    if state.draining and run.done():
+                        code, reason = CLOSE_GOING_AWAY, "server is shutting down"
+                    session.hangup()
+                    await run
+                    reader.cancel()
+                    await output.flush()
+                    writer.cancel()
+            except* SlowClient as group:
+                code, reason = CLOSE_SLOW_CLIENT, str(leaves(group)[0])
+            except* WebSocketDisconnect:
+                code, reason = CLOSE_GOING_AWAY, "client went away"
+            except* Exception as group:  # the detail goes to the log, never to the client
+                log.error("session %s failed", sid, exc_info=leaves(group)[0])
+                code, reason = CLOSE_INTERNAL, "internal error"
+            finally:
+                state.sessions.pop(sid, None)
+                closing = {"close_code": code, "close_reason": reason}
+                state.keep_report(sid, session.report() | closing)
+                if ws.application_state != WebSocketState.DISCONNECTED and (
+                    ws.client_state != WebSocketState.DISCONNECTED
+                ):
+                    with contextlib.suppress(Exception):
+                        await ws.close(code, reason)
         finally:
-            state.sessions.pop(sid, None)
-            state.keep_report(sid, session.report() | {"close_code": code, "close_reason": reason})
-            if ws.application_state != WebSocketState.DISCONNECTED and (
-                ws.client_state != WebSocketState.DISCONNECTED
-            ):
-                with contextlib.suppress(Exception):
-                    await ws.close(code, reason)
+            release()
+
 
     async def webrtc_offer(request: Request) -> Response:
         from voice_agent.transports.webrtc import OfferError
@@ -516,7 +537,7 @@ def _refusal(state: ServerState) -> str | None:
         reason, why = "draining", "server is shutting down"
     elif state.engine is None:
         reason, why = "loading", f"models are not loaded yet ({state.error or state.stage})"
-    elif len(state.sessions) >= state.config.max_sessions:
+    elif len(state.sessions) + state.reserved >= state.config.max_sessions:
         reason, why = "full", f"too many sessions (limit {state.config.max_sessions})"
     if reason is None:
         return None
@@ -592,6 +613,25 @@ async def _dispatch(session: Session, output: Any, ctl: dict[str, Any], out_rate
 
 async def _answer_offer(state: ServerState, request: Request) -> dict[str, Any]:
     """WebRTC signaling: an SDP offer in, an SDP answer out, a session started."""
+    from voice_agent.transports.webrtc import OfferError
+
+    refusal = _refusal(state)
+    if refusal:
+        raise OfferError(503, refusal)
+    if len(state.peers) + state.peers_reserved >= state.config.max_peers:
+        raise OfferError(429, f"too many peer connections (limit {state.config.max_peers})")
+    # held from the check until the peer and its session are registered: 20 offers at
+    # once could otherwise all pass a limit of 8 across the awaits between
+    state.peers_reserved += 1
+    state.reserved += 1
+    try:
+        return await _answer_reserved(state, request)
+    finally:
+        state.peers_reserved -= 1
+        state.reserved -= 1
+
+
+async def _answer_reserved(state: ServerState, request: Request) -> dict[str, Any]:
     from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
     from voice_agent.transports.webrtc import (
@@ -603,11 +643,6 @@ async def _answer_offer(state: ServerState, request: Request) -> dict[str, Any]:
         inbound_audio,
     )
 
-    refusal = _refusal(state)
-    if refusal:
-        raise OfferError(503, refusal)
-    if len(state.peers) >= state.config.max_peers:
-        raise OfferError(429, f"too many peer connections (limit {state.config.max_peers})")
     try:
         body = await request.json()
     except Exception as exc:
