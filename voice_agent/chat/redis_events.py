@@ -165,6 +165,5 @@ class RedisEventStore:
                 await self._queue.join()
         if self._flusher is not None:
             self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            await asyncio.wait({self._flusher})  # (a cancel of aclose itself still raises)
         await self.redis.aclose()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,7 +106,7 @@ class ChatService:
             raise ChatRefused(400, "message must not be empty")
         if len(text) > self.max_message_chars:
             raise ChatRefused(413, f"message is over {self.max_message_chars} characters")
-        try:
+        with _store_refusals():
             if conversation_id is None:
                 self._check_free(None)
                 cid = new_id()
@@ -122,14 +122,11 @@ class ChatService:
             finally:
                 self.running.pop(cid, None)
             return await self._launch(cid, mid, text)
-        except (StoreError, EventsUnavailable) as exc:
-            log.error("chat: the conversation store failed: %r", exc)
-            raise ChatRefused(503, "the conversation store is unavailable; try again") from None
 
     async def regenerate(self, response_id: str) -> Response:
         """Answer again the message of a response that failed or was cancelled; what it
         had written is taken out of the conversation."""
-        try:
+        with _store_refusals():
             old = await self.store.response(response_id)
             if old is None:
                 raise ChatRefused(404, "no such response")
@@ -150,9 +147,6 @@ class ChatService:
                 raise ChatRefused(409, "the response is being regenerated already")
             text = (await self.store.history(cid, old["user_message_id"], limit=1))[-1][1]
             return await self._launch(cid, old["user_message_id"], text)
-        except (StoreError, EventsUnavailable) as exc:
-            log.error("chat: the conversation store failed: %s", exc)
-            raise ChatRefused(503, "the conversation store is unavailable; try again") from None
 
     def cancel(self, response_id: str) -> bool:
         """Stop a response being written. False: it had already ended."""
@@ -165,11 +159,8 @@ class ChatService:
         return True
 
     async def conversation(self, cid: str) -> dict[str, Any]:
-        try:
+        with _store_refusals():
             conv = await self.store.conversation(cid)
-        except StoreError as exc:
-            log.error("chat: the conversation store failed: %s", exc)
-            raise ChatRefused(503, "the conversation store is unavailable; try again") from None
         if conv is None:
             raise ChatRefused(404, "no such conversation")
         for m in conv["messages"]:  # a failed call's result is the tool's error: not shown
@@ -364,6 +355,16 @@ async def _finish_anyway(aw: Awaitable[Any]) -> None:
     while not task.done():
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(task)
+
+
+@contextlib.contextmanager
+def _store_refusals() -> Iterator[None]:
+    """A failing store (or event store) is a 503 for the client; the detail is logged."""
+    try:
+        yield
+    except (StoreError, EventsUnavailable) as exc:
+        log.error("chat: the conversation store failed: %r", exc)
+        raise ChatRefused(503, "the conversation store is unavailable; try again") from None
 
 
 def _usage(written: list[str]) -> dict[str, int]:

@@ -47,8 +47,9 @@ class CallRecord:
             if self.sink is not None:
                 self.sink("user", m.user_text, {})
 
-    def ended(self, m: TurnMetrics, heard: Message | None) -> None:
-        """A reply's task is over; ``heard`` is the assistant message the caller heard."""
+    def ended(self, m: TurnMetrics, heard: Message | None, interrupted: bool = False) -> None:
+        """A reply's task is over; ``heard`` is the assistant message the caller heard
+        (``interrupted``: the caller cut it off)."""
         if m.error:
             self.errors.append(m.error)
         if m.committed and self.observer is not None:
@@ -59,12 +60,14 @@ class CallRecord:
         elif heard is not None:
             self.history.append(heard)
             if self.sink is not None:
-                cut = str(heard["content"]).endswith(INTERRUPTED_MARK)
+                # the turn's timings, not its context: every turn's copy of the whole
+                # history would make the store grow with the square of the turns
+                timings = {k: v for k, v in m.to_dict(self.t0).items() if k != "context"}
                 self.sink(
                     "assistant",
-                    m.heard_text if cut else m.reply_text,
-                    {"interrupted": cut, "incomplete": m.error is not None,
-                     "timings": m.to_dict(self.t0)},
+                    m.heard_text if interrupted else m.reply_text,
+                    {"interrupted": interrupted, "incomplete": m.error is not None,
+                     "timings": timings},
                 )  # fmt: skip
         self._last_sent.pop(m.gen, None)
 

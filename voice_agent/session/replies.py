@@ -75,7 +75,7 @@ class Replies:
         finally:
             reply.finished = True
             reply.settle(interrupted)
-            self.record.ended(m, reply.history_entry(interrupted))
+            self.record.ended(m, reply.history_entry(interrupted), interrupted)
             if m.committed:
                 await self.emit_safely("reply.done", gen=gen, status=m.status, text=m.reply_text)
                 turn = m.to_dict(self.record.t0) | {"context": None}
