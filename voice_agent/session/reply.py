@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 
@@ -33,7 +32,6 @@ from voice_agent.session.writer import PacedWriter
 from voice_agent.text.sentences import SentenceSplitter
 
 Emit = Callable[..., Awaitable[None]]
-log = logging.getLogger("voice_agent.session")
 LLM_FAILED = "the language model failed mid-reply; what it said is kept"
 REPHRASE = "Sorry, I'm not sure how to answer that. Could you put it another way?"
 """Said when an answer had nothing speakable in it (only a template slot, markup or an
@@ -176,10 +174,8 @@ class Reply:
                 await self._run_tools(rounds, calls)
         except LLMError as exc:
             m.status = ReplyStatus.LLM_ERROR
-            # the detail (an endpoint's address) goes to the server's log only: the
-            # report is read over the API
-            log.warning("reply %d: %s", self.gen, exc)
-            m.error = LLM_FAILED
+            m.error = str(exc)
+            # the detail (an endpoint's address) stays in the session's report
             await ctx.emit("error", gen=self.gen, code="llm_error", message=LLM_FAILED)
         for sentence in splitter.flush():
             await self._put_sentence(out, sentence)
