@@ -118,3 +118,48 @@ def test_a_runner_that_cannot_start_a_job_does_not_wedge_the_worker() -> None:
         return await w.submit("b", lambda: "y")  # the worker is free again
 
     assert run_virtual(main()) == "y"
+
+
+def test_a_job_with_audio_still_queued_waits_for_a_job_someone_is_waiting_on() -> None:
+    """TTS: a reply's next sentence with 5 s of its audio still to play goes after another
+    session's first sentence (a caller hears silence until it is done), though it came
+    first; with only 1.2 s to spare (within the slack) it keeps its turn."""
+
+    async def main(runway: float) -> tuple[list[str], dict[str, float]]:
+        w = FairWorker("w", modeled_runner(1.0), slack_s=0.5)
+        log: list[str] = []
+        done: dict[str, float] = {}
+        loop = asyncio.get_running_loop()
+
+        async def run(owner: str, name: str, runway_s: float | None) -> None:
+            await w.submit(owner, job(log, name), runway_s=runway_s)
+            done[name] = round(loop.time() - 1000.0, 3)
+
+        busy = asyncio.create_task(run("c", "c0", None))
+        await asyncio.sleep(0.1)
+        later = asyncio.create_task(run("a", "a-next", runway))
+        await asyncio.sleep(0.1)
+        await asyncio.gather(busy, later, run("b", "b-first", None))
+        return log, done
+
+    log, done = run_virtual(main(5.0))
+    assert log == ["c0", "b-first", "a-next"]
+    assert done == {"c0": 1.0, "b-first": 2.0, "a-next": 3.0}
+    log, done = run_virtual(main(1.2))  # deadline 1.3 s: urgent when c0 ends at 1.0 s
+    assert log == ["c0", "a-next", "b-first"]
+
+
+def test_jobs_with_runway_to_spare_go_earliest_deadline_first_and_never_idle_the_worker() -> None:
+    async def main() -> list[str]:
+        w = FairWorker("w", modeled_runner(1.0), slack_s=0.5)
+        log: list[str] = []
+        busy = asyncio.create_task(w.submit("c", job(log, "c0")))
+        await asyncio.sleep(0.1)
+        await asyncio.gather(
+            busy,
+            w.submit("a", job(log, "a-9s"), runway_s=9.0),
+            w.submit("b", job(log, "b-4s"), runway_s=4.0),
+        )
+        return log
+
+    assert run_virtual(main()) == ["c0", "b-4s", "a-9s"]

@@ -265,6 +265,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--pacing-s", type=float, default=60.0, help="seconds of real-time pacing to measure"
     )
     b.add_argument(
+        "--callers", default=None, metavar="N[,N...]",
+        help="N WebSocket callers at once, each asking one question (e.g. 1,2,4,6,8)",
+    )  # fmt: skip
+    b.add_argument(
+        "--stagger", type=float, default=0.0,
+        help="with --callers: start caller k at k x this many seconds (default: all at once)",
+    )  # fmt: skip
+    b.add_argument(
+        "--rounds", type=int, default=3, help="with --callers: rounds of each N"
+    )
+    b.add_argument(
         "--barge-in",
         action="store_true",
         help="interjections, backchannels and noise over the agent's speech (WebSocket)",
@@ -443,6 +454,10 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks.latency import run_bench, run_server_bench
             from benchmarks.transports import run_transport_bench
 
+            if args.callers:
+                from benchmarks.callers import run_callers_bench
+
+                return asyncio.run(run_callers_bench(args, _engine_config(args), _log))
             if args.barge_in:
                 from benchmarks.barge import run_barge_bench
 

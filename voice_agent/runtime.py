@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 
 from voice_agent.audio.pcm import Pcm
 from voice_agent.core.clock import LoopClock
+from voice_agent.llm.base import Message
 from voice_agent.llm.builtin_tools import time_tool
 from voice_agent.llm.failover import FailoverLLM
 from voice_agent.llm.local import LocalLlamaServer
@@ -44,7 +45,7 @@ def _load_check_stt(cfg: EngineConfig) -> STT | None:
     return load_stt(cfg.check_stt_model, cfg.stt_threads)
 
 
-def _load_tts(cfg: EngineConfig) -> object:
+def load_tts(cfg: EngineConfig) -> object:
     from voice_agent.tts.piper import PiperTTS
 
     return PiperTTS(cfg.tts_voice)
@@ -112,13 +113,15 @@ async def open_engine(cfg: EngineConfig, log: Log = print) -> AsyncIterator[Engi
         )
         stt_job = asyncio.create_task(asyncio.to_thread(load_stt, cfg.stt_model, cfg.stt_threads))
         check_job = asyncio.create_task(asyncio.to_thread(_load_check_stt, cfg))
-        tts_job = asyncio.create_task(asyncio.to_thread(_load_tts, cfg))
+        tts_job = asyncio.create_task(asyncio.to_thread(load_tts, cfg))
         turn_job = asyncio.create_task(asyncio.to_thread(_load_turn_model, cfg))
         if cfg.llm_base_url:
             base_url, model = cfg.llm_base_url, cfg.llm_model or "default"
             log(f"LLM: remote endpoint {base_url} model {model}")
         else:
-            server = LocalLlamaServer(cfg.llm_profile, threads=cfg.llm_threads)
+            server = LocalLlamaServer(
+                cfg.llm_profile, threads=cfg.llm_threads, parallel=cfg.llm_parallel
+            )
             log(f"LLM: starting local llama-server with {server.model}…")
             base_url = await server.start()
             model = server.model
@@ -161,6 +164,9 @@ async def open_engine(cfg: EngineConfig, log: Log = print) -> AsyncIterator[Engi
         )
         log("models loaded; warming up…")
         await warm_up(engine)
+        if server is not None and server.parallel > 1:
+            await server.fill_slots(_warm_messages())
+            log(f"LLM: the system prompt is in all {server.parallel} slots")
         log("ready")
         yield engine
         engine.shutdown()
@@ -179,7 +185,6 @@ async def warm_up(engine: Engine) -> None:
     """
     import numpy as np
 
-    from voice_agent.session.driver import DEFAULT_SYSTEM_PROMPT
     from voice_agent.session.engine import FIXED_LINES
 
     await engine.run_stt(np.zeros(16_000, dtype=np.int16))
@@ -189,10 +194,16 @@ async def warm_up(engine: Engine) -> None:
         await engine.run_turn_score(np.zeros(16_000, dtype=np.int16))
     for line in FIXED_LINES:  # cached: they play without a TTS pass
         await engine.clip(line)
-    messages = [
+    async with contextlib.aclosing(engine.llm.stream(_warm_messages())) as stream:
+        async for _ in stream:
+            break
+
+
+def _warm_messages() -> list[Message]:
+    """A first request: the system prompt, which the server keeps in its prompt cache."""
+    from voice_agent.session.driver import DEFAULT_SYSTEM_PROMPT
+
+    return [
         {"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
         {"role": "user", "content": "Hi."},
     ]
-    async with contextlib.aclosing(engine.llm.stream(messages)) as stream:
-        async for _ in stream:
-            break

@@ -62,6 +62,14 @@ class ServerMetrics:
             ["outcome"], registry=r,
         )  # fmt: skip
         self.fillers = Counter("voice_agent_fillers", "Fillers played", registry=r)
+        self.underruns = Counter(
+            "voice_agent_underruns",
+            "Gaps beyond real time (over 60 ms) in an answer's audio once it began to play",
+            registry=r,
+        )
+        self.underrun_seconds = Counter(
+            "voice_agent_underrun_seconds", "The length of those gaps", registry=r
+        )
         self.turns = Counter(
             "voice_agent_turns", "Turns answered, by how the reply ended", ["status"], registry=r
         )
@@ -106,8 +114,9 @@ class ServerMetrics:
         self.turns.labels(str(m.status)).inc()
         if m.error is not None:
             self.llm_errors.labels("voice").inc()
-        for _ in m.fillers:
-            self.fillers.inc()
+        self.fillers.inc(len(m.fillers))
+        self.underruns.inc(m.underruns)
+        self.underrun_seconds.inc(m.underrun_s)
         for i in m.interruptions:
             self.barge_ins.labels(str(i.outcome)).inc()
             if i.last_sent is not None:

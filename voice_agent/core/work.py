@@ -8,6 +8,11 @@ its own. Nothing waits in the thread pool's own queue.
 - ``slot``: a job submitted with a slot replaces that owner's job in the same
   slot that has not started yet; the replaced one raises :class:`Superseded`.
   (A newer partial transcript makes an older one pointless.)
+- ``runway_s``: how long the owner can wait before someone hears the gap (a reply's
+  next sentence, with this much of its audio still queued). A job within ``slack_s``
+  of its deadline, or with no runway given, is urgent; urgent owners go first, in
+  turn; a job with runway to spare waits for them (earliest deadline first among
+  such jobs). The worker never idles while a job waits.
 - ``max_pending``: an owner with that many jobs waiting gets
   :class:`WorkQueueFull` instead of a longer queue.
 - Cancelling the awaiting task drops a job that has not started. A job that
@@ -44,6 +49,8 @@ class _Job:
     owner: Hashable
     slot: str | None
     turn: asyncio.Future[None] = field(repr=False)
+    deadline: float | None = None
+    """Loop time by which it must have run (None: as soon as possible)."""
     started: bool = False
 
 
@@ -54,9 +61,17 @@ class FairWorker:
     Call :meth:`submit` from the event loop only; :meth:`close` when done.
     """
 
-    def __init__(self, name: str, runner: Runner | None = None, max_pending: int = 4) -> None:
+    def __init__(
+        self,
+        name: str,
+        runner: Runner | None = None,
+        max_pending: int = 4,
+        slack_s: float = 0.5,
+    ) -> None:
         self.name = name
         self.max_pending = max_pending
+        self.slack_s = slack_s
+        """A job this close to its deadline is urgent (about one job's run time)."""
         self._executor: ThreadPoolExecutor | None = None
         if runner is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix=name)
@@ -83,7 +98,13 @@ class FairWorker:
     def waiting_for(self, owner: Hashable) -> int:
         return len(self._queues.get(owner, ()))
 
-    async def submit(self, owner: Hashable, fn: Callable[[], T], slot: str | None = None) -> T:
+    async def submit(
+        self,
+        owner: Hashable,
+        fn: Callable[[], T],
+        slot: str | None = None,
+        runway_s: float | None = None,
+    ) -> T:
         """Run ``fn()`` on the worker thread when it is ``owner``'s turn; return its result.
 
         Raises :class:`Superseded` if a newer job of the same ``slot`` replaced it before it
@@ -100,7 +121,9 @@ class FairWorker:
                 old.turn.set_exception(Superseded(f"{self.name}: replaced by a newer job"))
         if len(queue) >= self.max_pending:
             raise WorkQueueFull(f"{self.name}: {self.max_pending} jobs already waiting")
-        job = _Job(owner, slot, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        deadline = None if runway_s is None else loop.time() + runway_s
+        job = _Job(owner, slot, loop.create_future(), deadline)
         queue.append(job)
         self._dispatch()
         try:
@@ -126,10 +149,18 @@ class FairWorker:
             raise
 
     def _dispatch(self) -> None:
-        """Start the next job: that of the owner served longest ago (never: first come)."""
+        """Start the next job: among owners whose next job is urgent, the one served
+        longest ago (never: first come); when none is, the earliest deadline."""
         if self._busy or not self._queues:
             return
-        owner = min(self._queues, key=lambda o: self._served.get(o, -1))
+        soon = asyncio.get_running_loop().time() + self.slack_s
+        urgent = [
+            o for o, q in self._queues.items() if q[0].deadline is None or q[0].deadline <= soon
+        ]
+        if urgent:
+            owner = min(urgent, key=lambda o: self._served.get(o, -1))
+        else:
+            owner = min(self._queues, key=lambda o: self._queues[o][0].deadline or 0.0)
         queue = self._queues[owner]
         job = queue.popleft()
         self.jobs_run += 1

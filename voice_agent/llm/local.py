@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from voice_agent.errors import LLMError, ModelError
+from voice_agent.llm.base import Message
 from voice_agent.llm.openai_compat import OpenAICompatLLM
 from voice_agent.models import cache_dir, gguf_path, llama_server_binary, verify
 
@@ -33,13 +34,19 @@ class LocalLlamaServer:
     period). Use as ``async with``.
     """
 
-    def __init__(self, model: str, threads: int = 2, ctx: int = 4096) -> None:
+    def __init__(
+        self, model: str, threads: int = 2, ctx: int = 4096, parallel: int = 1
+    ) -> None:
         self.model = PROFILES.get(model, model)
         self.threads = threads
         self.ctx = ctx
+        """Context of each slot, in tokens."""
+        self.parallel = max(1, parallel)
+        """Slots: replies decoded together in one batch (continuous batching)."""
         self.port = 0
         self.proc: asyncio.subprocess.Process | None = None
         self.log_path = cache_dir() / "logs" / "llama-server.log"
+        self.slot_dir = cache_dir() / "slots"
 
     @property
     def base_url(self) -> str:
@@ -50,12 +57,19 @@ class LocalLlamaServer:
         path, sha = await asyncio.to_thread(gguf_path, self.model)
         self.port = _free_port()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.slot_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
         env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
         args = [
             str(binary), "-m", str(path), "--host", "127.0.0.1", "--port", str(self.port),
-            "--jinja", "-t", str(self.threads), "-c", str(self.ctx), "-np", "1",
-            "--no-webui", "--alias", self.model,
+            "--jinja", "-t", str(self.threads), "--no-webui", "--alias", self.model,
+            # one KV pool shared by the slots: a slot may use up to ``ctx`` of it
+            "-np", str(self.parallel), "-kvu", "-c", str(self.ctx * self.parallel),
+            "-cb", "--slot-save-path", str(self.slot_dir),
+            # keep each idle slot's cache: with one KV pool, the default clears idle slots
+            # on every new task, and the slots filled by ``fill_slots`` would read the
+            # system prompt again (3-5 s each with 4 calls at once, measured)
+            "--no-cache-idle-slots",
         ]  # fmt: skip
         self.proc = await asyncio.create_subprocess_exec(
             *args,
@@ -93,6 +107,32 @@ class LocalLlamaServer:
         finally:
             await probe.close()
         return self.base_url
+
+    async def fill_slots(self, messages: list[Message]) -> int:
+        """Read ``messages`` (the system prompt) into every slot's cache: slot 0 reads it,
+        the others get a copy of its cache (a few ms each), so the first calls at once
+        do not each read the whole prompt. Returns the slots filled."""
+        import httpx
+
+        base = f"http://127.0.0.1:{self.port}"
+        name = f"prompt-{self.port}.bin"
+        async with httpx.AsyncClient(timeout=120.0) as client:
+            body = {"messages": messages, "max_tokens": 1, "temperature": 0.0, "id_slot": 0}
+            r = await client.post(f"{base}/v1/chat/completions", json=body)
+            r.raise_for_status()
+            if self.parallel == 1:
+                return 1
+            r = await client.post(f"{base}/slots/0?action=save", json={"filename": name})
+            r.raise_for_status()
+            try:
+                for slot in range(1, self.parallel):
+                    r = await client.post(
+                        f"{base}/slots/{slot}?action=restore", json={"filename": name}
+                    )
+                    r.raise_for_status()
+            finally:
+                (self.slot_dir / name).unlink(missing_ok=True)
+        return self.parallel
 
     async def stop(self, grace: float = 5.0) -> None:
         proc, self.proc = self.proc, None

@@ -65,6 +65,10 @@ class EngineConfig:
     llm_api_key: str = "not-needed"
     llm_timeout_s: float = 30.0
     llm_max_tokens: int = 160
+    llm_parallel: int = 1
+    """The local llama-server's slots: replies decoded together in one batch (continuous
+    batching), so calls at once do not queue one behind another. ``serve`` sizes it from
+    its session limit."""
     builtin_tools: bool | None = None
     """Offer the shipped tools that need no network (``current_time``) to the LLM. None:
     by the model, as measured: yes for the default profile's 1.5B model and for a
@@ -169,8 +173,14 @@ class Engine:
         job = functools.partial(model.probability, pcm)
         return await self.turn_worker.submit(owner, job, slot="score")
 
-    async def run_tts(self, text: str, owner: Hashable = None) -> Pcm:
-        return await self.tts_worker.submit(owner, functools.partial(self.tts.synthesize, text))
+    async def run_tts(
+        self, text: str, owner: Hashable = None, runway_s: float | None = None
+    ) -> Pcm:
+        """Synthesize ``text``; ``runway_s``: seconds of the owner's audio still queued to
+        play (another session's first sentence goes ahead of this one until it runs
+        short; see FairWorker)."""
+        job = functools.partial(self.tts.synthesize, text)
+        return await self.tts_worker.submit(owner, job, runway_s=runway_s)
 
     async def clip(self, text: str, owner: Hashable = None) -> Pcm:
         """The audio of a fixed line: synthesized at start-up, or once on first use."""

@@ -102,6 +102,10 @@ class TurnMetrics:
     """The end-of-turn model's P(complete) at the pause that ended the turn (None: unscored)."""
     end_wait_s: float | None = None
     """The pause the endpoint policy asked of this turn."""
+    underruns: int = 0
+    """Gaps beyond real time in the reply's audio once its answer began to play (the
+    next sentence was not ready in time, or the event loop fell behind)."""
+    underrun_s: float = 0.0
 
     @property
     def voice_to_voice(self) -> float | None:
@@ -156,5 +160,6 @@ class TurnMetrics:
             "heard_source": self.heard_source,
             "barge_in": [i.to_dict(t0) for i in self.interruptions],
             "fillers": [{"text": text, "at_ms": rel(at)} for at, text in self.fillers],
+            "underruns": {"count": self.underruns, "ms": round(self.underrun_s * 1000, 1)},
             "context": self.context,
         }

@@ -12,6 +12,10 @@ from voice_agent.llm.base import Message
 from voice_agent.session.metrics import Interruption, TurnMetrics
 
 INTERRUPTED_MARK = "[interrupted by the caller]"
+UNDERRUN_S = 0.06
+"""A frame of a playing answer sent this much later than real time is an underrun: a
+client's jitter buffer (typically 40-60 ms) has run dry by then."""
+FRAME_S = 0.02
 """Ends the history's copy of a reply the caller cut off (what the LLM reads)."""
 
 MessageSink = Callable[[str, str, dict[str, Any]], None]
@@ -33,6 +37,8 @@ class CallRecord:
         self.prepared_dropped = 0
         self._by_gen: dict[int, TurnMetrics] = {}
         self._last_sent: dict[int, float] = {}
+        self._due: dict[int, float] = {}
+        """When each playing answer's next frame is due, in real time (underruns)."""
 
     def track(self, m: TurnMetrics) -> None:
         """A reply of generation ``m.gen`` started (prepared or committed)."""
@@ -70,6 +76,7 @@ class CallRecord:
                      "timings": timings},
                 )  # fmt: skip
         self._last_sent.pop(m.gen, None)
+        self._due.pop(m.gen, None)
 
     def playout_ack(self, gen: int, samples: int, now: float) -> None:
         """The client reports ``samples`` (16 kHz) of ``gen`` played."""
@@ -85,6 +92,7 @@ class CallRecord:
         if (m := self._by_gen.get(gen)) is not None:
             last = self._last_sent.get(gen)
             m.interruptions.append(Interruption(onset, now, last, sent_samples))
+        self._due.pop(gen, None)  # a held reply's silence is no underrun
 
     def resolved(self, gen: int, outcome: BargeOutcome, words: str, now: float) -> None:
         m = self._by_gen.get(gen)
@@ -108,6 +116,15 @@ class CallRecord:
         m = self._by_gen.get(gen)
         if paused and m is not None and m.interruptions:
             m.interruptions[-1].last_sent = now  # the frame in flight
+        if m is None or m.first_audio_out is None or paused:
+            return  # before the answer's audio (a filler, then the wait for the answer)
+        due = self._due.get(gen)
+        if due is not None and now - due > UNDERRUN_S:
+            m.underruns += 1
+            m.underrun_s += now - due
+        # real time runs from the later of the schedule and this frame (audio paced
+        # ahead of real time is never owed back)
+        self._due[gen] = max(due or now, now) + FRAME_S
 
     def report(self, dropped_input_frames: int) -> dict[str, Any]:
         return {

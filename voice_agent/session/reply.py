@@ -19,6 +19,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 
+from voice_agent.audio.pcm import SAMPLE_RATE
 from voice_agent.audio.playout import Playout
 from voice_agent.core.clock import Clock
 from voice_agent.core.enums import ReplyKind, ReplyStatus
@@ -222,7 +223,9 @@ class Reply:
             if m.kind is not ReplyKind.REPLY:
                 pcm = await ctx.engine.clip(sentence, ctx.owner)
             else:
-                pcm = await ctx.engine.run_tts(sentence, ctx.owner)
+                queued = ctx.playout.pending(self.gen)
+                runway = queued / SAMPLE_RATE if queued else None
+                pcm = await ctx.engine.run_tts(sentence, ctx.owner, runway)
             if m.tts_first_audio is None:
                 m.tts_first_audio = ctx.clock.now()
             await ctx.writer.wait_room()
