@@ -100,8 +100,14 @@ async def start_server(app: object, sndbuf: int | None = None) -> tuple[object, 
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    limit = app.state.va.config.max_message_bytes  # type: ignore[attr-defined]
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", ws_max_size=limit)  # type: ignore[arg-type]
+    from voice_agent.httplimits import timed_h11
+
+    cfg = app.state.va.config  # type: ignore[attr-defined]
+    config = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        log_level="warning", lifespan="on", ws_max_size=cfg.max_message_bytes,
+        http=timed_h11(cfg.header_timeout_s),  # as `voice-agent serve` runs it
+    )  # fmt: skip
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     await until(lambda: bool(server.started) or task.done(), limit_s=30)

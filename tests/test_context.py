@@ -69,3 +69,38 @@ async def test_a_typed_text_over_the_limit_is_an_error_and_the_call_goes_on() ->
     finally:
         srv.should_exit = True  # type: ignore[attr-defined]
         await task  # type: ignore[misc]
+
+
+def test_a_long_calls_report_keeps_the_history_once_and_each_turns_context_as_slices() -> None:
+    """40 turns of 2000-character messages: each turn's context is the whole history so
+    far (up to the budget); the report holds the history once, so it grows with the
+    turns, not with their square, and every turn's request can still be read back."""
+    import json
+
+    from voice_agent.session.metrics import TurnMetrics
+    from voice_agent.session.record import CallRecord, context_messages
+
+    rec = CallRecord("You are helpful.", 0.0)
+    contexts = []
+    for k in range(40):
+        m = TurnMetrics(gen=k + 1, user_text=f"{k} " + "u" * 2000)
+        m.context = fit_context(
+            [*rec.history, {"role": "user", "content": m.user_text}], 8000
+        )
+        contexts.append(m.context)
+        rec.track(m)
+        rec.commit(m)
+        m.reply_text = f"{k} " + "a" * 2000
+        rec.ended(m, {"role": "assistant", "content": m.reply_text})
+    report = rec.report(0)
+    assert len(json.dumps(report["history"])) > 160_000
+    # a copy per turn would be ~8000 characters each (the budget); slices are ~30
+    assert sum(len(json.dumps(t["context"])) for t in report["turns"]) < 40 * 40
+    for turn, expected in zip(report["turns"], contexts, strict=True):
+        assert context_messages(report, turn) == expected
+    assert report["turns"][-1]["context"] == {"slices": [[0, 1], [79, 80]]}
+    # a request the history does not hold (a cut message) is kept whole
+    rec.turns[0].context = [{"role": "system", "content": "other"}]
+    assert rec.report(0)["turns"][0]["context"] == {
+        "messages": [{"role": "system", "content": "other"}]
+    }

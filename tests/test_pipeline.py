@@ -14,6 +14,7 @@ from voice_agent.audio.files import load_audio_16k
 from voice_agent.audio.pcm import SAMPLE_RATE, rms_dbfs
 from voice_agent.core.clock import LoopClock
 from voice_agent.replay import format_turns, replay
+from voice_agent.session.record import context_messages
 
 pytestmark = pytest.mark.models
 
@@ -182,7 +183,8 @@ async def test_two_utterances_two_turns_with_context(real_engine: Any) -> None:
     assert len(turns) == 2, format_turns(result.report)
     assert "horizon" in turns[0]["user_text"].lower()
     assert "wizard" in turns[1]["user_text"].lower()
-    context = turns[1]["context"]
+    context = context_messages(result.report, turns[1])
+    assert turns[1]["context"] == {"slices": [[0, 1], [1, 4]]}  # the history's, not a copy
     roles = [m["role"] for m in context]
     assert roles[:3] == ["system", "user", "assistant"]
     assert context[1]["content"] == turns[0]["user_text"]

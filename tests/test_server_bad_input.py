@@ -132,7 +132,7 @@ async def test_odd_length_pcm_and_invalid_json_are_errors_not_the_end(addr: str)
         assert err["code"] == "bad_audio" and "even byte count, got 3" in err["message"]
         await ws.send("{this is not json")
         err = await next_event(ws, "error")
-        assert err["code"] == "bad_message" and err["message"].startswith("invalid JSON")
+        assert err["code"] == "bad_message" and err["message"].startswith("not valid JSON")
         await ws.send(json.dumps({"type": "playout", "gen": "x"}))
         err = await next_event(ws, "error")
         assert err["message"] == "playout needs integer 'gen' and 'samples'"

@@ -132,3 +132,22 @@ async def test_a_signed_call_is_answered_over_the_stream_and_its_token_works_onc
             pass
     assert (ws.close_code, ws.close_reason) == (
         1008, "no valid start, or not started by a signed webhook")
+
+
+async def test_a_call_past_the_session_limit_hears_a_busy_signal_and_no_stream_starts() -> None:
+    llm = ScriptedLLMDouble([], 0.01, default=["It is noon."])
+    app = create_app(engine=double_engine(llm, {500: "What time is it?"}),
+                     config=ServerConfig(twilio_auth_token=TOKEN, max_sessions=0))  # fmt: skip
+    srv, addr, task = await start_server(app)
+    try:
+        status, body = await webhook(addr)  # type: ignore[arg-type]
+        assert status == 200
+        root = ET.fromstring(body)
+        assert [(c.tag, c.attrib) for c in root] == [("Reject", {"reason": "busy"})]
+        metrics = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"http://{addr}/metrics", timeout=5).read().decode()
+        )
+        assert 'voice_agent_sessions_refused_total{reason="full"} 1.0' in metrics
+    finally:
+        srv.should_exit = True  # type: ignore[attr-defined]
+        await task  # type: ignore[misc]

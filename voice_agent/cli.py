@@ -112,7 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     v.add_argument("--port", type=int, default=8000)
     v.add_argument("--max-message-bytes", type=int, default=64 * 1024)
-    v.add_argument("--max-sessions", type=int, default=16)
+    v.add_argument(
+        "--max-sessions", type=int, default=None,
+        help="calls at once, past which a call is refused (default: the measured capacity "
+        "of the LLM profile on this many cores; see the README)",
+    )  # fmt: skip
     v.add_argument(
         "--drain-grace", type=float, default=20.0, help="seconds live replies get on SIGTERM"
     )
@@ -325,11 +329,16 @@ async def _replay(args: argparse.Namespace) -> int:
 async def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from voice_agent.capacity import default_max_sessions, llm_slots
+    from voice_agent.httplimits import timed_h11
     from voice_agent.server import DrainingServer, ServerConfig, create_app
 
+    engine_config = _engine_config(args)
+    max_sessions = args.max_sessions or default_max_sessions(engine_config)
+    engine_config.llm_parallel = llm_slots(max_sessions)
     config = ServerConfig(
         max_message_bytes=args.max_message_bytes,
-        max_sessions=args.max_sessions,
+        max_sessions=max_sessions,
         drain_grace_s=args.drain_grace,
         ice_servers=args.ice_server,
         max_peers=args.max_peers,
@@ -347,16 +356,20 @@ async def _serve(args: argparse.Namespace) -> int:
         knowledge_dir=args.knowledge,
         sse_heartbeat_s=args.sse_heartbeat,
     )
-    app = create_app(_engine_config(args), config)
+    app = create_app(engine_config, config)
     uv = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
         ws_max_size=args.max_message_bytes,
+        http=timed_h11(config.header_timeout_s),
         log_level="info",
         lifespan="on",
     )
-    _log(f"serving on http://{args.host}:{args.port} (models load in the background)")
+    _log(
+        f"serving on http://{args.host}:{args.port} (models load in the background); "
+        f"{max_sessions} calls at once"
+    )
     await DrainingServer(uv, app.state.va).serve()
     return 0
 

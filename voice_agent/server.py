@@ -36,6 +36,7 @@ from voice_agent.chat.service import ChatService
 from voice_agent.core.clock import LoopClock
 from voice_agent.core.ids import new_id
 from voice_agent.errors import leaves
+from voice_agent.httplimits import BodyLimit
 from voice_agent.llm.builtin_tools import time_tool
 from voice_agent.llm.failover import FailoverLLM
 from voice_agent.llm.knowledge import KnowledgeBase
@@ -107,6 +108,13 @@ class ServerConfig:
     """Set: a browser request (a WebSocket, a POST) from another Origin is refused."""
     token_ttl_s: float = 600.0
     """How long a token from ``POST /v1/tokens`` is good for."""
+    max_body_bytes: int = 256 * 1024
+    """A request body over this gets 413 (an offer is 2-6 KB, a chat message 2000
+    characters at most)."""
+    body_timeout_s: float = 30.0
+    """A request body that takes longer to arrive gets 408."""
+    header_timeout_s: float = 10.0
+    """A connection whose request headers are not all in by then is closed (``serve``)."""
     db: str | None = None
     """The conversation store: a SQLite file path or a PostgreSQL URL; None: the
     default file (``VOICE_AGENT_DB``, else ``voice-agent.db`` in the cache dir)."""
@@ -502,7 +510,11 @@ def create_app(
         exempt=lambda path: twilio_signed and path.startswith("/v1/telephony/twilio/"),
         on_refused=lambda why: state.metrics.requests_refused.labels(why).inc(),
     )  # fmt: skip
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=[guard])
+    limit = Middleware(
+        BodyLimit, max_bytes=state.config.max_body_bytes, timeout_s=state.config.body_timeout_s,
+        on_refused=lambda why: state.metrics.requests_refused.labels(why).inc(),
+    )  # fmt: skip
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[limit, guard])
     app.state.va = state
     return app
 

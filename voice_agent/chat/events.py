@@ -84,7 +84,7 @@ def parse_last_event_id(header: str | None) -> int:
     if header is None or header.strip() == "":
         return 0
     text = header.strip()
-    if not text.isdigit() or len(text) > 18:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
         raise BadLastEventId("Last-Event-ID must be the id of an event of this response")
     return int(text)
 

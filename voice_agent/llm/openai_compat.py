@@ -212,7 +212,7 @@ class OpenAICompatLLM:
         for i, slot in sorted(structured.items()):
             try:
                 args = json.loads(slot["args"]) if slot["args"].strip() else {}
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 args = {}
             yield ToolCall(id=slot["id"] or f"call_{i}", name=slot["name"], arguments=args)
 

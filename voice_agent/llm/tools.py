@@ -326,7 +326,7 @@ def parse_tool_calls(text: str, known: set[str] | None = None) -> list[ToolCall]
         body = body[1:-1]  # template braces: the 1.5B model wrote {{"name": ...}} once
     try:
         data = json.loads(body)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # bad JSON, nested too deep, a huge number
         data = _first_json_value(body)
         if data is None:
             return None
@@ -342,7 +342,7 @@ def parse_tool_calls(text: str, known: set[str] | None = None) -> list[ToolCall]
         if isinstance(args, str):
             try:
                 args = json.loads(args) if args.strip() else {}
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 return None
         if not isinstance(name, str) or not isinstance(args, dict):
             return None
@@ -356,7 +356,7 @@ def parse_tool_calls(text: str, known: set[str] | None = None) -> list[ToolCall]
 def _first_json_value(text: str) -> Any:
     try:
         value, _end = json.JSONDecoder().raw_decode(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return None
     return value
 

@@ -127,10 +127,43 @@ class CallRecord:
         self._due[gen] = max(due or now, now) + FRAME_S
 
     def report(self, dropped_input_frames: int) -> dict[str, Any]:
+        """The call so far. The history is kept once: each turn's context is the slices
+        of it the turn's LLM request was made of (see :func:`context_messages`), not a
+        copy, which would make a long call's report grow with the square of its turns."""
+        turns = []
+        for m in self.turns:
+            turn = m.to_dict(self.t0)
+            turn["context"] = history_slices(self.history, m.context)
+            turns.append(turn)
         return {
-            "turns": [m.to_dict(self.t0) for m in self.turns],
+            "turns": turns,
             "history": self.history,
             "errors": self.errors,
             "dropped_input_frames": dropped_input_frames,
             "preemptive_replies_dropped": self.prepared_dropped,
         }
+
+
+def history_slices(history: list[Message], context: list[Message]) -> dict[str, Any]:
+    """``context`` as ``{"slices": [[start, end], ...]}`` of ``history`` when it is the
+    system prompt and then a run of the history (as ``fit_context`` makes it); else as
+    ``{"messages": context}`` (a request the history does not hold)."""
+    if not context:
+        return {"slices": []}
+    if context[0] == history[0]:
+        rest = context[1:]
+        if not rest:
+            return {"slices": [[0, 1]]}
+        for start in range(len(history) - len(rest), 0, -1):  # the newest match
+            if history[start : start + len(rest)] == rest:
+                return {"slices": [[0, 1], [start, start + len(rest)]]}
+    return {"messages": context}
+
+
+def context_messages(report: dict[str, Any], turn: dict[str, Any]) -> list[Message]:
+    """The messages of a reported turn's LLM request."""
+    ctx = turn["context"]
+    if "messages" in ctx:
+        return list(ctx["messages"])
+    history = report["history"]
+    return [m for start, end in ctx["slices"] for m in history[start:end]]

@@ -240,18 +240,32 @@ class OfferError(Exception):
         self.message = message
 
 
+MAX_SDP_BYTES = 64 * 1024
+"""A browser's offer is 2-6 KB."""
+MAX_MEDIA_SECTIONS = 8
+"""A call needs one audio section (and a data channel); a browser offers a few more."""
+
+
 def check_offer(body: Any) -> str:
-    """The SDP of a well-formed offer request, or :class:`OfferError` (400)."""
+    """The SDP of a well-formed offer request, or :class:`OfferError` (400, or 413 for
+    an SDP over :data:`MAX_SDP_BYTES`)."""
     if not isinstance(body, dict):
         raise OfferError(400, "the body must be a JSON object with 'sdp' and 'type'")
     sdp, kind = body.get("sdp"), body.get("type", "offer")
     if kind != "offer":
-        raise OfferError(400, f"expected type 'offer', got {kind!r}")
+        shown = repr(kind)[:40] if isinstance(kind, str) else type(kind).__name__
+        raise OfferError(400, f"expected type 'offer', got {shown}")
     if not isinstance(sdp, str) or not sdp.strip().startswith("v=0"):
         raise OfferError(
             400, "malformed SDP: 'sdp' must be a session description starting with v=0"
         )
-    if "\nm=audio " not in sdp.replace("\r\n", "\n"):
+    if len(sdp) > MAX_SDP_BYTES:
+        raise OfferError(413, f"the SDP is over {MAX_SDP_BYTES // 1024} KB")
+    lines = sdp.replace("\r\n", "\n").split("\n")
+    media = [line for line in lines if line.startswith("m=")]
+    if len(media) > MAX_MEDIA_SECTIONS:
+        raise OfferError(400, f"the offer has more than {MAX_MEDIA_SECTIONS} media sections")
+    if not any(line.startswith("m=audio ") for line in media):
         raise OfferError(400, "the offer has no audio: add an audio track (sendrecv)")
     return sdp
 

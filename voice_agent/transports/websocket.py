@@ -54,24 +54,46 @@ class StartOptions:
     """A stored conversation the call goes on with (its turns are added to it)."""
 
 
+def _json(text: str) -> Any:
+    """``json.loads``, with every way it can fail as a ValueError for the client: a syntax
+    error, nesting too deep for the parser (RecursionError), or an integer of more digits
+    than Python converts (ValueError)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON: {exc.msg} at position {exc.pos}") from None
+    except RecursionError:
+        raise ValueError("not valid JSON: nested too deep") from None
+    except ValueError:
+        raise ValueError("not valid JSON: a number is too long") from None
+
+
+def _show(value: Any) -> str:
+    """A client's value in an error message, cut short."""
+    plain = isinstance(value, str | int | float | bool | None)
+    text = repr(value) if plain else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def parse_start(text: str) -> StartOptions:
     """Validate the opening ``session.start`` message or raise :class:`ProtocolError`."""
     try:
-        msg = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(CLOSE_PROTOCOL, f"session.start is not valid JSON: {exc.msg}") from exc
+        msg = _json(text)
+    except ValueError as exc:
+        raise ProtocolError(CLOSE_PROTOCOL, f"session.start is {exc}") from None
     if not isinstance(msg, dict) or msg.get("type") != "session.start":
         raise ProtocolError(CLOSE_PROTOCOL, "the first message must be a session.start JSON object")
     encoding = msg.get("encoding", "pcm16")
     if encoding != "pcm16":
-        raise ProtocolError(CLOSE_PROTOCOL, f"unsupported encoding {encoding!r}: use pcm16")
+        raise ProtocolError(CLOSE_PROTOCOL, f"unsupported encoding {_show(encoding)}: use pcm16")
     rates = []
     for key, default in (("sample_rate", None), ("output_sample_rate", "sample_rate")):
         value = msg.get(key, msg.get(default) if default else None)
         if not isinstance(value, int) or value not in SUPPORTED_RATES:
             raise ProtocolError(
                 CLOSE_BAD_RATE,
-                f"unsupported {key} {value!r}: use one of {', '.join(map(str, SUPPORTED_RATES))}",
+                f"unsupported {key} {_show(value)}: use one of "
+                f"{', '.join(map(str, SUPPORTED_RATES))}",
             )
         rates.append(value)
     sid = msg.get("session_id")
@@ -87,10 +109,7 @@ def parse_start(text: str) -> StartOptions:
 
 def parse_client_message(text: str) -> dict[str, Any]:
     """A control message after the start. Raises ValueError with a message for the client."""
-    try:
-        msg = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"invalid JSON: {exc.msg} at position {exc.pos}") from exc
+    msg = _json(text)
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise ValueError("a message must be a JSON object with a string 'type'")
     kind = msg["type"]
@@ -103,7 +122,7 @@ def parse_client_message(text: str) -> dict[str, Any]:
         if not isinstance(msg.get("text"), str) or not msg["text"].strip():
             raise ValueError("text needs a non-empty string 'text'")
     elif kind not in ("interrupt", "session.end"):
-        raise ValueError(f"unknown message type {kind!r}")
+        raise ValueError(f"unknown message type {_show(kind)}")
     return msg
 
 

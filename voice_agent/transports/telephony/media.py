@@ -147,7 +147,7 @@ class StreamProtocol:
             return self.receive_binary(message)
         try:
             msg = json.loads(message)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # bad syntax, too deep, a number too long
             raise TelephonyInputError("a message that is not JSON was skipped") from None
         if not isinstance(msg, dict) or not isinstance(msg.get("event"), str):
             raise TelephonyInputError("a message without an 'event' was skipped")

@@ -46,6 +46,7 @@ from voice_agent.transports.telephony.media import Start, StreamProtocol
 from voice_agent.transports.telephony.plivo import PlivoStream
 from voice_agent.transports.telephony.telnyx import TelnyxStream
 from voice_agent.transports.telephony.twilio import (
+    BUSY_TWIML,
     TwilioStream,
     connect_stream_twiml,
     signature_valid,
@@ -141,9 +142,8 @@ def telephony_routes(state: Any, refusal: Callable[[], str | None]) -> list[Base
                 return JSONResponse({"error": "missing or invalid X-Twilio-Signature"}, 403)
             if not seen.first(f"{signature}|{params.get('CallSid', '')}"):
                 return JSONResponse({"error": "a replayed request (signature already used)"}, 403)
-        reason = refusal()
-        if reason:
-            return JSONResponse({"error": reason}, 503)
+        if refusal():
+            return Response(BUSY_TWIML, media_type="text/xml")  # a busy signal
         stream_params: dict[str, str] = {}
         if token:
             stream_params["token"] = tokens.issue()

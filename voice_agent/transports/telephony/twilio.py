@@ -104,6 +104,11 @@ def signature_valid(
     return hmac.compare_digest(expected.encode(), signature.encode())
 
 
+BUSY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response><Reject reason="busy"/></Response>'
+"""The answer to a call the server cannot take now: the caller hears a busy signal (the
+phone's 1013), and no call is billed."""
+
+
 def connect_stream_twiml(stream_url: str, parameters: dict[str, str] | None = None) -> str:
     """TwiML that connects the call to a bidirectional stream at ``stream_url`` (with custom
     parameters, which Twilio hands back in ``start.customParameters``), then hangs up when
