@@ -146,3 +146,46 @@ async def test_without_keys_tokens_are_off() -> None:
     finally:
         srv.should_exit = True  # type: ignore[attr-defined]
         await task  # type: ignore[misc]
+
+
+async def test_each_key_has_its_own_call_limit_and_its_tokens_count_against_it() -> None:
+    other = "k-" + "y" * 30
+    llm = ScriptedLLMDouble([], 0.01, default=["Hello."])
+    config = ServerConfig(api_keys=[KEY, other], max_sessions_per_key=1)
+    app = create_app(engine=double_engine(llm), config=config)
+    srv, addr, task = await start_server(app)
+    state = app.state.va
+    start = json.dumps({"type": "session.start", "sample_rate": 16000})
+    try:
+        async with httpx.AsyncClient(base_url=f"http://{addr}", timeout=10) as c:
+            minted = await c.post("/v1/tokens", headers={"Authorization": f"Bearer {KEY}"})
+            token = minted.json()["token"]
+        url = f"ws://{addr}/v1/voice/ws"
+        key_a = {"Authorization": f"Bearer {KEY}"}
+        async with websockets.connect(url, additional_headers=key_a) as first:
+            await first.send(start)
+            assert json.loads(await first.recv())["type"] == "session.started"
+            # the same key again, and a token it minted: refused before any model work
+            assert await _ws_close(url, additional_headers=key_a) == (
+                1013, "too many calls for this key (limit 1)")  # fmt: skip
+            assert (await _ws_close(f"{url}?token={token}"))[0] == 1013
+            # another key is not held up by it
+            key_b = {"Authorization": f"Bearer {other}"}
+            async with websockets.connect(url, additional_headers=key_b) as second:
+                await second.send(start)
+                assert json.loads(await second.recv())["type"] == "session.started"
+                assert sorted(state.by_principal.values()) == [1, 1]
+        for _ in range(200):  # the server sees the clients' closes, and lets go
+            if not state.by_principal:
+                break
+            await asyncio.sleep(0.05)
+        assert not state.by_principal
+        # the first call has ended: its key may call again
+        async with websockets.connect(f"{url}?token={token}") as again:
+            await again.send(start)
+            assert json.loads(await again.recv())["type"] == "session.started"
+        text = state.metrics.render().decode()
+        assert 'voice_agent_sessions_refused_total{reason="per_key"} 2.0' in text
+    finally:
+        srv.should_exit = True  # type: ignore[attr-defined]
+        await task  # type: ignore[misc]

@@ -21,6 +21,7 @@ from doubles import (
     HANG,
     CollectingOutput,
     ScriptedLLMDouble,
+    ScriptedSTTDouble,
     double_engine,
     run_virtual,
     silence,
@@ -32,7 +33,7 @@ from voice_agent.errors import LLMError
 from voice_agent.llm.base import ToolCall
 from voice_agent.llm.tools import Tool, ToolRegistry
 from voice_agent.session.driver import Session, SessionConfig
-from voice_agent.session.engine import Engine
+from voice_agent.session.engine import LOST_THREAD, Engine
 from voice_agent.session.turns import DuplexPolicy
 
 WORDS = {
@@ -248,6 +249,14 @@ def test_an_llm_dying_mid_reply_keeps_the_partial_reply_and_tells_no_internals()
     (error,) = call.events("error")
     assert error["code"] == "llm_error" and "10.0.0.7" not in error["message"]
     assert error["message"] == "the language model failed mid-reply; what it said is kept"
+    # the caller hears an apology after the partial reply, never a reply that just stops;
+    # its words are not the answer's (not heard text, not history)
+    (aside,) = call.events("reply.aside")
+    assert aside == {"type": "reply.aside", "gen": m.gen, "text": LOST_THREAD,
+                     "t_ms": aside["t_ms"]}  # fmt: skip
+    clip = len(call.session.engine.clips[LOST_THREAD])
+    assert call.samples(m.gen) > clip  # the partial's audio, then the apology's
+    assert aside["t_ms"] >= call.frames_ms(m.gen)[0]
 
 
 def test_a_new_turn_cancels_the_reply_and_the_history_keeps_only_what_was_heard() -> None:
@@ -413,6 +422,31 @@ def test_an_idle_caller_is_prompted_then_hears_goodbye_and_the_call_closes() -> 
 
 
 LONG = ["One two three four five six seven eight nine ten. "] * 4
+
+
+def test_a_call_ends_at_its_duration_limit_keeping_what_was_heard() -> None:
+    async def main() -> Call:
+        llm = ScriptedLLMDouble([LONG])
+        cfg = SessionConfig(
+            echo_guard=False, duplex=DuplexPolicy(idle_prompt_s=None), max_duration_s=1.0
+        )
+        call = await dial(llm, cfg)
+        call.session.send_text("Count for me.")
+        await call.until(lambda: call.task.done(), limit_s=10)
+        await call.task
+        return call
+
+    call = run_virtual(main())
+    s = call.session
+    (ending,) = call.events("session.ending")
+    assert ending["reason"] == "time_limit" and ending["t_ms"] == pytest.approx(1000, abs=1)
+    assert s.end_reason == "time_limit"
+    (m,) = s.turns
+    assert m.status == "interrupted"
+    last = call.frames_ms(m.gen)[-1]
+    assert last < 1000  # no audio after the limit
+    assert m.heard_text and LONG[0].startswith(m.heard_text.split(" ")[0])
+    assert s.history[-1]["content"].startswith(m.heard_text)
 
 
 def test_a_barge_in_pauses_at_onset_confirms_clears_and_keeps_the_heard_words() -> None:
@@ -911,3 +945,56 @@ def test_a_failover_before_the_first_token_is_silent_on_the_voice_path() -> None
     assert turn.heard_text == turn.reply_text == "It is noon."
     assert "status" not in call.out.types() and "error" not in call.out.types()
     assert call.session.history[-1] == {"role": "assistant", "content": "It is noon."}
+
+
+def test_one_reply_cannot_keep_the_llm_past_its_time_limit() -> None:
+    async def main() -> Call:
+        llm = ScriptedLLMDouble([[f"Word {k}. " for k in range(200)]], token_delay_s=0.1)
+        cfg = SessionConfig(
+            echo_guard=False, duplex=DuplexPolicy(idle_prompt_s=None), max_llm_turn_s=1.0
+        )
+        call = await dial(llm, cfg)
+        call.session.send_text("Count to two hundred.")
+        await call.until(completed(call), limit_s=30)
+        await call.end()
+        return call
+
+    call = run_virtual(main())
+    (m,) = call.session.turns
+    assert m.limit == "llm_time" and m.status == "completed"
+    said = m.reply_text.split(". ")
+    assert 5 <= len(said) <= 11  # ~10 tokens in its 1 s (0.1 s each), all of them spoken
+    assert m.heard_text == m.reply_text
+    assert m.to_dict(call.session.t0)["limit"] == "llm_time"
+
+
+def test_an_stt_failure_is_an_error_event_and_the_call_goes_on() -> None:
+    class FailingOnceSTT(ScriptedSTTDouble):
+        """Raises on the first turn's audio (level 900), as a broken model would."""
+
+        def transcribe(self, pcm: Any) -> Any:
+            if np.count_nonzero(np.abs(pcm.astype(np.int32) - 900) <= 72) >= 800:
+                raise RuntimeError("onnxruntime failed at /opt/models/x.onnx")
+            return super().transcribe(pcm)
+
+    async def main() -> Call:
+        llm = ScriptedLLMDouble([["It is noon."]])
+        engine = double_engine(llm, WORDS)
+        engine.stt = FailingOnceSTT(WORDS)
+        call = await dial(llm, engine=engine, idle_prompt_s=None)
+        await call.quiet(0.5)
+        await call.say(tone(1.0, 900))  # the model fails on this turn
+        await call.quiet(2.0)
+        await call.say(tone(1.0, 500))  # "What time is it?"
+        await call.until(completed(call))
+        await call.end()
+        return call
+
+    call = run_virtual(main())
+    errors = call.events("error")
+    assert errors and {e["code"] for e in errors} == {"stt_error"}
+    assert all("onnx" not in e["message"] and "/opt" not in e["message"] for e in errors)
+    assert errors[0]["message"] == "speech recognition failed on that audio; please say it again"
+    assert [m.user_text for m in call.session.turns] == ["What time is it?"]
+    assert call.session.turns[0].reply_text == "It is noon."
+    assert call.session.listener.stt_failures >= 1

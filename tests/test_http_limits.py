@@ -114,3 +114,21 @@ async def test_a_keep_alive_connection_answers_requests_sent_in_time(server: tup
     last = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     got = await exchange(server, [req, req, last], gap_s=0.5)
     assert got.count(b"HTTP/1.1 200 ") == 3
+
+
+async def test_a_websocket_outlives_the_header_timeout(server: tuple[str, int]) -> None:
+    """The deadline is for the upgrade request's headers: the call goes on past it."""
+    import websockets
+
+    host, port = server
+    async with websockets.connect(f"ws://{host}:{port}/v1/voice/ws") as ws:
+        await ws.send(json.dumps({"type": "session.start", "sample_rate": 16000}))
+        assert json.loads(await ws.recv())["type"] == "session.started"
+        await asyncio.sleep(2.5)  # past the 1 s header timeout
+        await ws.send(json.dumps({"type": "text", "text": "Hello?"}))
+        kinds = set()
+        async with asyncio.timeout(10):
+            while "reply.done" not in kinds:
+                msg = await ws.recv()
+                if isinstance(msg, str):
+                    kinds.add(json.loads(msg)["type"])

@@ -25,6 +25,8 @@ import jwt
 
 from voice_agent.core.ids import new_id
 
+ANONYMOUS = "anonymous"
+"""The principal of every request when no key is set."""
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN_ORIGIN = 4403
 OPEN_PATHS = ("/healthz", "/readyz", "/", "/favicon.ico")
@@ -50,9 +52,14 @@ class Auth:
     def enabled(self) -> bool:
         return bool(self.keys)
 
-    def mint(self) -> dict[str, Any]:
+    def mint(self, key: str | None = None) -> dict[str, Any]:
+        """A token; ``key``: the API key that asked for it, whose limits it shares."""
         now = self.wall()
-        claims = {"iat": int(now), "exp": int(now + self.token_ttl_s), "jti": new_id()}
+        claims: dict[str, Any] = {
+            "iat": int(now), "exp": int(now + self.token_ttl_s), "jti": new_id(),
+        }  # fmt: skip
+        if key is not None:
+            claims["kid"] = key_id(key)
         token = jwt.encode(claims, self._secret, algorithm="HS256")
         return {"token": token, "expires_in": int(self.token_ttl_s), "token_type": "Bearer"}
 
@@ -60,6 +67,17 @@ class Auth:
         return credential in self.keys
 
     def is_token(self, credential: str) -> bool:
+        return self.token_key(credential) is not None
+
+    def principal(self, credential: str, key_allowed: bool = True) -> str | None:
+        """Whose credential it is (the id of the API key, or of the key that minted the
+        token; "token" for a token minted with none), or None if it is no credential."""
+        if key_allowed and self.is_key(credential):
+            return key_id(credential)
+        return self.token_key(credential)
+
+    def token_key(self, credential: str) -> str | None:
+        """The key id a good token carries ("token" if none), or None."""
         try:  # the expiry is checked on the injected clock, not PyJWT's own
             claims = jwt.decode(
                 credential, self._secret, algorithms=["HS256"],
@@ -67,8 +85,10 @@ class Auth:
                          "require": ["exp", "iat", "jti"]},
             )  # fmt: skip
         except jwt.InvalidTokenError:
-            return False
-        return bool(int(claims["exp"]) > self.wall())
+            return None
+        if int(claims["exp"]) <= self.wall():
+            return None
+        return str(claims.get("kid") or "token")
 
 
 class Guard:
@@ -111,8 +131,10 @@ class Guard:
                 await _refuse(kind, send, receive, 415, 0,
                               "send the body as Content-Type: application/json")  # fmt: skip
                 return
-        authenticated = self._authenticated(path, headers, scope.get("query_string", b""))
+        principal = self._principal(path, headers, scope.get("query_string", b""))
+        authenticated = principal is not None
         scope.setdefault("state", {})["authenticated"] = authenticated
+        scope["state"]["principal"] = principal
         open_path = path in OPEN_PATHS or path.startswith("/static/") or self.exempt(path)
         if self.auth.enabled and not authenticated and not open_path:
             self.on_refused("auth")
@@ -121,29 +143,34 @@ class Guard:
             return
         await self.app(scope, receive, send)
 
-    def _authenticated(self, path: str, headers: dict[str, str], query: bytes) -> bool:
+    def _principal(self, path: str, headers: dict[str, str], query: bytes) -> str | None:
+        """Who is asking ("anonymous" with authentication off), or None: nobody allowed."""
         if not self.auth.enabled:
-            return True
+            return ANONYMOUS
         bearer = headers.get("authorization", "")
         if bearer[:7].lower() == "bearer ":
-            credential = bearer[7:].strip()
-            if self.auth.is_key(credential) or self.auth.is_token(credential):
-                return True
+            who = self.auth.principal(bearer[7:].strip())
+            if who is not None:
+                return who
         token = parse_qs(query.decode("latin-1")).get("token", [""])[0]
         if token:
-            return self.auth.is_token(token) or (
-                self.key_in_query(path) and self.auth.is_key(token)
-            )
-        return False
+            return self.auth.principal(token, key_allowed=self.key_in_query(path))
+        return None
 
 
-def key_authenticated(scope: Any, auth: Auth) -> bool:
-    """The request carries an API key itself (not a token): only a key mints tokens."""
+def request_key(scope: Any, auth: Auth) -> str | None:
+    """The API key a request carries itself (not a token): only a key mints tokens."""
     for k, v in scope["headers"]:
         if k.lower() == b"authorization":
             value = v.decode("latin-1")
-            return value[:7].lower() == "bearer " and auth.is_key(value[7:].strip())
-    return False
+            key = value[7:].strip()
+            return key if value[:7].lower() == "bearer " and auth.is_key(key) else None
+    return None
+
+
+def key_id(key: str) -> str:
+    """A key's public name (its limits and metrics are per key): never the key itself."""
+    return "key-" + hashlib.sha256(b"voice-agent key id\0" + key.encode()).hexdigest()[:12]
 
 
 async def _refuse(kind: str, send: Any, receive: Any, status: int, code: int, why: str) -> None:

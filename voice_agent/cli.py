@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
         "of the LLM profile on this many cores; see the README)",
     )  # fmt: skip
     v.add_argument(
+        "--max-sessions-per-key", type=int, default=None,
+        help="calls at once for one API key, its tokens included (default: no limit but "
+        "--max-sessions)",
+    )  # fmt: skip
+    v.add_argument(
         "--drain-grace", type=float, default=20.0, help="seconds live replies get on SIGTERM"
     )
     v.add_argument(
@@ -280,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--rounds", type=int, default=3, help="with --callers: rounds of each N"
     )
     b.add_argument(
+        "--soak", action="store_true",
+        help="many callers for minutes (LLM double): lost transcripts, RSS slope, tasks",
+    )  # fmt: skip
+    b.add_argument("--soak-sessions", type=int, default=20, help="with --soak: callers")
+    b.add_argument("--soak-seconds", type=float, default=300.0, help="with --soak: length")
+    b.add_argument(
         "--barge-in",
         action="store_true",
         help="interjections, backchannels and noise over the agent's speech (WebSocket)",
@@ -339,6 +350,7 @@ async def _serve(args: argparse.Namespace) -> int:
     config = ServerConfig(
         max_message_bytes=args.max_message_bytes,
         max_sessions=max_sessions,
+        max_sessions_per_key=args.max_sessions_per_key,
         drain_grace_s=args.drain_grace,
         ice_servers=args.ice_server,
         max_peers=args.max_peers,
@@ -467,6 +479,10 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks.latency import run_bench, run_server_bench
             from benchmarks.transports import run_transport_bench
 
+            if args.soak:
+                from benchmarks.soak import run_soak_bench
+
+                return asyncio.run(run_soak_bench(args, _engine_config(args), _log))
             if args.callers:
                 from benchmarks.callers import run_callers_bench
 

@@ -121,6 +121,10 @@ def timed_h11(header_timeout_s: float) -> type[H11Protocol]:
             if self._header_timer is not None and self.cycle is not self._waiting_for:
                 self._disarm()  # a request's headers are in
 
+        def handle_websocket_upgrade(self, event: Any) -> None:
+            self._disarm()  # the headers are in; the socket is the WebSocket's from now on
+            super().handle_websocket_upgrade(event)
+
         def on_response_complete(self) -> None:
             super().on_response_complete()
             if not self.transport.is_closing():

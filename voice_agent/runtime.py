@@ -164,9 +164,16 @@ async def open_engine(cfg: EngineConfig, log: Log = print) -> AsyncIterator[Engi
         )
         log("models loaded; warming up…")
         await warm_up(engine)
-        if server is not None and server.parallel > 1:
-            await server.fill_slots(_warm_messages())
-            log(f"LLM: the system prompt is in all {server.parallel} slots")
+        if server is not None:
+            local = server
+
+            async def warm() -> None:
+                await local.fill_slots(_warm_messages())
+
+            if server.parallel > 1:
+                await warm()
+                log(f"LLM: the system prompt is in all {server.parallel} slots")
+            server.supervise(warm, log)
         log("ready")
         yield engine
         engine.shutdown()

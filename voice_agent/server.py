@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import importlib.resources
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +29,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from voice_agent.auth import Auth, Guard, key_authenticated
+from voice_agent.auth import ANONYMOUS, Auth, Guard, request_key
 from voice_agent.chat.events import EventStore, MemoryEventStore
 from voice_agent.chat.routes import chat_routes
 from voice_agent.chat.service import ChatService
@@ -108,6 +108,8 @@ class ServerConfig:
     """Set: a browser request (a WebSocket, a POST) from another Origin is refused."""
     token_ttl_s: float = 600.0
     """How long a token from ``POST /v1/tokens`` is good for."""
+    max_sessions_per_key: int | None = None
+    """Calls at once for one API key (its tokens included); None: only ``max_sessions``."""
     max_body_bytes: int = 256 * 1024
     """A request body over this gets 413 (an offer is 2-6 KB, a chat message 2000
     characters at most)."""
@@ -144,6 +146,8 @@ class ServerState:
     peers_reserved: int = 0
     """WebRTC offers being answered: they count against ``max_peers``."""
     """The transport of each live session (for the metrics' labels)."""
+    by_principal: Counter[str] = field(default_factory=Counter)
+    """Calls held (live or starting) per API key ("anonymous" with no keys)."""
     recorders: dict[str, SessionRecorder] = field(default_factory=dict)
     recording: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -175,6 +179,21 @@ class ServerState:
         if state == "failed":
             self.metrics.llm_errors.labels("text").inc()
 
+    def hold_for(self, principal: str) -> str | None:
+        """Count a call for ``principal``, or say why its key may not have another (counted
+        in the metrics). Each hold ends with :meth:`release_for`."""
+        limit = self.config.max_sessions_per_key
+        if limit is not None and self.by_principal[principal] >= limit:
+            self.metrics.sessions_refused.labels("per_key").inc()
+            return f"too many calls for this key (limit {limit})"
+        self.by_principal[principal] += 1
+        return None
+
+    def release_for(self, principal: str) -> None:
+        self.by_principal[principal] -= 1
+        if self.by_principal[principal] <= 0:
+            del self.by_principal[principal]
+
     def use_engine(self, engine: Engine) -> None:
         """The models are loaded: the knowledge search joins the agent's tools (offered
         to callers and text chat alike)."""
@@ -200,6 +219,7 @@ class ServerState:
         self.transports[sid] = transport
         self.metrics.sessions_started.labels(transport).inc()
         session.record.observer = self.metrics.observe_turn
+        session.on_limit = lambda name: self.metrics.limits_hit.labels(name).inc()
         if self.store is None:
             return
         rec = SessionRecorder(
@@ -335,10 +355,11 @@ def create_app(
         if not auth.enabled:
             return JSONResponse({"error": "tokens are off: the server has no API keys"},
                                 status_code=404)  # fmt: skip
-        if not key_authenticated(request.scope, auth):
+        key = request_key(request.scope, auth)
+        if key is None:
             return JSONResponse({"error": "a token is minted only for an API key"},
                                 status_code=401)  # fmt: skip
-        return JSONResponse(auth.mint(), status_code=201)
+        return JSONResponse(auth.mint(key), status_code=201)
 
     async def metrics(request: Request) -> Response:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
@@ -377,6 +398,11 @@ def create_app(
         refusal = _refusal(state)
         if refusal:
             await ws.close(CLOSE_TRY_LATER, refusal)
+            return
+        principal = _principal_of(ws.scope)
+        over = state.hold_for(principal)
+        if over:
+            await ws.close(CLOSE_TRY_LATER, over)
             return
         # the slot is held from the accept, not the start: 40 sockets opened first and
         # started after could otherwise all pass a limit of 16
@@ -470,6 +496,7 @@ def create_app(
                         await ws.close(code, reason)
         finally:
             release()
+            state.release_for(principal)
 
 
     async def webrtc_offer(request: Request) -> Response:
@@ -605,6 +632,8 @@ async def _dispatch(session: Session, output: Any, ctl: dict[str, Any], out_rate
         case "text":
             limit = session.config.max_text_chars
             if len(ctl["text"]) > limit:
+                if session.on_limit is not None:
+                    session.on_limit("text_length")
                 await output.send_event(
                     {"type": "error", "code": "bad_message",
                      "message": f"text is over {limit} characters"}
@@ -632,18 +661,34 @@ async def _answer_offer(state: ServerState, request: Request) -> dict[str, Any]:
         raise OfferError(503, refusal)
     if len(state.peers) + state.peers_reserved >= state.config.max_peers:
         raise OfferError(429, f"too many peer connections (limit {state.config.max_peers})")
+    principal = _principal_of(request.scope)
+    over = state.hold_for(principal)
+    if over:
+        raise OfferError(429, over)
     # held from the check until the peer and its session are registered: 20 offers at
     # once could otherwise all pass a limit of 8 across the awaits between
     state.peers_reserved += 1
     state.reserved += 1
+    answered = False
     try:
-        return await _answer_reserved(state, request)
+        answer = await _answer_reserved(state, request, principal)
+        answered = True
+        return answer
     finally:
         state.peers_reserved -= 1
         state.reserved -= 1
+        if not answered:  # else the call holds it until it ends
+            state.release_for(principal)
 
 
-async def _answer_reserved(state: ServerState, request: Request) -> dict[str, Any]:
+def _principal_of(scope: Any) -> str:
+    """Whose request it is (set by the auth Guard)."""
+    return str(scope.get("state", {}).get("principal") or ANONYMOUS)
+
+
+async def _answer_reserved(
+    state: ServerState, request: Request, principal: str
+) -> dict[str, Any]:
     from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
     from voice_agent.transports.webrtc import (
@@ -736,6 +781,7 @@ async def _answer_reserved(state: ServerState, request: Request) -> dict[str, An
             await pc.close()
             state.peers.pop(sid, None)
             state.sessions.pop(sid, None)
+            state.release_for(principal)
             report = session.report() | {"transport": "webrtc", "close_reason": reason}
             state.keep_report(sid, report)
 

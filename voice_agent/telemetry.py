@@ -62,6 +62,11 @@ class ServerMetrics:
             ["outcome"], registry=r,
         )  # fmt: skip
         self.fillers = Counter("voice_agent_fillers", "Fillers played", registry=r)
+        self.limits_hit = Counter(
+            "voice_agent_limits_hit",
+            "Limits that cut a call or a turn short: duration, text_length, llm_time",
+            ["limit"], registry=r,
+        )  # fmt: skip
         self.underruns = Counter(
             "voice_agent_underruns",
             "Gaps beyond real time (over 60 ms) in an answer's audio once it began to play",
@@ -116,6 +121,8 @@ class ServerMetrics:
             self.llm_errors.labels("voice").inc()
         self.fillers.inc(len(m.fillers))
         self.underruns.inc(m.underruns)
+        if m.limit is not None:
+            self.limits_hit.labels(m.limit).inc()
         self.underrun_seconds.inc(m.underrun_s)
         for i in m.interruptions:
             self.barge_ins.labels(str(i.outcome)).inc()

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from voice_agent.errors import LLMError, ModelError
@@ -47,6 +48,10 @@ class LocalLlamaServer:
         self.proc: asyncio.subprocess.Process | None = None
         self.log_path = cache_dir() / "logs" / "llama-server.log"
         self.slot_dir = cache_dir() / "slots"
+        self.restarts = 0
+        """Times the supervisor has brought the server back after it died."""
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stopping = False
 
     @property
     def base_url(self) -> str:
@@ -55,7 +60,7 @@ class LocalLlamaServer:
     async def start(self, within_s: float = 180.0) -> str:
         binary = llama_server_binary()
         path, sha = await asyncio.to_thread(gguf_path, self.model)
-        self.port = _free_port()
+        self.port = self.port or _free_port()  # a restart keeps its address
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.slot_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
@@ -96,13 +101,13 @@ class LocalLlamaServer:
             await ready
             await check
         except TimeoutError as exc:
-            await self.stop()
+            await self._terminate(5.0)
             raise LLMError(
                 f"llama-server did not become ready in {within_s:.0f}s", f"see {self.log_path}"
             ) from exc
         except (LLMError, ModelError, asyncio.CancelledError):
             check.cancel()
-            await self.stop()
+            await self._terminate(5.0)
             raise
         finally:
             await probe.close()
@@ -134,7 +139,54 @@ class LocalLlamaServer:
                 (self.slot_dir / name).unlink(missing_ok=True)
         return self.parallel
 
+    def supervise(
+        self,
+        warm: Callable[[], Awaitable[object]] | None = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        """Watch the server: when it dies (killed, crashed), start it again on the same
+        port, then ``warm()`` it (the system prompt into its slots). A reply in flight
+        when it died fails at once (the connection drops); the next one works."""
+        if self._supervisor is None:
+            self._supervisor = asyncio.create_task(self._watch(warm, log))
+
+    async def _watch(
+        self, warm: Callable[[], Awaitable[object]] | None, log: Callable[[str], None]
+    ) -> None:
+        backoff = 0.5
+        while not self._stopping:
+            proc = self.proc
+            if proc is None:
+                return
+            code = await proc.wait()
+            if self._stopping or self.proc is not proc:
+                return
+            log(f"llama-server exited with code {code}; restarting it")
+            while not self._stopping:
+                self.proc = None
+                try:
+                    await self.start()
+                    if warm is not None:
+                        await warm()
+                except Exception as exc:  # keep trying: the LLM is the call's voice
+                    log(f"llama-server restart failed: {exc}; trying again in {backoff:.0f} s")
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    continue
+                self.restarts += 1
+                backoff = 0.5
+                log("llama-server is back")
+                break
+
     async def stop(self, grace: float = 5.0) -> None:
+        self._stopping = True
+        if self._supervisor is not None and self._supervisor is not asyncio.current_task():
+            self._supervisor.cancel()
+            await asyncio.gather(self._supervisor, return_exceptions=True)
+            self._supervisor = None
+        await self._terminate(grace)
+
+    async def _terminate(self, grace: float) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.returncode is not None:
             return

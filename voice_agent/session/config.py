@@ -138,6 +138,12 @@ class SessionConfig:
     tokens, about 16,000 characters, with the prompt and the tools in it too."""
     max_text_chars: int = 2000
     """The longest typed message a call takes (a longer one is an error event)."""
+    max_llm_turn_s: float | None = 20.0
+    """The longest one reply may keep the LLM (its rounds of tool calls included): what it
+    said by then is spoken, and the turn is marked ``limit: llm_time``. None: no limit."""
+    max_duration_s: float | None = 3600.0
+    """A call ends after this long (``session.ending`` with reason ``time_limit``); None:
+    never."""
     honesty_guard: bool = True
     """A turn that plainly asks for live facts or the caller's own data is answered with
     ``cannot_check_live`` or ``cannot_see_personal``, without the LLM, while the agent has

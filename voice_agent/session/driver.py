@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from voice_agent.audio.echo import EchoGuard
@@ -102,7 +103,7 @@ class Session:
         self.ctx = ReplyContext(
             engine, self, self.playout, self.writer, clock, self.emit, Fillers(cfg.fillers),
             cfg.max_tool_rounds, cfg.first_chunk_words,
-            chat_system_message(cfg, note) if note else None,
+            chat_system_message(cfg, note) if note else None, cfg.max_llm_turn_s,
         )  # fmt: skip
         self.end_reason: str | None = None
         self._inbound_q: DropOldestQueue[tuple[Pcm, float] | None] = DropOldestQueue(
@@ -110,6 +111,8 @@ class Session:
         )
         self._control: asyncio.Queue[t.Event] = asyncio.Queue(256)
         self._hangup = asyncio.Event()
+        self.on_limit: Callable[[str], None] | None = None
+        """Told when a limit is hit (``duration``, ``text_length``): the server's metrics."""
         self._tg: asyncio.TaskGroup | None = None
         self.replies = Replies(
             self.record, self.playout, self.gate, self.emit, self.events.emit_safely,
@@ -202,6 +205,9 @@ class Session:
             self.listener.start(tg)
             self._prefill(None)
             loops = [tg.create_task(self._inbound_loop()), tg.create_task(self.writer.run())]
+            if self.config.max_duration_s is not None:
+                end = self.clock.now() + self.config.max_duration_s
+                loops.append(tg.create_task(self._time_limit(end)))
             try:
                 await self._control_loop()
             finally:
@@ -214,6 +220,16 @@ class Session:
 
     def report(self) -> dict[str, Any]:
         return self.record.report(self.dropped_frames)
+
+    async def _time_limit(self, end: float) -> None:
+        """End the call at ``end`` (its duration limit): what was heard is kept."""
+        await self.clock.sleep_until(end)
+        if not self.closing:
+            self.end_reason = "time_limit"
+            if self.on_limit is not None:
+                self.on_limit("duration")
+            await self.emit("session.ending", reason="time_limit")
+            self.hangup()
 
     # -- inbound --------------------------------------------------------------
 

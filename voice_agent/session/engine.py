@@ -22,6 +22,8 @@ FILLERS = ("Hmm.", "Okay.", "One moment.", "Let me check.")
 IDLE_PROMPT = "Are you still there?"
 GOODBYE = "It seems you have stepped away. Goodbye!"
 SAY_AGAIN = "Sorry, I didn't catch that. Could you say it again?"
+LOST_THREAD = "Sorry, I lost my train of thought there."
+"""Said when the LLM fails in the middle of a reply (what it had said is kept)."""
 CANNOT_CHECK_LIVE = (
     "I can't check live information like that from here, so I'd rather not guess. A quick search "
     "or the place itself will have it, and I'm happy to help with anything else."
@@ -30,7 +32,10 @@ CANNOT_SEE_PERSONAL = (
     "I can't see your accounts, orders or messages from here. Your app, your phone or "
     "their customer service will have that, and I'm happy to help with anything else."
 )
-FIXED_LINES = (*FILLERS, IDLE_PROMPT, GOODBYE, SAY_AGAIN, CANNOT_CHECK_LIVE, CANNOT_SEE_PERSONAL)
+FIXED_LINES = (
+    *FILLERS, IDLE_PROMPT, GOODBYE, SAY_AGAIN, LOST_THREAD, CANNOT_CHECK_LIVE,
+    CANNOT_SEE_PERSONAL,
+)  # fmt: skip
 """Every fixed line: synthesized once at start-up, so each plays without a TTS pass."""
 
 

@@ -10,6 +10,7 @@ cancels every job, so nothing of a session outlives it.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import Any, NamedTuple
 
@@ -22,6 +23,7 @@ from voice_agent.session.transcripts import TranscriptFilter
 from voice_agent.stt.base import Transcript
 
 Dropped = (Superseded, WorkQueueFull)
+log = logging.getLogger("voice_agent.session")
 
 
 class FinalPass(NamedTuple):
@@ -75,6 +77,8 @@ class Listener:
         self._tg: asyncio.TaskGroup | None = None
         self._jobs: set[asyncio.Task[None]] = set()
         self._partial_running = False
+        self.stt_failures = 0
+        """Passes the STT model failed (each told to the client as an ``stt_error``)."""
 
     def start(self, tg: asyncio.TaskGroup) -> None:
         self._tg = tg
@@ -98,9 +102,20 @@ class Listener:
         over the agent: a barge-in is pending)."""
         pcm = self.inbound.turn_audio()
         over_agent = self.machine.barge is not None
-        return await self.engine.run_stt(
-            pcm, partial=partial, owner=self.owner, over_agent=over_agent
-        )
+        try:
+            return await self.engine.run_stt(
+                pcm, partial=partial, owner=self.owner, over_agent=over_agent
+            )
+        except Dropped:
+            raise
+        except Exception:  # the model failed on this audio: the call goes on without it
+            log.exception("speech recognition failed (%d samples)", len(pcm))
+            self.stt_failures += 1
+            await self.emit(
+                "error", code="stt_error",
+                message="speech recognition failed on that audio; please say it again",
+            )  # fmt: skip
+            return Transcript("", len(pcm), 0.0)
 
     def frames_pushed(self) -> None:
         """After each inbound chunk: a partial pass when the turn has grown enough (not

@@ -106,6 +106,8 @@ class TurnMetrics:
     """Gaps beyond real time in the reply's audio once its answer began to play (the
     next sentence was not ready in time, or the event loop fell behind)."""
     underrun_s: float = 0.0
+    limit: str | None = None
+    """A limit that cut this turn short (``llm_time``), if any."""
 
     @property
     def voice_to_voice(self) -> float | None:
@@ -161,5 +163,6 @@ class TurnMetrics:
             "barge_in": [i.to_dict(t0) for i in self.interruptions],
             "fillers": [{"text": text, "at_ms": rel(at)} for at, text in self.fillers],
             "underruns": {"count": self.underruns, "ms": round(self.underrun_s * 1000, 1)},
+            "limit": self.limit,
             "context": self.context,
         }

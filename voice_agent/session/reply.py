@@ -26,7 +26,7 @@ from voice_agent.core.enums import ReplyKind, ReplyStatus
 from voice_agent.errors import LLMError
 from voice_agent.llm.base import Message, TextDelta, ToolCall
 from voice_agent.llm.tools import ToolRounds
-from voice_agent.session.engine import Engine
+from voice_agent.session.engine import LOST_THREAD, Engine
 from voice_agent.session.metrics import TurnMetrics
 from voice_agent.session.record import INTERRUPTED_MARK
 from voice_agent.session.writer import PacedWriter
@@ -37,6 +37,11 @@ LLM_FAILED = "the language model failed mid-reply; what it said is kept"
 REPHRASE = "Sorry, I'm not sure how to answer that. Could you put it another way?"
 """Said when an answer had nothing speakable in it (only a template slot, markup or an
 echo of the history's own marks): the caller never hears silence instead of a reply."""
+
+
+class Aside(str):
+    """A fixed line spoken inside a reply whose words are not the answer's (never heard
+    text, never history): the apology after an LLM failure."""
 
 
 class Fillers:
@@ -72,6 +77,8 @@ class ReplyContext:
     the 1.5B model never calls a tool under the spoken-style prompt (it reads the time
     off nothing and says "14:30"), but does under the text chat's. The answer's round,
     after the call, is asked with the call's own prompt."""
+    max_llm_s: float | None = None
+    """The longest one reply may keep the LLM (SessionConfig.max_llm_turn_s)."""
 
 
 class Reply:
@@ -156,23 +163,10 @@ class Reply:
         )  # fmt: skip
         m.llm_request = ctx.clock.now()
         try:
-            while (request := rounds.request()) is not None:
-                calls: list[ToolCall] = []
-                async with contextlib.aclosing(ctx.engine.llm.stream(*request)) as stream:
-                    async for ev in stream:
-                        if isinstance(ev, TextDelta):
-                            if m.llm_first_token is None:
-                                m.llm_first_token = ctx.clock.now()
-                            m.parts.append(ev.text)
-                            if m.committed:
-                                await ctx.emit("reply.delta", gen=self.gen, text=ev.text)
-                            for sentence in splitter.feed(ev.text):
-                                await self._put_sentence(out, sentence)
-                        elif isinstance(ev, ToolCall):
-                            calls.append(ev)  # (a Failover: the caller hears nothing extra)
-                if not calls:
-                    break
-                await self._run_tools(rounds, calls)
+            async with asyncio.timeout(ctx.max_llm_s):
+                await self._rounds(rounds, splitter, out)
+        except TimeoutError:
+            m.limit = "llm_time"  # what it said so far is spoken; the LLM is let go
         except LLMError as exc:
             m.status = ReplyStatus.LLM_ERROR
             m.error = str(exc)
@@ -180,12 +174,37 @@ class Reply:
             await ctx.emit("error", gen=self.gen, code="llm_error", message=LLM_FAILED)
         for sentence in splitter.flush():
             await self._put_sentence(out, sentence)
+        if m.status is ReplyStatus.LLM_ERROR:
+            await out.put(Aside(LOST_THREAD))  # the caller never hears a reply just stop
         if m.first_sentence is None and m.status is not ReplyStatus.LLM_ERROR:
             m.parts = [REPHRASE]  # what the caller hears is what the history keeps
             if m.committed:
                 await ctx.emit("reply.delta", gen=self.gen, text=REPHRASE)
             await self._put_sentence(out, REPHRASE)
         await out.put(None)
+
+    async def _rounds(
+        self, rounds: ToolRounds, splitter: SentenceSplitter, out: asyncio.Queue[str | None]
+    ) -> None:
+        """The LLM's rounds: its text to the sentence queue, its tool calls run."""
+        m, ctx = self.m, self.ctx
+        while (request := rounds.request()) is not None:
+            calls: list[ToolCall] = []
+            async with contextlib.aclosing(ctx.engine.llm.stream(*request)) as stream:
+                async for ev in stream:
+                    if isinstance(ev, TextDelta):
+                        if m.llm_first_token is None:
+                            m.llm_first_token = ctx.clock.now()
+                        m.parts.append(ev.text)
+                        if m.committed:
+                            await ctx.emit("reply.delta", gen=self.gen, text=ev.text)
+                        for sentence in splitter.feed(ev.text):
+                            await self._put_sentence(out, sentence)
+                    elif isinstance(ev, ToolCall):
+                        calls.append(ev)  # (a Failover: the caller hears nothing extra)
+            if not calls:
+                break
+            await self._run_tools(rounds, calls)
 
     async def _fixed_line(self, out: asyncio.Queue[str | None], text: str) -> None:
         self.m.parts.append(text)
@@ -220,6 +239,13 @@ class Reply:
     async def _speak(self, sentences: asyncio.Queue[str | None]) -> None:
         ctx, m = self.ctx, self.m
         while (sentence := await sentences.get()) is not None:
+            if isinstance(sentence, Aside):
+                await ctx.writer.wait_room()
+                pcm = await ctx.engine.clip(sentence, ctx.owner)
+                ctx.playout.push(self.gen, pcm, sentence, filler=True)
+                ctx.writer.wake()
+                await ctx.emit("reply.aside", gen=self.gen, text=str(sentence))
+                continue
             if m.kind is not ReplyKind.REPLY:
                 pcm = await ctx.engine.clip(sentence, ctx.owner)
             else:
