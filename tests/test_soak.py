@@ -5,7 +5,6 @@ the real STT, VAD, end-of-turn model and TTS, and an LLM double (``bench --soak`
 from __future__ import annotations
 
 from benchmarks.soak import run_soak
-
 from voice_agent.session.engine import EngineConfig
 
 
