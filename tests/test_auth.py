@@ -189,3 +189,36 @@ async def test_each_key_has_its_own_call_limit_and_its_tokens_count_against_it()
     finally:
         srv.should_exit = True  # type: ignore[attr-defined]
         await task  # type: ignore[misc]
+
+
+async def test_a_failures_detail_is_for_a_key_and_a_pages_token_reads_it_redacted() -> None:
+    from voice_agent.errors import LLMError
+    from voice_agent.server import REDACTED
+
+    boom = LLMError("LLM stream from http://10.0.0.7:8080/v1 broke: reset", "check the server")
+    llm = ScriptedLLMDouble([["Half an ", "answer. ", boom]], 0.01)
+    app = create_app(engine=double_engine(llm), config=ServerConfig(api_keys=[KEY]))
+    srv, addr, task = await start_server(app)
+    key = {"Authorization": f"Bearer {KEY}"}
+    try:
+        async with websockets.connect(f"ws://{addr}/v1/voice/ws", additional_headers=key) as ws:
+            await ws.send(json.dumps({"type": "session.start", "sample_rate": 16000}))
+            sid = json.loads(await ws.recv())["session_id"]
+            await ws.send(json.dumps({"type": "text", "text": "Tell me."}))
+            async with asyncio.timeout(10):
+                while True:
+                    msg = await ws.recv()
+                    if isinstance(msg, str) and json.loads(msg)["type"] == "metrics":
+                        break
+        async with httpx.AsyncClient(base_url=f"http://{addr}", timeout=10) as c:
+            token = (await c.post("/v1/tokens", headers=key)).json()["token"]
+            whole = (await c.get(f"/v1/sessions/{sid}", headers=key)).json()
+            page = await c.get(f"/v1/sessions/{sid}", params={"token": token})
+        assert whole["errors"] == [str(boom)] and "10.0.0.7" in whole["turns"][0]["error"]
+        assert page.status_code == 200 and "10.0.0.7" not in page.text
+        report = page.json()
+        assert report["errors"] == [REDACTED] and report["turns"][0]["error"] == REDACTED
+        assert report["turns"][0]["heard_text"] == whole["turns"][0]["heard_text"]
+    finally:
+        srv.should_exit = True  # type: ignore[attr-defined]
+        await task  # type: ignore[misc]

@@ -69,13 +69,6 @@ class Auth:
     def is_token(self, credential: str) -> bool:
         return self.token_key(credential) is not None
 
-    def principal(self, credential: str, key_allowed: bool = True) -> str | None:
-        """Whose credential it is (the id of the API key, or of the key that minted the
-        token; "token" for a token minted with none), or None if it is no credential."""
-        if key_allowed and self.is_key(credential):
-            return key_id(credential)
-        return self.token_key(credential)
-
     def token_key(self, credential: str) -> str | None:
         """The key id a good token carries ("token" if none), or None."""
         try:  # the expiry is checked on the injected clock, not PyJWT's own
@@ -131,10 +124,11 @@ class Guard:
                 await _refuse(kind, send, receive, 415, 0,
                               "send the body as Content-Type: application/json")  # fmt: skip
                 return
-        principal = self._principal(path, headers, scope.get("query_string", b""))
+        principal, credential = self._principal(path, headers, scope.get("query_string", b""))
         authenticated = principal is not None
         scope.setdefault("state", {})["authenticated"] = authenticated
         scope["state"]["principal"] = principal
+        scope["state"]["credential"] = credential
         open_path = path in OPEN_PATHS or path.startswith("/static/") or self.exempt(path)
         if self.auth.enabled and not authenticated and not open_path:
             self.on_refused("auth")
@@ -143,19 +137,29 @@ class Guard:
             return
         await self.app(scope, receive, send)
 
-    def _principal(self, path: str, headers: dict[str, str], query: bytes) -> str | None:
-        """Who is asking ("anonymous" with authentication off), or None: nobody allowed."""
+    def _principal(
+        self, path: str, headers: dict[str, str], query: bytes
+    ) -> tuple[str | None, str | None]:
+        """Who is asking ("anonymous" with authentication off; None: nobody allowed), and
+        with what: "key", "token", or None."""
         if not self.auth.enabled:
-            return ANONYMOUS
+            return ANONYMOUS, None
         bearer = headers.get("authorization", "")
         if bearer[:7].lower() == "bearer ":
-            who = self.auth.principal(bearer[7:].strip())
+            credential = bearer[7:].strip()
+            if self.auth.is_key(credential):
+                return key_id(credential), "key"
+            who = self.auth.token_key(credential)
             if who is not None:
-                return who
+                return who, "token"
         token = parse_qs(query.decode("latin-1")).get("token", [""])[0]
         if token:
-            return self.auth.principal(token, key_allowed=self.key_in_query(path))
-        return None
+            if self.key_in_query(path) and self.auth.is_key(token):
+                return key_id(token), "key"
+            who = self.auth.token_key(token)
+            if who is not None:
+                return who, "token"
+        return None, None
 
 
 def request_key(scope: Any, auth: Auth) -> str | None:

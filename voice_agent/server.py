@@ -371,11 +371,14 @@ def create_app(
         """A live session of this process, else its record in the conversation store
         (written by whichever process served it, and kept across restarts)."""
         sid = request.path_params["sid"]
+        # the failure details (an LLM endpoint's address, the fix) are the operator's:
+        # for an API key, or with authentication off; a page's token reads them redacted
+        shown = _redacted if auth.enabled and request.state.credential != "key" else _whole
         if sid in state.sessions:
             cid = {"conversation_id": state.conversation_of(sid)}
-            return JSONResponse({"live": True} | cid | state.sessions[sid].report())
+            return JSONResponse(shown({"live": True} | cid | state.sessions[sid].report()))
         if sid in state.reports:
-            return JSONResponse({"live": False} | state.reports[sid])
+            return JSONResponse(shown({"live": False} | state.reports[sid]))
         row = None
         if state.store is not None:
             try:
@@ -387,7 +390,7 @@ def create_app(
             return JSONResponse({"error": "no such session"}, status_code=404)
         body = {"live": row["ended_at"] is None, "conversation_id": row["conversation_id"],
                 "transport": row["transport"]}  # fmt: skip
-        return JSONResponse(body | (row["report"] or {}))
+        return JSONResponse(shown(body | (row["report"] or {})))
 
     async def webrtc_config(request: Request) -> Response:
         """What the browser page needs to build its RTCPeerConnection."""
@@ -562,6 +565,23 @@ async def _audiosocket(state: ServerState) -> AsyncIterator[None]:
         yield
     finally:
         listener.close()
+
+
+def _whole(report: dict[str, Any]) -> dict[str, Any]:
+    return report
+
+
+REDACTED = "a failure (its detail is in the server's log and the operator's report)"
+
+
+def _redacted(report: dict[str, Any]) -> dict[str, Any]:
+    """A session report without its failure details (endpoint addresses, fixes)."""
+    out = dict(report)
+    if out.get("errors"):
+        out["errors"] = [REDACTED for _ in out["errors"]]
+    if "turns" in out:
+        out["turns"] = [t | {"error": REDACTED} if t.get("error") else t for t in out["turns"]]
+    return out
 
 
 def _public(info: dict[str, Any]) -> dict[str, Any]:

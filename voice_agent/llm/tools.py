@@ -375,11 +375,16 @@ class ContentToolCallParser:
         self._buf = ""
         self._mode = "undecided" if known else "text"
         self.done = False
+        self._depth = 0
+        """Brackets opened less closed so far (strings not told apart): JSON is parsed
+        only when it may have closed, so a long or deep call is read once, not at
+        every delta."""
 
     def feed(self, text: str) -> list[LLMEvent]:
         if self._mode == "text":
             return [TextDelta(text)] if text else []
         self._buf += text
+        self._depth += text.count("{") + text.count("[") - text.count("}") - text.count("]")
         if self._mode == "undecided":
             head = self._buf.lstrip()
             if not head:
@@ -411,6 +416,8 @@ class ContentToolCallParser:
     def _complete_calls(self) -> list[ToolCall] | None:
         head = self._buf.lstrip()
         if head.startswith(("{", "[")):
+            if self._depth > 0:
+                return None  # not closed yet
             value = _first_json_value(head)
             if value is None:
                 return None
