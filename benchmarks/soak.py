@@ -46,7 +46,12 @@ async def llm_endpoint_double(
     """A test double of an OpenAI-compatible server: every chat completion streams
     ``answer`` a word per ``gap_s``. Yields its base URL."""
 
+    handlers: set[asyncio.Task[Any]] = set()
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            handlers.add(task)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -81,6 +86,9 @@ async def llm_endpoint_double(
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         server.close()
+        for task in handlers:  # the client's idle keep-alive connections
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
         await server.wait_closed()
 
 
