@@ -10,12 +10,12 @@ from voice_agent.audio.playout import Segment
 from voice_agent.core.enums import BargeOutcome
 from voice_agent.llm.base import Message
 from voice_agent.session.metrics import Interruption, TurnMetrics
+from voice_agent.session.writer import FRAME_S
 
 INTERRUPTED_MARK = "[interrupted by the caller]"
 UNDERRUN_S = 0.06
 """A frame of a playing answer sent this much later than real time is an underrun: a
 client's jitter buffer (typically 40-60 ms) has run dry by then."""
-FRAME_S = 0.02
 """Ends the history's copy of a reply the caller cut off (what the LLM reads)."""
 
 MessageSink = Callable[[str, str, dict[str, Any]], None]
