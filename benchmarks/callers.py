@@ -35,6 +35,7 @@ from benchmarks.corpus import Utterance, speech_end, utterances
 from benchmarks.harness import in_process_server
 from benchmarks.stats import machine, p50_p95, wer
 from voice_agent.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE
+from voice_agent.core.work import FairWorker
 from voice_agent.session.engine import EngineConfig
 
 UNDERRUN_S = 0.06
@@ -58,7 +59,12 @@ class CallerResult:
     status: str | None = None
     ttfb_ms: dict[str, Any] = field(default_factory=dict)
     """The server's own time to first byte of each stage, for this turn."""
+    from_end_ms: dict[str, float] = field(default_factory=dict)
+    """Each event of the turn's server timeline, in ms from the true end of speech (which
+    stage each caller waited on)."""
     frames: list[tuple[float, int, int]] = field(default_factory=list, repr=False)
+    true_end: float = 0.0
+    """Loop time of the true end of speech."""
 
     def row(self) -> dict[str, Any]:
         return {
@@ -74,6 +80,7 @@ class CallerResult:
             "status": self.status,
             "reply": self.reply,
             "ttfb_ms": self.ttfb_ms,
+            "from_end_ms": self.from_end_ms,
         }
 
 
@@ -120,7 +127,7 @@ async def one_caller(
             return res
         offset = loop.time() - started["t_ms"] / 1000  # server session time 0, our clock
         t0 = loop.time()
-        true_end = t0 + end / SAMPLE_RATE
+        true_end = res.true_end = t0 + end / SAMPLE_RATE
 
         async def send() -> None:
             k = 0
@@ -160,6 +167,11 @@ async def one_caller(
     res.status = turn["status"]
     res.ttfb_ms = turn["ttfb_ms"] | {"voice_to_voice": turn["voice_to_voice_ms"]}
     res.server_underruns = turn["underruns"]["count"]
+    res.from_end_ms = {
+        k: round((offset + v / 1000 - true_end) * 1000, 1)
+        for k, v in turn["timeline_ms"].items()
+        if v is not None
+    }
     gen_frames = [(t, n) for t, g, n in res.frames if g == turn["gen"]]
     if gen_frames:
         res.first_audible_ms = round((gen_frames[0][0] - true_end) * 1000, 1)
@@ -271,15 +283,23 @@ async def run_callers_bench(
     summaries: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
 
-    async def run_all(url: str, corpus: list[Utterance], pids: list[int]) -> None:
+    async def run_all(
+        url: str, corpus: list[Utterance], pids: list[int], workers: list[FairWorker]
+    ) -> None:
         for n in counts:
             meter = CpuMeter(pids)
             meter.start()
+            busy0 = {w.name: w.busy_s for w in workers}
             results: list[CallerResult] = []
             for r in range(args.rounds):
                 results += await run_callers_round(url, corpus, n, args.stagger, r * n)
                 await asyncio.sleep(1.0)  # the sessions end between rounds
-            summary = summarize(n, results, await meter.stop())
+            usage = await meter.stop()
+            if workers:  # seconds each model worker's thread ran, over this N's rounds
+                usage["worker_busy_s"] = {
+                    w.name: round(w.busy_s - busy0[w.name], 1) for w in workers
+                }
+            summary = summarize(n, results, usage)
             summaries.append(summary)
             rows.extend({"callers": n} | r.row() for r in results)
             a = summary["answer_ms"]
@@ -288,7 +308,7 @@ async def run_callers_bench(
                 f"first audible p50 {summary['first_audible_ms']['p50']} ms, "
                 f"underruns {summary['underruns']} (server {summary['server_underruns']}), "
                 f"WER {summary['wer']}, CPU {summary['cpu_percent']}%, "
-                f"refused {summary['refused']}"
+                f"refused {summary['refused']}, worker busy {usage.get('worker_busy_s')}"
             )
 
     if args.server:
@@ -297,14 +317,16 @@ async def run_callers_bench(
         server = args.server if "://" in args.server else f"ws://{args.server}"
         url = server if server.endswith("/v1/voice/ws") else server.rstrip("/") + "/v1/voice/ws"
         tts: Any = await asyncio.to_thread(load_tts, cfg)
-        await run_all(url, utterances(tts), [])
+        await run_all(url, utterances(tts), [], [])
     else:
         async with open_engine(cfg, log) as engine:
             app = create_app(engine=engine, config=ServerConfig(max_sessions=max(counts)))
             async with in_process_server(app) as base:
                 llm_pid = engine.info.get("llm_pid")
                 pids = [os.getpid()] + ([llm_pid] if llm_pid else [])
-                await run_all(f"ws://{base}/v1/voice/ws", utterances(engine.tts), pids)
+                workers = [engine.stt_worker, engine.partial_worker, engine.tts_worker,
+                           engine.turn_worker]  # fmt: skip
+                await run_all(f"ws://{base}/v1/voice/ws", utterances(engine.tts), pids, workers)
     holds = [s["callers"] for s in summaries if s["goal_met"]]
     out = {
         "summary": summaries,

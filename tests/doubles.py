@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Hashable
 from typing import Any
 
 from voice_agent.errors import LLMError
@@ -48,11 +48,17 @@ class ScriptedLLMDouble:
         self.prefill_hangs = False
         """A prefill never completes (the endpoint is slow to read it): only a cancel ends it."""
         self.prefills_cancelled = 0
+        self.owners: list[tuple[str, Hashable]] = []
+        """("prefill" or "stream", the owner it named), for every request in order."""
 
     async def prefill(
-        self, messages: list[Message], tools: list[dict[str, Any]] | None = None
+        self,
+        messages: list[Message],
+        tools: list[dict[str, Any]] | None = None,
+        owner: Hashable = None,
     ) -> bool:
         self.prefills.append([dict(m) for m in messages])
+        self.owners.append(("prefill", owner))
         if self.prefill_hangs:
             try:
                 await asyncio.get_running_loop().create_future()
@@ -62,9 +68,13 @@ class ScriptedLLMDouble:
         return True
 
     async def stream(
-        self, messages: list[Message], tools: list[dict[str, Any]] | None = None
+        self,
+        messages: list[Message],
+        tools: list[dict[str, Any]] | None = None,
+        owner: Hashable = None,
     ) -> AsyncGenerator[LLMEvent, None]:
         self.requests.append([dict(m) for m in messages])
+        self.owners.append(("stream", owner))
         self.tool_schemas.append(list(tools or []))
         steps = self.replies.pop(0) if self.replies else self.default
         try:

@@ -136,6 +136,7 @@ async def open_engine(cfg: EngineConfig, log: Log = print) -> AsyncIterator[Engi
                 first_token_timeout=cfg.llm_timeout_s,
                 max_tokens=cfg.llm_max_tokens,
                 prompt_cache=server is not None,
+                slots=server.parallel if server is not None else 0,
             )
             for url in urls
         ]

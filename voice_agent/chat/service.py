@@ -228,7 +228,8 @@ class ChatService:
             rounds = ToolRounds(self.tools, messages, self.max_tool_rounds)
             while (request := rounds.request()) is not None:
                 calls: list[ToolCall] = []
-                async with contextlib.aclosing(self.llm.stream(*request)) as stream:
+                reply = self.llm.stream(*request, owner=resp.conversation_id)
+                async with contextlib.aclosing(reply) as stream:
                     async for ev in stream:
                         if isinstance(ev, ToolCall):
                             calls.append(ev)

@@ -24,6 +24,8 @@ its own. Nothing waits in the thread pool's own queue.
 from __future__ import annotations
 
 import asyncio
+import functools
+import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
@@ -89,6 +91,8 @@ class FairWorker:
         self._busy = False
         self.jobs_run = 0
         self.superseded = 0
+        self.busy_s = 0.0
+        """Seconds the worker's thread has spent running jobs (wall time, in the thread)."""
 
     @property
     def waiting(self) -> int:
@@ -136,7 +140,7 @@ class FairWorker:
                 self._prune(owner)
             raise
         try:
-            future = self._runner(fn)
+            future = self._runner(functools.partial(self._timed, fn))
         except BaseException:  # it never started (say, the executor is shut down)
             self._release()
             raise
@@ -147,6 +151,13 @@ class FairWorker:
             # the thread runs on; its result is dropped when it comes
             future.add_done_callback(_consume)
             raise
+
+    def _timed(self, fn: Callable[[], T]) -> T:
+        start = time.perf_counter()
+        try:
+            return fn()
+        finally:  # one job at a time: no other thread adds to it meanwhile
+            self.busy_s += time.perf_counter() - start
 
     def _dispatch(self) -> None:
         """Start the next job: among owners whose next job is urgent, the one served
@@ -183,6 +194,30 @@ class FairWorker:
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class Foreground:
+    """The owners (calls) someone is waiting on right now: a caller who has stopped
+    talking and has not yet heard the answer. Background work (a partial transcript, a
+    prefill of the LLM's prompt cache) yields to them: on 2 cores it took the CPU from
+    their STT pass, their LLM's first tokens and their TTS. Each owner joins with a
+    predicate, read only when asked, so nothing has to be kept in step."""
+
+    def __init__(self) -> None:
+        self._owners: dict[Hashable, Callable[[], bool]] = {}
+
+    def join(self, owner: Hashable, waiting: Callable[[], bool]) -> None:
+        self._owners[owner] = waiting
+
+    def leave(self, owner: Hashable) -> None:
+        self._owners.pop(owner, None)
+
+    def others_waiting(self, owner: Hashable) -> bool:
+        """Someone other than ``owner`` is waiting for an answer."""
+        return any(w() for o, w in self._owners.items() if o != owner)
+
+    def __len__(self) -> int:
+        return len(self._owners)
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

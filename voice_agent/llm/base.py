@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,16 +38,25 @@ class LLM(Protocol):
     name: str
 
     def stream(
-        self, messages: list[Message], tools: list[dict[str, Any]] | None = None
+        self,
+        messages: list[Message],
+        tools: list[dict[str, Any]] | None = None,
+        owner: Hashable = None,
     ) -> AsyncGenerator[LLMEvent, None]:
         """Stream a reply to ``messages``. Raises :class:`~voice_agent.errors.LLMError`.
+
+        ``owner`` (a call or a conversation) keeps its requests together where the
+        endpoint has several prompt caches (a local llama-server's slots).
 
         Closing the iterator (or cancelling the task iterating it) closes the request.
         """
         ...
 
     async def prefill(
-        self, messages: list[Message], tools: list[dict[str, Any]] | None = None
+        self,
+        messages: list[Message],
+        tools: list[dict[str, Any]] | None = None,
+        owner: Hashable = None,
     ) -> bool:
         """Have the endpoint read ``messages`` into its prompt cache, ahead of a request
         that starts with them (the call's system prompt at its start; the caller's words

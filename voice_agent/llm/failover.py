@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,13 +62,16 @@ class FailoverLLM:
         return ready or list(range(len(self.endpoints)))
 
     async def stream(
-        self, messages: list[Message], tools: list[dict[str, Any]] | None = None
+        self,
+        messages: list[Message],
+        tools: list[dict[str, Any]] | None = None,
+        owner: Hashable = None,
     ) -> AsyncGenerator[LLMEvent, None]:
         order = self.order()
         for n, i in enumerate(order):
             endpoint, started = self.endpoints[i], False
             try:
-                async with contextlib.aclosing(endpoint.stream(messages, tools)) as events:
+                async with contextlib.aclosing(endpoint.stream(messages, tools, owner)) as events:
                     async for event in events:
                         if not started:
                             started = True
@@ -90,9 +93,12 @@ class FailoverLLM:
                 yield Failover(endpoint.name, exc.message)
 
     async def prefill(
-        self, messages: list[Message], tools: list[dict[str, Any]] | None = None
+        self,
+        messages: list[Message],
+        tools: list[dict[str, Any]] | None = None,
+        owner: Hashable = None,
     ) -> bool:
-        return await self.endpoints[self.order()[0]].prefill(messages, tools)
+        return await self.endpoints[self.order()[0]].prefill(messages, tools, owner)
 
     async def close(self) -> None:
         for e in self.endpoints:

@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import functools
 import json
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable
 from typing import Any, TypeVar
 
 import openai
 
 from voice_agent.errors import LLMError
 from voice_agent.llm.base import LLMEvent, Message, TextDelta, ToolCall
+from voice_agent.llm.slots import SlotMap
 from voice_agent.llm.tools import ContentToolCallParser
 
 T = TypeVar("T")
@@ -39,6 +40,7 @@ class OpenAICompatLLM:
         temperature: float = 0.4,
         max_tokens: int = 160,
         prompt_cache: bool = False,
+        slots: int = 0,
     ) -> None:
         self.name = f"openai-compat:{model}@{base_url}"
         self.base_url = base_url
@@ -50,8 +52,13 @@ class OpenAICompatLLM:
         self.prompt_cache = prompt_cache
         self.prefills = 0
         """Prefills the endpoint has read."""
+        self.slot_map = SlotMap(slots) if slots > 1 else None
+        """The server's slots (a local llama-server with several): each owner's requests
+        go to its own slot, whose cache holds its words (see :mod:`voice_agent.llm.slots`)."""
         self._active = 0
         self._prefilling: asyncio.Future[Any] | None = None
+        self._prefill_by: dict[Hashable, tuple[asyncio.Future[Any], int]] = {}
+        """With slots: each owner's prefill in flight, and its slot."""
         self._client = openai.AsyncOpenAI(
             base_url=base_url,
             api_key=api_key,
@@ -73,14 +80,31 @@ class OpenAICompatLLM:
                     await asyncio.sleep(0.1)
 
     async def prefill(
-        self, messages: list[Message], tools: list[dict[str, Any]] | None = None
+        self,
+        messages: list[Message],
+        tools: list[dict[str, Any]] | None = None,
+        owner: Hashable = None,
     ) -> bool:
         """Read ``messages`` (and ``tools``, which the chat template puts in the system
-        prompt) into the endpoint's prompt cache: a request for one token,
-        sent only when nothing else of ours is in flight. A reply that starts meanwhile
-        (any session's) closes it, so a prefill never holds a reply up for long: the
-        endpoint keeps what it had read. Cancelling it closes the request too."""
-        if not self.prompt_cache or self._active:
+        prompt) into the endpoint's prompt cache: a request for one token. Cancelling it
+        closes the request; the endpoint keeps what it had read.
+
+        With slots and an ``owner``, it goes to the owner's slot when that one or another
+        is free (other calls' replies go on beside it, in the same batches), and the
+        owner's next reply goes to the same slot and cancels it. Without, it is sent only
+        when nothing else of ours is in flight, and a reply that starts meanwhile (any
+        session's) closes it, so a prefill never holds a reply up for long."""
+        if not self.prompt_cache:
+            return False
+        slots = self.slot_map if owner is not None else None
+        slot: int | None = None
+        if slots is not None:
+            if owner in self._prefill_by:
+                return False
+            slot = slots.acquire(owner)
+            if slot is None:
+                return False
+        elif self._active:
             return False
         self._active += 1
         create = functools.partial(
@@ -91,9 +115,14 @@ class OpenAICompatLLM:
             temperature=0.0,
             timeout=self.first_token_timeout,
             **({"tools": tools} if tools else {}),
+            **_slot_body(slot),
         )
         request = asyncio.ensure_future(_once_more_if_unsent(create))
-        self._prefilling = request
+        entry = (request, slot if slot is not None else -1)
+        if slot is not None:
+            self._prefill_by[owner] = entry
+        else:
+            self._prefilling = request
         try:
             await request
         except openai.APIError:
@@ -105,9 +134,18 @@ class OpenAICompatLLM:
             return False  # a reply started (see stream): it reads on from here
         finally:
             self._active -= 1
-            self._prefilling = None
+            if slot is not None:
+                if self._prefill_by.get(owner) is entry:
+                    del self._prefill_by[owner]
+                    self._release(slot)
+            else:
+                self._prefilling = None
         self.prefills += 1
         return True
+
+    def _release(self, slot: int) -> None:
+        if self.slot_map is not None:
+            self.slot_map.release(slot)
 
     async def _create(
         self, messages: list[Message], kwargs: dict[str, Any]
@@ -127,14 +165,25 @@ class OpenAICompatLLM:
         return response
 
     async def stream(
-        self, messages: list[Message], tools: list[dict[str, Any]] | None = None
+        self,
+        messages: list[Message],
+        tools: list[dict[str, Any]] | None = None,
+        owner: Hashable = None,
     ) -> AsyncGenerator[LLMEvent, None]:
         known = {t["function"]["name"] for t in tools} if tools else None
         parser = ContentToolCallParser(known)
         kwargs: dict[str, Any] = {}
         if tools:
             kwargs["tools"] = tools
-        if self._prefilling is not None:
+        slot: int | None = None
+        if self.slot_map is not None and owner is not None:
+            own = self._prefill_by.pop(owner, None)
+            if own is not None:  # the owner's prefill: its slot holds what it read
+                own[0].cancel()
+                self._release(own[1])
+            slot = self.slot_map.acquire(owner)
+            kwargs.update(_slot_body(slot))
+        elif self._prefilling is not None:
             self._prefilling.cancel()
         self._active += 1
         try:
@@ -143,6 +192,8 @@ class OpenAICompatLLM:
                     yield event
         finally:
             self._active -= 1
+            if slot is not None:
+                self._release(slot)
 
     async def _stream(
         self, messages: list[Message], kwargs: dict[str, Any], parser: ContentToolCallParser
@@ -215,6 +266,11 @@ class OpenAICompatLLM:
             except (ValueError, RecursionError):
                 args = {}
             yield ToolCall(id=slot["id"] or f"call_{i}", name=slot["name"], arguments=args)
+
+
+def _slot_body(slot: int | None) -> dict[str, Any]:
+    """llama-server's ``id_slot``: the slot a request runs in (none: the server's choice)."""
+    return {} if slot is None else {"extra_body": {"id_slot": slot}}
 
 
 async def _once_more_if_unsent(send: Callable[[], Awaitable[T]]) -> T:

@@ -126,6 +126,8 @@ class Session:
         )  # fmt: skip
         self._prefilling: asyncio.Task[bool] | None = None
         self._prefilled: list[Message] = []
+        self.prefills_yielded = 0
+        """Prefills not sent because another call was waiting for its answer."""
 
     # -- input from the transport (never blocks, never raises) -----------------
 
@@ -195,6 +197,16 @@ class Session:
             or not self.idle
         )
 
+    def waiting_for_answer(self) -> bool:
+        """The caller has stopped talking (a pause being judged) or has been answered
+        and not yet heard the answer (a filler is not one)."""
+        m = self.machine
+        if self.inbound.state is VadState.STOPPING or m.user is t.UserState.PAUSED:
+            return True
+        if m.agent is t.AgentState.IDLE:
+            return False
+        return not self.record.answer_heard(m.gen)
+
     # -- the session ----------------------------------------------------------
 
     async def run(self) -> None:
@@ -202,6 +214,7 @@ class Session:
         everything down; an exception from the output ends it too."""
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
+            self.engine.foreground.join(self, self.waiting_for_answer)
             self.listener.start(tg)
             self._prefill(None)
             loops = [tg.create_task(self._inbound_loop()), tg.create_task(self.writer.run())]
@@ -211,6 +224,7 @@ class Session:
             try:
                 await self._control_loop()
             finally:
+                self.engine.foreground.leave(self)
                 await self.replies.cancel()
                 self.listener.stop()
                 self._stop_prefill()
@@ -349,6 +363,9 @@ class Session:
             return
         if self._prefilling is not None and not self._prefilling.done():
             return
+        if self.engine.foreground.others_waiting(self):
+            self.prefills_yielded += 1  # their first tokens come first; the reply reads it
+            return
         m = self.machine
         if words is not None and (m.agent is not t.AgentState.IDLE or m.prepared is not None):
             return
@@ -360,7 +377,9 @@ class Session:
             return  # the same words again: nothing new to read
         self._prefilled = messages
         tools = self.engine.tools.schemas() or None  # the reply's request offers them too
-        self._prefilling = self._tg.create_task(self.engine.llm.prefill(messages, tools))
+        self._prefilling = self._tg.create_task(
+            self.engine.llm.prefill(messages, tools, owner=self)
+        )
 
     def _stop_prefill(self) -> None:
         if self._prefilling is not None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from voice_agent.audio.pcm import Pcm
-from voice_agent.core.work import FairWorker
+from voice_agent.core.work import FairWorker, Foreground
 from voice_agent.llm.base import LLM
 from voice_agent.llm.tools import ToolRegistry
 from voice_agent.session.inbound import FrameClassifier
@@ -150,6 +150,8 @@ class Engine:
     turn_model: TurnModel | None = None
     """Scores each pause (None: the transcript alone decides the end of turn)."""
     turn_worker: FairWorker = field(default_factory=lambda: FairWorker("turn"))
+    foreground: Foreground = field(default_factory=Foreground)
+    """The calls waiting for an answer: other calls' partial passes and prefills wait."""
     check_stt: STT | None = None
     """Hears speech that began over the agent's voice (the barge-in checks, and that
     turn's final pass); None: ``stt`` does. Moonshine writes words into a short

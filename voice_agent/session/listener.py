@@ -77,6 +77,8 @@ class Listener:
         self._tg: asyncio.TaskGroup | None = None
         self._jobs: set[asyncio.Task[None]] = set()
         self._partial_running = False
+        self.partials_yielded = 0
+        """Partial passes not run because another call was waiting for its answer."""
         self.stt_failures = 0
         """Passes the STT model failed (each told to the client as an ``stt_error``)."""
 
@@ -119,8 +121,12 @@ class Listener:
 
     def frames_pushed(self) -> None:
         """After each inbound chunk: a partial pass when the turn has grown enough (not
-        while a barge-in is pending: its checks transcribe the turn, and come first)."""
+        while a barge-in is pending: its checks transcribe the turn, and come first; not
+        while another call waits for its answer: a partial is only a preview)."""
         if self._partial_running or self.machine.barge is not None:
+            return
+        if self.engine.foreground.others_waiting(self.owner):
+            self.partials_yielded += 1  # due again once they have their answer
             return
         if self.inbound.partial_due(self.partial_every_s):
             self._spawn(self._partial())

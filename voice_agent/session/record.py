@@ -111,6 +111,11 @@ class CallRecord:
         started, m.audio_started = m.audio_started, True
         return not started
 
+    def answer_heard(self, gen: int) -> bool:
+        """The answer of ``gen`` has sent audio (a filler is not the answer)."""
+        m = self._by_gen.get(gen)
+        return m is not None and m.first_audio_out is not None
+
     def frame_sent(self, gen: int, now: float, paused: bool) -> None:
         self._last_sent[gen] = now
         m = self._by_gen.get(gen)

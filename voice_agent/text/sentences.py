@@ -43,6 +43,19 @@ class SentenceSplitter:
         self._buf += text
         return self._drain(final=False)
 
+    def cut(self, min_words: int) -> list[str]:
+        """Now, not at a sentence end: the buffered whole words (to the last space), if
+        there are at least ``min_words`` of them (the voice would run dry before the
+        sentence ends). Nothing inside a code block, nothing before the first chunk."""
+        if self._in_code or self._emitted == 0:
+            return []
+        head = self._buf.lstrip(" \t\r")
+        end = max(head.rfind(" "), head.rfind("\n"))
+        if end <= 0 or "`" in head[:end] or len(head[:end].split()) < min_words:
+            return []
+        self._buf = head[end:]
+        return self._emit(head[:end])
+
     def flush(self) -> list[str]:
         """End of stream: return whatever is left."""
         out = self._drain(final=True)
