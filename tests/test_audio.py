@@ -109,6 +109,7 @@ def test_playout_frames_generations_and_heard_text() -> None:
 def test_heard_text_from_the_clients_playout_report_skips_filler_words() -> None:
     p = Playout(frame_samples=320)
     p.push(4, np.ones(640, dtype=np.int16), "Hmm.", filler=True)
+    assert p.pull() is not None and p.pull() is not None  # the filler played out
     p.push(4, np.ones(960, dtype=np.int16), "The answer is seven.")
     p.push(4, np.ones(640, dtype=np.int16), "Anything else?")
     while p.pull() is not None:
@@ -119,6 +120,31 @@ def test_heard_text_from_the_clients_playout_report_skips_filler_words() -> None
     assert p.heard_text(4, samples=640 + 960) == "The answer is seven."
     assert p.heard_text(4, samples=320) == ""  # still inside the filler
     assert p.heard_text(4, samples=0) == ""
+
+
+def test_the_answer_cuts_a_filler_short_and_drops_one_not_begun() -> None:
+    p = Playout(frame_samples=320)
+    clip = np.full(3200, 1000, dtype=np.int16)  # a shared fixed clip: never written
+    p.push(2, clip, "Hmm.", filler=True)
+    p.push(1, clip, "Okay.", filler=True)  # another generation's: left alone
+    for _ in range(3):
+        p.pull()
+    p.push(2, np.full(640, 7, dtype=np.int16), "Yes.")
+    # "Hmm." had 960 samples sent: it ends after two more frames, faded to silence
+    hmm = p.history[2][0]
+    assert hmm.total == 960 + 640 and p.buffered == 640 + 3200 + 640
+    assert hmm.pcm[960] == 1000 and hmm.pcm[-1] == 0 and 0 < hmm.pcm[1280] < 1000
+    assert (clip == 1000).all()
+    frames = []
+    while (pulled := p.pull()) is not None:
+        frames.append((pulled[0], pulled[2].text))
+    assert frames == [(2, "Hmm.")] * 2 + [(1, "Okay.")] * 10 + [(2, "Yes.")] * 2
+    assert p.heard_text(2) == "Yes."
+    # a filler not begun is dropped whole, and takes no place in what is heard
+    p.push(3, clip, "Hmm.", filler=True)
+    p.push(3, np.full(320, 7, dtype=np.int16), "No.")
+    assert p.buffered == 320 and p.pull()[2].text == "No."  # type: ignore[index]
+    assert p.heard_text(3) == "No."
 
 
 def test_playout_clear_keeps_newer_generation() -> None:

@@ -48,7 +48,7 @@ def _load_check_stt(cfg: EngineConfig) -> STT | None:
 def load_tts(cfg: EngineConfig) -> object:
     from voice_agent.tts.piper import PiperTTS
 
-    return PiperTTS(cfg.tts_voice)
+    return PiperTTS(cfg.tts_voice, threads=cfg.tts_threads)
 
 
 def _load_turn_model(cfg: EngineConfig) -> TurnModel | None:

@@ -14,6 +14,9 @@ import numpy as np
 
 from voice_agent.audio.pcm import FRAME_SAMPLES, Pcm
 
+FILLER_FADE_FRAMES = 2
+"""Frames over which a filler cut short by the answer fades out (40 ms)."""
+
 
 @dataclass
 class Segment:
@@ -56,6 +59,11 @@ class Playout:
         return self._buffered < self.capacity
 
     def push(self, gen: int, pcm: Pcm, text: str, filler: bool = False) -> Segment:
+        """Queue a segment. The answer's audio (not a filler) cuts short a filler of its
+        generation still playing, and drops one not yet begun: a "Hmm." that began just
+        before the answer was ready would hold it up for the rest of its length."""
+        if not filler:
+            self.cut_fillers(gen)
         pad = (-len(pcm)) % self.frame_samples
         if pad:
             pcm = np.concatenate([pcm, np.zeros(pad, dtype=np.int16)])
@@ -64,6 +72,31 @@ class Playout:
         self._buffered += seg.total
         self.history.setdefault(gen, []).append(seg)
         return seg
+
+    def cut_fillers(self, gen: int) -> int:
+        """End ``gen``'s fillers: one begun fades out over ``FILLER_FADE_FRAMES`` frames
+        from where it is, one not begun is dropped. Returns the samples dropped."""
+        dropped = 0
+        kept: deque[Segment] = deque()
+        for seg in self._queue:
+            if seg.gen != gen or not seg.filler:
+                kept.append(seg)
+                continue
+            end = 0
+            if seg.played > 0:
+                end = min(seg.total, seg.played + FILLER_FADE_FRAMES * self.frame_samples)
+            if end < seg.total:
+                pcm = seg.pcm[:end].copy()  # the clip is shared: never written in place
+                fade = pcm[seg.played :].astype(np.float32)
+                fade *= np.linspace(1.0, 0.0, len(fade), dtype=np.float32)
+                pcm[seg.played :] = fade.astype(np.int16)
+                dropped += seg.total - end
+                seg.pcm = pcm  # (a filler not begun keeps no audio: none of it is heard)
+            if end > 0:
+                kept.append(seg)
+        self._queue = kept
+        self._buffered -= dropped
+        return dropped
 
     def pull(self) -> tuple[int, Pcm, Segment] | None:
         """Next frame as ``(gen, frame, segment)``, or None when nothing is queued."""

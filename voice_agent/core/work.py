@@ -53,6 +53,8 @@ class _Job:
     turn: asyncio.Future[None] = field(repr=False)
     deadline: float | None = None
     """Loop time by which it must have run (None: as soon as possible)."""
+    wanted: Callable[[], bool] | None = None
+    """Asked when its turn comes: False drops it unrun (see FairWorker.submit)."""
     started: bool = False
 
 
@@ -108,12 +110,15 @@ class FairWorker:
         fn: Callable[[], T],
         slot: str | None = None,
         runway_s: float | None = None,
+        wanted: Callable[[], bool] | None = None,
     ) -> T:
         """Run ``fn()`` on the worker thread when it is ``owner``'s turn; return its result.
 
         Raises :class:`Superseded` if a newer job of the same ``slot`` replaced it before it
-        started, :class:`WorkQueueFull` if ``owner`` already has ``max_pending`` jobs waiting,
-        and whatever ``fn`` raises. Cancellation drops a job that has not started.
+        started, or if ``wanted()`` says False when its turn comes (background work that
+        has lost its point while it waited); :class:`WorkQueueFull` if ``owner`` already
+        has ``max_pending`` jobs waiting; and whatever ``fn`` raises. Cancellation drops a
+        job that has not started.
         """
         queue = self._queues.get(owner)
         if queue is None:
@@ -127,7 +132,7 @@ class FairWorker:
             raise WorkQueueFull(f"{self.name}: {self.max_pending} jobs already waiting")
         loop = asyncio.get_running_loop()
         deadline = None if runway_s is None else loop.time() + runway_s
-        job = _Job(owner, slot, loop.create_future(), deadline)
+        job = _Job(owner, slot, loop.create_future(), deadline, wanted)
         queue.append(job)
         self._dispatch()
         try:
@@ -162,8 +167,17 @@ class FairWorker:
     def _dispatch(self) -> None:
         """Start the next job: among owners whose next job is urgent, the one served
         longest ago (never: first come); when none is, the earliest deadline."""
-        if self._busy or not self._queues:
-            return
+        while not self._busy and self._queues:
+            job = self._next()
+            if job.wanted is None or job.wanted():
+                job.started = True
+                self._busy = True
+                job.turn.set_result(None)
+                return
+            self.superseded += 1
+            job.turn.set_exception(Superseded(f"{self.name}: no longer wanted"))
+
+    def _next(self) -> _Job:
         soon = asyncio.get_running_loop().time() + self.slack_s
         urgent = [
             o for o, q in self._queues.items() if q[0].deadline is None or q[0].deadline <= soon
@@ -179,9 +193,7 @@ class FairWorker:
         self._prune(owner)
         if len(self._served) > 64 + 4 * len(self._queues):
             self._served = {o: n for o, n in self._served.items() if o in self._queues}
-        job.started = True
-        self._busy = True
-        job.turn.set_result(None)
+        return job
 
     def _release(self) -> None:
         self._busy = False

@@ -76,7 +76,6 @@ class LocalLlamaServer:
             # system prompt again (3-5 s each with 4 calls at once, measured)
             "--no-cache-idle-slots",
         ]  # fmt: skip
-        args += os.environ.get("VA_EXP_LLAMA", "").split()
         self.proc = await asyncio.create_subprocess_exec(
             *args,
             stdout=log,

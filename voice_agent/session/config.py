@@ -84,12 +84,12 @@ class SessionConfig:
     ``vad_stop_ms``); if the caller goes on, the pass is dropped (None: at the stop)."""
     preroll_ms: int = 300
     max_turn_s: float = 28.0
-    partial_interval_s: float = float(__import__('os').environ.get('VA_EXP_PARTIAL', 0.8))
+    partial_interval_s: float = 0.8
     inbound_queue_frames: int = 500
     playout_capacity_s: float = 20.0
     paced: bool = True
     max_tool_rounds: int = 3
-    first_chunk_words: int = int(__import__('os').environ.get('VA_EXP_FIRST', 5))
+    first_chunk_words: int = 5
     """The most words of a reply's first spoken chunk (it ends sooner at a clause mark
     after 3 words): the caller hears nothing until the LLM has written it and the voice
     has said it. 5 rather than 8: the first chunk came ~160 ms sooner at p50 in

@@ -99,14 +99,16 @@ class Listener:
         self._jobs.add(task)
         task.add_done_callback(self._jobs.discard)
 
-    async def _transcribe(self, partial: bool) -> Transcript:
+    async def _transcribe(self, partial: bool, preview: bool = False) -> Transcript:
         """A pass over the turn so far (by the engine's check STT while the caller talks
-        over the agent: a barge-in is pending)."""
+        over the agent: a barge-in is pending). A ``preview`` (a partial transcript) is
+        dropped unrun if another call is waiting for its answer when its turn comes."""
         pcm = self.inbound.turn_audio()
         over_agent = self.machine.barge is not None
+        wanted = self._no_one_waiting if preview else None
         try:
             return await self.engine.run_stt(
-                pcm, partial=partial, owner=self.owner, over_agent=over_agent
+                pcm, partial=partial, owner=self.owner, over_agent=over_agent, wanted=wanted
             )
         except Dropped:
             raise
@@ -118,6 +120,12 @@ class Listener:
                 message="speech recognition failed on that audio; please say it again",
             )  # fmt: skip
             return Transcript("", len(pcm), 0.0)
+
+    def _no_one_waiting(self) -> bool:
+        if self.engine.foreground.others_waiting(self.owner):
+            self.partials_yielded += 1
+            return False
+        return True
 
     def frames_pushed(self) -> None:
         """After each inbound chunk: a partial pass when the turn has grown enough (not
@@ -170,7 +178,7 @@ class Listener:
     async def _partial(self) -> None:
         self._partial_running = True
         try:
-            result = await self._transcribe(partial=True)
+            result = await self._transcribe(partial=True, preview=True)
         except Dropped:
             return
         finally:
