@@ -998,3 +998,119 @@ def test_an_stt_failure_is_an_error_event_and_the_call_goes_on() -> None:
     assert [m.user_text for m in call.session.turns] == ["What time is it?"]
     assert call.session.turns[0].reply_text == "It is noon."
     assert call.session.listener.stt_failures >= 1
+
+
+# -- background work yields to a caller waiting for an answer ----------------------------
+
+
+def test_partial_previews_and_prefills_wait_while_another_caller_waits_for_its_answer() -> None:
+    """A stops talking at 1 s and waits for its answer (the LLM's first token takes 1 s);
+    B talks on for 4 s. B's partial passes (a preview) do not run while A waits, and B's
+    call-start prefill, asked while A waits, is not sent. B's own final pass is not held."""
+
+    async def main() -> tuple[Call, Call, list[float], list[float]]:
+        llm = ScriptedLLMDouble([["It is noon."]], 1.0, default=["Okay."])
+        engine = double_engine(llm, WORDS)
+        loop = asyncio.get_running_loop()
+        starts: list[float] = []
+        run = engine.partial_worker._runner
+
+        def runner(fn: Any) -> Any:
+            starts.append(loop.time())
+            return run(fn)
+
+        engine.partial_worker._runner = runner
+        a = await dial(llm, engine=engine, idle_prompt_s=None)
+        waiting: list[float] = []
+
+        async def watch() -> None:
+            while True:
+                if a.session.waiting_for_answer():
+                    waiting.append(loop.time())
+                await asyncio.sleep(0.01)
+
+        watcher = asyncio.create_task(watch())
+        await a.say(tone(1.0, 500))
+        await a.quiet(0.2)
+        b = await dial(llm, engine=engine, idle_prompt_s=None)  # while A waits
+        b.fed = round((loop.time() - b.session.t0) * 16000)
+        await asyncio.gather(a.until(completed(a)), b.say(tone(4.0, 600)))
+        await b.until(completed(b))
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        await a.end()
+        await b.end()
+        return a, b, starts, waiting
+
+    a, b, starts, waiting = run_virtual(main())
+    assert a.session.turns[0].reply_text == "It is noon."
+    assert b.session.turns[0].user_text == WORDS[600]
+    t0 = a.session.t0
+    began, ended = waiting[0] - t0, waiting[-1] - t0
+    assert 1.0 <= began <= 1.1 and ended >= 2.0  # A's wait: its pause, then the LLM's 1 s
+    inside = [s - t0 for s in starts if waiting[0] <= s <= waiting[-1]]
+    assert inside == []  # no partial pass ran while A waited
+    assert any(s - t0 > ended for s in starts)  # B's previews came back after
+    assert b.session.listener.partials_yielded > 0
+    # B's call-start prefill was asked while A waited: not sent; A's was sent
+    assert b.session.prefills_yielded >= 1
+    assert ("prefill", a.session) in a.llm.owners
+    assert ("stream", a.session) in a.llm.owners and ("stream", b.session) in a.llm.owners
+
+
+def test_a_slow_llm_has_its_words_spoken_before_the_sentence_ends_and_the_voice_never_stops(
+) -> None:  # fmt: skip
+    """The LLM writes a word every 0.2 s, one long sentence; the voice says a word in
+    ~0.35 s. Waiting for the sentence's end would leave the caller in silence for
+    seconds; with under 1 s of audio left, the words so far are spoken."""
+    from doubles import ToneTTSDouble
+
+    words = ["Well", " the", " first", " thing", " to", " know"] + [
+        f" w{k}" for k in range(30)
+    ] + [" end."]  # fmt: skip
+
+    async def main() -> tuple[Call, list[str]]:
+        llm = ScriptedLLMDouble([words], 0.2)
+        engine = double_engine(llm, WORDS)
+        voice = ToneTTSDouble(per_char_s=0.06)
+        engine.tts = voice
+        call = await dial(llm, engine=engine, idle_prompt_s=None)
+        await call.say(tone(1.0, 500))
+        await call.until(completed(call), limit_s=30)
+        await call.end()
+        return call, voice.texts
+
+    call, texts = run_virtual(main())
+    (m,) = call.session.turns
+    assert m.reply_text == "".join(words) and m.status == "completed"
+    spoken = [t for t in texts if t.startswith(("Well", "know", "w"))]
+    assert spoken[0] == "Well the first thing to"  # the first chunk: 5 words
+    assert len(spoken) >= 4 and all(len(t.split()) >= 3 for t in spoken[1:-1])
+    assert " ".join(spoken) == "".join(words).strip()
+    assert m.underruns == 0
+    assert m.heard_text == m.reply_text
+
+
+def test_the_first_chunk_is_three_words_while_another_caller_waits() -> None:
+    async def main() -> tuple[Call, Call, list[str]]:
+        llm = ScriptedLLMDouble(
+            [["One two three four five six."], ["Seven eight nine ten eleven twelve."]], 0.05
+        )
+        engine = double_engine(llm, WORDS)
+        a = await dial(llm, engine=engine, idle_prompt_s=None)
+        b = await dial(llm, engine=engine, idle_prompt_s=None)
+        await asyncio.gather(a.say(tone(1.0, 500)), b.say(tone(1.0, 600)))
+        await asyncio.gather(a.until(completed(a)), b.until(completed(b)))
+        await a.end()
+        await b.end()
+        return a, b, engine.tts.texts
+
+    a, b, texts = run_virtual(main())
+    # the first reply starts while the other caller waits for its final pass: 3 words;
+    # the second once the first caller hears its answer, with no one waiting: 5
+    assert texts[-4:] == [
+        "One two three", "four five six.", "Seven eight nine ten eleven", "twelve."
+    ]  # fmt: skip
+    assert {a.session.turns[0].reply_text, b.session.turns[0].reply_text} == {
+        "One two three four five six.", "Seven eight nine ten eleven twelve."
+    }  # fmt: skip

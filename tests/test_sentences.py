@@ -121,3 +121,18 @@ def test_sentence_is_held_until_next_char_known() -> None:
 )
 def test_speakable(markdown: str, spoken: str) -> None:
     assert speakable(markdown) == spoken
+
+
+def test_cut_speaks_the_whole_words_so_far_but_never_the_first_chunk_or_code() -> None:
+    s = SentenceSplitter(first_max_words=3)
+    assert s.cut(3) == []  # before the first chunk: its own rule decides
+    assert s.feed("Octopuses are small creatures that live in the oce") == [
+        "Octopuses are small"
+    ]
+    assert s.cut(7) == []  # only five whole words ("oce" is not one yet)
+    assert s.cut(3) == ["creatures that live in the"]
+    assert s.feed("an and swim. Then") == ["ocean and swim."]
+    assert s.flush() == ["Then"]
+    code = SentenceSplitter(first_max_words=3)
+    code.feed("Here it is now.\n```\nprint(1) and more words here ")
+    assert code.cut(2) == []

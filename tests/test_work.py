@@ -163,3 +163,46 @@ def test_jobs_with_runway_to_spare_go_earliest_deadline_first_and_never_idle_the
         return log
 
     assert run_virtual(main()) == ["c0", "b-4s", "a-9s"]
+
+
+def test_a_job_no_longer_wanted_when_its_turn_comes_is_dropped_unrun() -> None:
+    """``wanted`` is asked at the job's turn, not when it is submitted: a partial pass
+    queued before another call began to wait is dropped, and the next job runs at once."""
+
+    async def main() -> tuple[list[str], list[str], list[float], int]:
+        w = FairWorker("w", modeled_runner(1.0))
+        log: list[str] = []
+        results: list[str] = []
+        asked: list[float] = []
+        busy = {"other call waits": False}
+        loop = asyncio.get_running_loop()
+
+        def wanted() -> bool:
+            asked.append(loop.time() - 1000.0)
+            return not busy["other call waits"]
+
+        async def run(owner: str, name: str, preview: bool) -> None:
+            try:
+                results.append(
+                    await w.submit(owner, job(log, name), wanted=wanted if preview else None)
+                )
+            except Superseded:
+                results.append(f"{name} dropped")
+
+        tasks = [asyncio.create_task(run("a", "a0", True))]
+        await asyncio.sleep(0)
+        tasks += [asyncio.create_task(run(o, f"{o}0", True)) for o in ("b", "c")]
+        tasks.append(asyncio.create_task(run("d", "d0", False)))
+        await asyncio.sleep(0.5)
+        busy["other call waits"] = True  # b and c were wanted when they were submitted
+        await asyncio.sleep(1.0)
+        busy["other call waits"] = False
+        tasks.append(asyncio.create_task(run("e", "e0", True)))
+        await asyncio.gather(*tasks)
+        return log, results, asked, w.superseded
+
+    log, results, asked, superseded = run_virtual(main())
+    assert log == ["a0", "d0", "e0"]
+    assert sorted(results) == ["a0", "b0 dropped", "c0 dropped", "d0", "e0"]
+    assert asked == [0.0, 1.0, 1.0, 2.0]  # at each one's turn: a at once, b and c at 1 s
+    assert superseded == 2
