@@ -764,7 +764,8 @@ def test_a_caller_flooding_the_models_cannot_starve_another_and_ends_at_once() -
     # the flooding caller that is running (0.5 s), then takes its own 0.5 s
     assert final["t_ms"] - stopped["t_ms"] <= 120 + 500 + 500
     # the flood never had more than one job waiting on a worker: newer ones superseded it
-    assert most == {"stt": 1, "stt-partial": 1}
+    # (its partial previews mostly yield to the other caller's wait: none may be queued)
+    assert most["stt"] == 1 and most["stt-partial"] <= 1
     assert a.engine.stt_worker.superseded > 20
     # the flooding session ended the moment it hung up: its queued work was dropped
     assert ended == hung_up

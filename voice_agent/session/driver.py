@@ -212,9 +212,15 @@ class Session:
     async def run(self) -> None:
         """Run until :meth:`hangup` (or the machine closes the call). Cancelling it tears
         everything down; an exception from the output ends it too."""
+        self.engine.foreground.join(self, self.waiting_for_answer)
+        try:
+            await self._run()
+        finally:
+            self.engine.foreground.leave(self)
+
+    async def _run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
-            self.engine.foreground.join(self, self.waiting_for_answer)
             self.listener.start(tg)
             self._prefill(None)
             loops = [tg.create_task(self._inbound_loop()), tg.create_task(self.writer.run())]
@@ -224,7 +230,6 @@ class Session:
             try:
                 await self._control_loop()
             finally:
-                self.engine.foreground.leave(self)
                 await self.replies.cancel()
                 self.listener.stop()
                 self._stop_prefill()

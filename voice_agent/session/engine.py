@@ -171,17 +171,19 @@ class Engine:
         owner: Hashable = None,
         over_agent: bool = False,
         wanted: Callable[[], bool] | None = None,
+        runway_s: float | None = None,
     ) -> Transcript:
         """Transcribe ``pcm`` (``over_agent``: speech that began while the agent talked, by
         ``check_stt`` when there is one). A newer request of the same kind (final, or
         partial) from the same ``owner`` supersedes one still waiting: that one raises
         :class:`~voice_agent.core.work.Superseded`, as does one whose ``wanted()`` is False
-        when its turn comes."""
+        when its turn comes. ``runway_s``: how long it can wait while other sessions' jobs
+        with none (a barge-in's words check) go first."""
         worker = self.partial_worker if partial else self.stt_worker
         slot = "partial" if partial else "final"
         stt = self.check_stt if over_agent and self.check_stt is not None else self.stt
         job = functools.partial(transcribe_checked, stt, self.speech_seconds, pcm)
-        return await worker.submit(owner, job, slot=slot, wanted=wanted)
+        return await worker.submit(owner, job, slot=slot, wanted=wanted, runway_s=runway_s)
 
     async def run_turn_score(self, pcm: Pcm, owner: Hashable = None) -> float:
         """P(the turn in ``pcm`` is complete), on its own thread beside the final STT pass.

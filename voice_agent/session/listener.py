@@ -106,10 +106,13 @@ class Listener:
         pcm = self.inbound.turn_audio()
         over_agent = self.machine.barge is not None
         wanted = self._no_one_waiting if preview else None
+        # a preview can wait a partial interval; a barge-in's words check cannot
+        runway = self.partial_every_s if preview else None
         try:
             return await self.engine.run_stt(
-                pcm, partial=partial, owner=self.owner, over_agent=over_agent, wanted=wanted
-            )
+                pcm, partial=partial, owner=self.owner, over_agent=over_agent, wanted=wanted,
+                runway_s=runway,
+            )  # fmt: skip
         except Dropped:
             raise
         except Exception:  # the model failed on this audio: the call goes on without it
