@@ -206,3 +206,4 @@ def test_a_job_no_longer_wanted_when_its_turn_comes_is_dropped_unrun() -> None:
     assert sorted(results) == ["a0", "b0 dropped", "c0 dropped", "d0", "e0"]
     assert asked == [0.0, 1.0, 1.0, 2.0]  # at each one's turn: a at once, b and c at 1 s
     assert superseded == 2
+

@@ -169,6 +169,10 @@ class FairWorker:
         longest ago (never: first come); when none is, the earliest deadline."""
         while not self._busy and self._queues:
             job = self._next()
+            if job.turn.done():
+                # its task was cancelled and has not yet run to take it off the queue
+                # (setting the turn would raise InvalidStateError in this callback)
+                continue
             if job.wanted is None or job.wanted():
                 job.started = True
                 self._busy = True
