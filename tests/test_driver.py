@@ -281,7 +281,7 @@ def test_a_new_turn_cancels_the_reply_and_the_history_keeps_only_what_was_heard(
     assert first.heard_text == "Sentence one is here. Sentence two is here."
     assert call.session.history[2] == {
         "role": "assistant",
-        "content": "Sentence one is here. Sentence two is here. [interrupted by the caller]",
+        "content": "Sentence one is here. Sentence two is here.",
     }
     assert call.llm.requests[1][2]["content"] == call.session.history[2]["content"]
     (clear,) = call.events("clear")  # the frame in flight went out as the typed turn came
@@ -391,9 +391,8 @@ def test_an_interrupted_filler_cancels_the_reply_and_no_answer_word_is_kept() ->
     m = call.session.turns[0]
     assert m.fillers and m.heard_text == ""
     assert [e["gen"] for e in call.events("clear")] == [1]
-    assert [h for h in call.session.history if h["role"] == "assistant"] == [
-        {"role": "assistant", "content": "[interrupted by the caller]"}
-    ]
+    # nothing of the answer was heard: nothing of it is remembered
+    assert call.session.history[1:] == [{"role": "user", "content": "Question?"}]
 
 
 def test_an_idle_caller_is_prompted_then_hears_goodbye_and_the_call_closes() -> None:
@@ -483,8 +482,35 @@ def test_a_barge_in_pauses_at_onset_confirms_clears_and_keeps_the_heard_words() 
     assert first.heard_text == (
         "One two three four five six seven eight nine ten. One two three four five six seven"
     )
-    assert s.history[2]["content"] == first.heard_text + " [interrupted by the caller]"
+    assert s.history[2]["content"] == first.heard_text
     assert second.user_text == WORDS[600] and second.reply_text == "Sunny."
+
+
+def test_a_false_start_is_forgotten_and_the_callers_words_are_one_message() -> None:
+    # the agent began at a pause in the caller's sentence and was cut off after a word:
+    # the LLM next reads the caller's words as one message, with no fragment between
+    async def main() -> Call:
+        llm = ScriptedLLMDouble([["You're right about that, and here is why."], ["Sunny."]])
+        call = await dial(llm, idle_prompt_s=None)
+        call.session.send_text("And so, my fellow Americans,")
+        await call.until(lambda: call.samples(1) > 0)
+        await call.say(tone(1.2, 600))
+        await call.until(completed(call, 2))
+        await call.end()
+        return call
+
+    call = run_virtual(main())
+    s = call.session
+    first, second = s.turns
+    assert first.status == "interrupted" and first.heard_text == "You're"
+    joined = f"And so, my fellow Americans, {WORDS[600]}"
+    assert call.llm.requests[1][1:] == [{"role": "user", "content": joined}]
+    assert s.history[1:] == [
+        {"role": "user", "content": joined},
+        {"role": "assistant", "content": "Sunny."},
+    ]
+    # the turns still say what happened
+    assert (first.user_text, second.user_text) == ("And so, my fellow Americans,", WORDS[600])
 
 
 def test_a_cough_pauses_the_reply_then_it_resumes_with_no_audio_lost() -> None:
@@ -623,6 +649,12 @@ async def reach(name: str, then: list[Any]) -> tuple[Call, asyncio.Task[Any] | N
     return call, hog
 
 
+def remembered(heard: str) -> list[dict[str, str]]:
+    """The history's copy of a reply cut off after ``heard``: the words as they are, or
+    nothing for a false start (under three words)."""
+    return [{"role": "assistant", "content": heard}] if len(heard.split()) >= 3 else []
+
+
 def no_trace_after(call: Call, gen: int, cut_ms: float) -> None:
     assert all(t <= cut_ms for t in call.frames_ms(gen)), "audio of the old generation after the cut"
     assert call.llm.closed_streams == len(call.llm.requests)  # every LLM stream was closed
@@ -651,8 +683,7 @@ def test_a_hangup_at_each_await_point_leaves_nothing_running(point: str) -> None
         return
     (m,) = s.turns
     assert m.status == "interrupted"
-    heard = m.heard_text
-    assert s.history[-1] == {"role": "assistant", "content": f"{heard} [interrupted by the caller]".strip()}
+    assert s.history[1:] == [{"role": "user", "content": m.user_text}, *remembered(m.heard_text)]
     assert call.events("reply.done")[-1]["status"] == "interrupted"
 
 
@@ -688,7 +719,18 @@ def test_a_barge_in_at_each_await_point_cancels_the_reply_and_the_caller_is_answ
     first = s.turns[0]
     assert first.status == "interrupted" and [e["gen"] for e in call.events("clear")] == [1]
     assert answered.user_text == WORDS[600]
-    assert s.history[2]["content"] == f"{first.heard_text} [interrupted by the caller]".strip()
+    if len(first.heard_text.split()) >= 3:
+        assert s.history[1:] == [
+            {"role": "user", "content": first.user_text},
+            {"role": "assistant", "content": first.heard_text},
+            {"role": "user", "content": answered.user_text},
+            {"role": "assistant", "content": "Sunny."},
+        ]
+    else:  # a false start: the caller's words are one message
+        assert s.history[1:] == [
+            {"role": "user", "content": f"{first.user_text} {answered.user_text}"},
+            {"role": "assistant", "content": "Sunny."},
+        ]
 
 
 @pytest.mark.parametrize("point", ["llm_first_token", "tool_running", "playing_out"])

@@ -26,7 +26,6 @@ STORY = [
     f"This is sentence number {w} of a long story about the sea. "
     for w in ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 ]
-MARKER = "[interrupted by the caller]"
 
 
 @pytest.fixture(scope="module")
@@ -129,12 +128,12 @@ async def test_barge_in_stops_the_agent_clears_gen_and_keeps_only_the_heard_word
     assert "".join(STORY).startswith(heard.rstrip("."))  # a prefix of the reply, word-cut
     assert len(heard) < len(turn["reply_text"]) / 2
     assistant = next(m for m in rep["history"] if m["role"] == "assistant")
-    assert assistant["content"] == f"{heard} {MARKER}"
+    assert assistant["content"] == heard  # as heard, with no mark a small LLM would copy
     # the whole sentences kept match the audio the caller heard (each is ~3.1 s of piper)
     seconds = log.played_samples[1] / SAMPLE_RATE
     assert abs(heard.count(".") - seconds / 3.1) <= 1, (heard, seconds)
     # the next LLM request saw the truncated reply
-    assert llm.requests[1][2] == {"role": "assistant", "content": f"{heard} {MARKER}"}
+    assert llm.requests[1][2] == {"role": "assistant", "content": heard}
     # per-turn metrics: one confirmed barge-in with its latencies
     (b,) = turn["barge_in"]
     assert b["outcome"] == "confirmed" and b["stop_latency_ms"] <= 200

@@ -40,7 +40,7 @@ from voice_agent.session.inbound import InboundPipeline, SpeechEnd, SpeechOnset
 from voice_agent.session.listener import Listener
 from voice_agent.session.metrics import TurnMetrics
 from voice_agent.session.output import Events, Output
-from voice_agent.session.record import CallRecord
+from voice_agent.session.record import CallRecord, with_user
 from voice_agent.session.replies import Replies, start_purpose
 from voice_agent.session.reply import Fillers, Reply, ReplyContext
 from voice_agent.session.transcripts import TranscriptFilter
@@ -374,9 +374,7 @@ class Session:
         m = self.machine
         if words is not None and (m.agent is not t.AgentState.IDLE or m.prepared is not None):
             return
-        messages = list(self.history)
-        if words:
-            messages.append({"role": "user", "content": words})
+        messages = with_user(self.history, words) if words else list(self.history)
         messages = fit_context(messages, self.config.max_context_chars)
         if messages == self._prefilled:
             return  # the same words again: nothing new to read
@@ -403,7 +401,7 @@ class Session:
         if final is not None:
             m.stt_final, m.stt_compute_s = final.ready, final.compute_s
         messages = fit_context(
-            [*self.history, {"role": "user", "content": text}], self.config.max_context_chars
+            with_user(self.history, text), self.config.max_context_chars
         )
         if decided is not None:
             self._commit_turn(m)

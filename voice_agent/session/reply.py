@@ -28,7 +28,7 @@ from voice_agent.llm.base import Message, TextDelta, ToolCall
 from voice_agent.llm.tools import ToolRounds
 from voice_agent.session.engine import LOST_THREAD, Engine
 from voice_agent.session.metrics import TurnMetrics
-from voice_agent.session.record import INTERRUPTED_MARK
+from voice_agent.session.record import FALSE_START_WORDS
 from voice_agent.session.writer import PacedWriter
 from voice_agent.text.sentences import SentenceSplitter
 
@@ -158,10 +158,12 @@ class Reply:
             m.heard_text = playout.heard_text(self.gen)
 
     def history_entry(self, interrupted: bool) -> Message | None:
-        """The assistant message the caller heard (None: nothing to remember)."""
-        content = self.m.reply_text
-        if interrupted:
-            content = f"{self.m.heard_text} {INTERRUPTED_MARK}".strip()
+        """The assistant message the caller heard (None: nothing to remember). Cut off,
+        it is the words the caller heard, as they are: a mark that says so is copied by
+        small LLMs into their next answer. A false start is not remembered."""
+        content = self.m.heard_text if interrupted else self.m.reply_text
+        if interrupted and len(content.split()) < FALSE_START_WORDS:
+            return None
         return {"role": "assistant", "content": content} if content else None
 
     async def _generate(self, out: asyncio.Queue[str | None]) -> None:
