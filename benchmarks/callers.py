@@ -63,8 +63,6 @@ class CallerResult:
     """Each event of the turn's server timeline, in ms from the true end of speech (which
     stage each caller waited on)."""
     frames: list[tuple[float, int, int]] = field(default_factory=list, repr=False)
-    true_end: float = 0.0
-    """Loop time of the true end of speech."""
 
     def row(self) -> dict[str, Any]:
         return {
@@ -127,7 +125,7 @@ async def one_caller(
             return res
         offset = loop.time() - started["t_ms"] / 1000  # server session time 0, our clock
         t0 = loop.time()
-        true_end = res.true_end = t0 + end / SAMPLE_RATE
+        true_end = t0 + end / SAMPLE_RATE
 
         async def send() -> None:
             k = 0

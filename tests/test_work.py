@@ -207,3 +207,46 @@ def test_a_job_no_longer_wanted_when_its_turn_comes_is_dropped_unrun() -> None:
     assert asked == [0.0, 1.0, 1.0, 2.0]  # at each one's turn: a at once, b and c at 1 s
     assert superseded == 2
 
+
+
+def test_a_job_cancelled_in_the_tick_its_turn_comes_is_skipped_and_the_worker_goes_on() -> None:
+    # A finishes, and in the same tick B (queued next) is cancelled: the worker's release
+    # runs before B's task can take B off the queue. B is skipped, not started (setting
+    # its cancelled turn raised InvalidStateError in the release callback), and C runs.
+    async def main() -> tuple[list[str], list[Any], list[tuple[Any, Any]], FairWorker]:
+        loop = asyncio.get_running_loop()
+        errors: list[Any] = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(context))
+        held: list[tuple[Any, Any]] = []
+
+        def runner(fn: Any) -> Any:  # the test finishes each job by hand
+            future = loop.create_future()
+            held.append((fn, future))
+            return future
+
+        w = FairWorker("w", runner)
+        log: list[str] = []
+        a = asyncio.create_task(w.submit("a", job(log, "a")))
+        b = asyncio.create_task(w.submit("b", job(log, "b")))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert len(held) == 1 and w.waiting == 1  # A runs, B waits
+        fn, future = held[0]
+        future.set_result(fn())  # A's release callback is queued first ...
+        b.cancel()  # ... then B's wake-up, with its turn already cancelled
+        assert await a == "a"
+        with pytest.raises(asyncio.CancelledError):
+            await b
+        c = asyncio.create_task(w.submit("c", job(log, "c")))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        fn, future = held[-1]
+        future.set_result(fn())
+        assert await c == "c"
+        loop.set_exception_handler(None)
+        return log, errors, held, w
+
+    log, errors, held, w = run_virtual(main())
+    assert log == ["a", "c"] and len(held) == 2
+    assert errors == []
+    assert w.waiting == 0 and not w._busy

@@ -132,12 +132,10 @@ class Listener:
 
     def frames_pushed(self) -> None:
         """After each inbound chunk: a partial pass when the turn has grown enough (not
-        while a barge-in is pending: its checks transcribe the turn, and come first; not
-        while another call waits for its answer: a partial is only a preview)."""
+        while a barge-in is pending: its checks transcribe the turn, and come first). A
+        partial is only a preview: when its turn on the worker comes while another call
+        waits for its answer, it is dropped (``_no_one_waiting``)."""
         if self._partial_running or self.machine.barge is not None:
-            return
-        if self.engine.foreground.others_waiting(self.owner):
-            self.partials_yielded += 1  # due again once they have their answer
             return
         if self.inbound.partial_due(self.partial_every_s):
             self._spawn(self._partial())
