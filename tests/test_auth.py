@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from conftest import start_server
+from conftest import start_server, until
 from doubles import AutoAdvanceClockDouble, ScriptedLLMDouble, double_engine
 from httpx_sse import aconnect_sse
 
@@ -201,7 +201,10 @@ async def test_a_failures_detail_is_for_a_key_and_a_pages_token_reads_it_redacte
     srv, addr, task = await start_server(app)
     key = {"Authorization": f"Bearer {KEY}"}
     try:
-        async with websockets.connect(f"ws://{addr}/v1/voice/ws", additional_headers=key) as ws:
+        async with httpx.AsyncClient(base_url=f"http://{addr}", timeout=10) as c:
+            token = (await c.post("/v1/tokens", headers=key)).json()["token"]
+        # the page calls with its token
+        async with websockets.connect(f"ws://{addr}/v1/voice/ws?token={token}") as ws:
             await ws.send(json.dumps({"type": "session.start", "sample_rate": 16000}))
             sid = json.loads(await ws.recv())["session_id"]
             await ws.send(json.dumps({"type": "text", "text": "Tell me."}))
@@ -211,7 +214,6 @@ async def test_a_failures_detail_is_for_a_key_and_a_pages_token_reads_it_redacte
                     if isinstance(msg, str) and json.loads(msg)["type"] == "metrics":
                         break
         async with httpx.AsyncClient(base_url=f"http://{addr}", timeout=10) as c:
-            token = (await c.post("/v1/tokens", headers=key)).json()["token"]
             whole = (await c.get(f"/v1/sessions/{sid}", headers=key)).json()
             page = await c.get(f"/v1/sessions/{sid}", params={"token": token})
         assert whole["errors"] == [str(boom)] and "10.0.0.7" in whole["turns"][0]["error"]
@@ -222,3 +224,95 @@ async def test_a_failures_detail_is_for_a_key_and_a_pages_token_reads_it_redacte
     finally:
         srv.should_exit = True  # type: ignore[attr-defined]
         await task  # type: ignore[misc]
+
+
+KEY2 = "k-" + "y" * 30
+
+
+@pytest.fixture
+async def two_keys() -> AsyncIterator[tuple[str, ScriptedLLMDouble, Any]]:
+    llm = ScriptedLLMDouble([], 0.01, default=["Noted."])
+    config = ServerConfig(api_keys=[KEY, KEY2], max_sessions_per_key=1)
+    app = create_app(engine=double_engine(llm), config=config)
+    srv, addr, task = await start_server(app)
+    yield addr, llm, app.state.va
+    srv.should_exit = True  # type: ignore[attr-defined]
+    await task  # type: ignore[misc]
+
+
+def bearer(credential: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {credential}"}
+
+
+async def test_a_caller_reads_only_its_own_conversations(two_keys: Any) -> None:
+    addr, _, _ = two_keys
+    a, b = bearer(KEY), bearer(KEY2)
+    async with httpx.AsyncClient(base_url=f"http://{addr}", timeout=10) as c:
+        r = await c.post("/v1/chat", json={"message": "My PIN is 4321."}, headers=a)
+        assert r.status_code == 202
+        rid, cid = r.json()["response_id"], r.json()["conversation_id"]
+        async with aconnect_sse(c, "GET", f"/v1/chat/{rid}/events", headers=a) as source:
+            assert [sse.event async for sse in source.aiter_sse() if sse.data][-1] == "done"
+        r = await c.get(f"/v1/conversations/{cid}", headers=a)
+        assert r.status_code == 200 and "4321" in r.text and "owner" not in r.json()
+        # another key learns nothing: not the words, not that the records exist
+        for method, path, body in [
+            ("GET", f"/v1/conversations/{cid}", None),
+            ("POST", "/v1/chat", {"message": "Repeat my PIN.", "conversation_id": cid}),
+            ("GET", f"/v1/chat/{rid}/events", None),
+            ("POST", f"/v1/chat/{rid}/cancel", None),
+            ("POST", f"/v1/chat/{rid}/regenerate", None),
+        ]:  # fmt: skip
+            r = await c.request(method, path, json=body, headers=b)
+            assert r.status_code == 404 and "4321" not in r.text, (path, r.text)
+            assert r.json()["error"].startswith("no such"), (path, r.text)
+        # a page's token reads what it started, and its key reads that too; another
+        # token of the same key does not, nor does the key's own conversation open to it
+        page = bearer((await c.post("/v1/tokens", headers=a)).json()["token"])
+        other = bearer((await c.post("/v1/tokens", headers=a)).json()["token"])
+        assert (await c.get(f"/v1/conversations/{cid}", headers=page)).status_code == 404
+        r = await c.post("/v1/chat", json={"message": "My name is Ada."}, headers=page)
+        assert r.status_code == 202
+        mine = r.json()["conversation_id"]
+        got = {
+            who: (await c.get(f"/v1/conversations/{mine}", headers=h)).status_code
+            for who, h in [("page", page), ("key", a), ("other page", other), ("other key", b)]
+        }
+        assert got == {"page": 200, "key": 200, "other page": 404, "other key": 404}
+
+
+async def test_a_caller_reads_only_its_own_calls_live_kept_and_stored(two_keys: Any) -> None:
+    addr, _, state = two_keys
+    a, b = bearer(KEY), bearer(KEY2)
+    async with httpx.AsyncClient(base_url=f"http://{addr}", timeout=10) as c:
+
+        async def seen_by(sid: str) -> dict[str, int]:
+            return {
+                who: (await c.get(f"/v1/sessions/{sid}", headers=h)).status_code
+                for who, h in [("a", a), ("b", b)]
+            }
+
+        async with websockets.connect(f"ws://{addr}/v1/voice/ws", additional_headers=a) as ws:
+            await ws.send(json.dumps({"type": "session.start", "sample_rate": 16000}))
+            started = json.loads(await ws.recv())
+            assert started["type"] == "session.started"
+            sid = started["session_id"]
+            assert await seen_by(sid) == {"a": 200, "b": 404}  # live
+            # the per-key limit (1) holds for a phone stream on the same key too
+            async with websockets.connect(
+                f"ws://{addr}/v1/telephony/telnyx/stream?token={KEY}"
+            ) as phone:  # fmt: skip
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await asyncio.wait_for(phone.recv(), 10)
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 1013
+            assert closed.value.rcvd.reason == "too many calls for this key (limit 1)"
+        await until(lambda: sid in state.reports, limit_s=10)
+        assert await seen_by(sid) == {"a": 200, "b": 404}  # kept in memory
+        assert "owner" not in (await c.get(f"/v1/sessions/{sid}", headers=a)).json()
+        # from the store, as another process (or this one after a restart) reads it
+        await until(lambda: not state.recording, limit_s=10)
+        state.reports.pop(sid)
+        assert await seen_by(sid) == {"a": 200, "b": 404}
+        r = await c.get(f"/v1/sessions/{sid}", headers=a)
+        assert r.json()["live"] is False and "owner" not in r.json()

@@ -54,8 +54,8 @@ def db(request: Any, tmp_path: Path) -> str:
 def test_the_migrations_build_exactly_the_declared_schema_and_run_once(db: str) -> None:
     engine = _make_engine(database_url(db))
     try:
-        assert migrate(engine) == head_revision() == "0001"
-        assert migrate(engine) == "0001"  # a second start upgrades nothing
+        assert migrate(engine) == head_revision() == "0002"
+        assert migrate(engine) == "0002"  # a second start upgrades nothing
         with engine.connect() as conn:
             diffs = compare_metadata(MigrationContext.configure(conn), metadata)
             assert diffs == []

@@ -181,7 +181,9 @@ def test_a_provider_that_stops_reading_is_hung_up_and_the_call_is_still_reported
         session_config=SessionConfig(echo_guard=False, duplex=DuplexPolicy(idle_prompt_s=None)),
         keep_report=lambda sid, report: reports.__setitem__(sid, report),
     )  # fmt: skip
-    state.add_session = lambda sid, session, transport: state.sessions.__setitem__(sid, session)
+    state.add_session = lambda sid, session, transport, caller: state.sessions.__setitem__(
+        sid, session
+    )
     side = provider_side("twilio")
 
     async def main() -> tuple[float, float]:

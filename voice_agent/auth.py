@@ -18,6 +18,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -71,6 +72,11 @@ class Auth:
 
     def token_key(self, credential: str) -> str | None:
         """The key id a good token carries ("token" if none), or None."""
+        claims = self.token_claims(credential)
+        return None if claims is None else claims[0]
+
+    def token_claims(self, credential: str) -> tuple[str, str] | None:
+        """A good token's (key id, or "token" if none; the token's own id), or None."""
         try:  # the expiry is checked on the injected clock, not PyJWT's own
             claims = jwt.decode(
                 credential, self._secret, algorithms=["HS256"],
@@ -81,7 +87,7 @@ class Auth:
             return None
         if int(claims["exp"]) <= self.wall():
             return None
-        return str(claims.get("kid") or "token")
+        return str(claims.get("kid") or "token"), str(claims["jti"])
 
 
 class Guard:
@@ -124,11 +130,14 @@ class Guard:
                 await _refuse(kind, send, receive, 415, 0,
                               "send the body as Content-Type: application/json")  # fmt: skip
                 return
-        principal, credential = self._principal(path, headers, scope.get("query_string", b""))
+        principal, credential, token_id = self._principal(
+            path, headers, scope.get("query_string", b"")
+        )
         authenticated = principal is not None
         scope.setdefault("state", {})["authenticated"] = authenticated
         scope["state"]["principal"] = principal
         scope["state"]["credential"] = credential
+        scope["state"]["token_id"] = token_id
         open_path = path in OPEN_PATHS or path.startswith("/static/") or self.exempt(path)
         if self.auth.enabled and not authenticated and not open_path:
             self.on_refused("auth")
@@ -139,27 +148,64 @@ class Guard:
 
     def _principal(
         self, path: str, headers: dict[str, str], query: bytes
-    ) -> tuple[str | None, str | None]:
-        """Who is asking ("anonymous" with authentication off; None: nobody allowed), and
-        with what: "key", "token", or None."""
+    ) -> tuple[str | None, str | None, str | None]:
+        """Who is asking ("anonymous" with authentication off; None: nobody allowed), with
+        what ("key", "token", or None), and the token's id if it was a token."""
         if not self.auth.enabled:
-            return ANONYMOUS, None
+            return ANONYMOUS, None, None
         bearer = headers.get("authorization", "")
         if bearer[:7].lower() == "bearer ":
             credential = bearer[7:].strip()
             if self.auth.is_key(credential):
-                return key_id(credential), "key"
-            who = self.auth.token_key(credential)
-            if who is not None:
-                return who, "token"
+                return key_id(credential), "key", None
+            claims = self.auth.token_claims(credential)
+            if claims is not None:
+                return claims[0], "token", claims[1]
         token = parse_qs(query.decode("latin-1")).get("token", [""])[0]
         if token:
             if self.key_in_query(path) and self.auth.is_key(token):
-                return key_id(token), "key"
-            who = self.auth.token_key(token)
-            if who is not None:
-                return who, "token"
-        return None, None
+                return key_id(token), "key", None
+            claims = self.auth.token_claims(token)
+            if claims is not None:
+                return claims[0], "token", claims[1]
+        return None, None, None
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who made a request, as far as records go. What they start (a call, a
+    conversation) is owned by them; a key reads what it and its tokens own, a token
+    only what it owns itself. With authentication off, everyone is ``anonymous`` and
+    reads everything (a record's 128-bit id is then what guards it)."""
+
+    principal: str = ANONYMOUS
+    token: str | None = None
+    """The token's id, when the request came with a token (the browser page)."""
+
+    @classmethod
+    def of(cls, scope: Any) -> Caller:
+        state = scope.get("state", {})
+        token = state.get("token_id") if state.get("credential") == "token" else None
+        return cls(str(state.get("principal") or ANONYMOUS), token)
+
+    @property
+    def owner(self) -> str:
+        """What a record this caller starts says of its owner (never a key itself)."""
+        return self.principal if self.token is None else f"{self.principal}/{self.token}"
+
+    def may_read(self, owner: str | None) -> bool:
+        """May this caller read (or go on with) a record of ``owner`` (None: a record
+        from before owners were kept, or with no owner: only with authentication off)."""
+        if self.principal == ANONYMOUS:
+            return True
+        if owner is None:
+            return False
+        principal, _, token = owner.partition("/")
+        return principal == self.principal and self.token in (None, token)
+
+
+OPEN = Caller()
+"""The caller when authentication is off (and in code with no request)."""
 
 
 def request_key(scope: Any, auth: Auth) -> str | None:

@@ -29,7 +29,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from voice_agent.auth import ANONYMOUS, Auth, Guard, request_key
+from voice_agent.auth import OPEN, Auth, Caller, Guard, request_key
 from voice_agent.chat.events import EventStore, MemoryEventStore
 from voice_agent.chat.routes import chat_routes
 from voice_agent.chat.service import ChatService
@@ -149,6 +149,8 @@ class ServerState:
     by_principal: Counter[str] = field(default_factory=Counter)
     """Calls held (live or starting) per API key ("anonymous" with no keys)."""
     recorders: dict[str, SessionRecorder] = field(default_factory=dict)
+    owners: dict[str, str] = field(default_factory=dict)
+    """Who started each live session (:attr:`Caller.owner`); its kept report says it."""
     recording: set[asyncio.Task[None]] = field(default_factory=set)
 
     def chat_service(self) -> ChatService | None:
@@ -211,20 +213,28 @@ class ServerState:
             engine.tools.add(self.knowledge.tool())
 
     def add_session(
-        self, sid: str, session: Session, transport: str, conversation_id: str | None = None
+        self,
+        sid: str,
+        session: Session,
+        transport: str,
+        conversation_id: str | None = None,
+        caller: Caller = OPEN,
     ) -> None:
         """A call starts: it counts among the live sessions, and its messages and report
-        go to the conversation store (in a conversation of its own unless one is named)."""
+        go to the conversation store (in a conversation of its own unless one is named).
+        It is ``caller``'s: only they read its record."""
         self.sessions[sid] = session
         self.transports[sid] = transport
+        self.owners[sid] = caller.owner
         self.metrics.sessions_started.labels(transport).inc()
         session.record.observer = self.metrics.observe_turn
         session.on_limit = lambda name: self.metrics.limits_hit.labels(name).inc()
         if self.store is None:
             return
         rec = SessionRecorder(
-            self.store, sid, conversation_id or new_id(), transport, conversation_id is None
-        )
+            self.store, sid, conversation_id or new_id(), transport, conversation_id is None,
+            owner=caller.owner,
+        )  # fmt: skip
         session.record.sink = rec.message
         self.recorders[sid] = rec
         task = asyncio.get_running_loop().create_task(rec.run(), name=f"record-{sid}")
@@ -241,6 +251,7 @@ class ServerState:
 
     def keep_report(self, sid: str, report: dict[str, Any]) -> None:
         transport = self.transports.pop(sid, report.get("transport", "unknown"))
+        report = report | {"owner": self.owners.pop(sid, None)}
         code = report.get("close_code")
         self.metrics.sessions_ended.labels(transport, "" if code is None else str(code)).inc()
         rec = self.recorders.pop(sid, None)
@@ -371,13 +382,18 @@ def create_app(
         """A live session of this process, else its record in the conversation store
         (written by whichever process served it, and kept across restarts)."""
         sid = request.path_params["sid"]
+        caller = Caller.of(request.scope)
         # the failure details (an LLM endpoint's address, the fix) are the operator's:
         # for an API key, or with authentication off; a page's token reads them redacted
         shown = _redacted if auth.enabled and request.state.credential != "key" else _whole
         if sid in state.sessions:
+            if not caller.may_read(state.owners.get(sid)):
+                return _no_such_session()
             cid = {"conversation_id": state.conversation_of(sid)}
             return JSONResponse(shown({"live": True} | cid | state.sessions[sid].report()))
         if sid in state.reports:
+            if not caller.may_read(state.reports[sid].get("owner")):
+                return _no_such_session()
             return JSONResponse(shown({"live": False} | state.reports[sid]))
         row = None
         if state.store is not None:
@@ -386,8 +402,8 @@ def create_app(
             except StoreError as exc:
                 log.error("session lookup failed: %s", exc)
                 return JSONResponse({"error": "the store is unavailable"}, status_code=503)
-        if row is None:
-            return JSONResponse({"error": "no such session"}, status_code=404)
+        if row is None or not caller.may_read(row["owner"]):
+            return _no_such_session()
         body = {"live": row["ended_at"] is None, "conversation_id": row["conversation_id"],
                 "transport": row["transport"]}  # fmt: skip
         return JSONResponse(shown(body | (row["report"] or {})))
@@ -402,7 +418,8 @@ def create_app(
         if refusal:
             await ws.close(CLOSE_TRY_LATER, refusal)
             return
-        principal = _principal_of(ws.scope)
+        caller = Caller.of(ws.scope)
+        principal = caller.principal
         over = state.hold_for(principal)
         if over:
             await ws.close(CLOSE_TRY_LATER, over)
@@ -441,7 +458,7 @@ def create_app(
             sid = new_id()
             history: list[tuple[str, str]] = []
             if opts.conversation_id is not None:
-                found = await _conversation_history(state, opts.conversation_id)
+                found = await _conversation_history(state, opts.conversation_id, caller)
                 if found is None:
                     await ws.close(CLOSE_PROTOCOL, "no such conversation_id")
                     return
@@ -455,7 +472,7 @@ def create_app(
             )
             session = Session(state.engine, output, LoopClock(), state.session_config)
             session.history.extend({"role": r, "content": c} for r, c in history)
-            state.add_session(sid, session, "websocket", opts.conversation_id)
+            state.add_session(sid, session, "websocket", opts.conversation_id, caller)
             release()  # the session counts itself now
             code, reason = CLOSE_NORMAL, "session ended"
             try:
@@ -567,8 +584,13 @@ async def _audiosocket(state: ServerState) -> AsyncIterator[None]:
         listener.close()
 
 
+def _no_such_session() -> Response:
+    """Also the answer for another caller's session: its existence is not told."""
+    return JSONResponse({"error": "no such session"}, status_code=404)
+
+
 def _whole(report: dict[str, Any]) -> dict[str, Any]:
-    return report
+    return {k: v for k, v in report.items() if k != "owner"}  # who, is the operator's
 
 
 REDACTED = "a failure (its detail is in the server's log and the operator's report)"
@@ -576,7 +598,7 @@ REDACTED = "a failure (its detail is in the server's log and the operator's repo
 
 def _redacted(report: dict[str, Any]) -> dict[str, Any]:
     """A session report without its failure details (endpoint addresses, fixes)."""
-    out = dict(report)
+    out = _whole(report)
     if out.get("errors"):
         out["errors"] = [REDACTED for _ in out["errors"]]
     if "turns" in out:
@@ -681,7 +703,8 @@ async def _answer_offer(state: ServerState, request: Request) -> dict[str, Any]:
         raise OfferError(503, refusal)
     if len(state.peers) + state.peers_reserved >= state.config.max_peers:
         raise OfferError(429, f"too many peer connections (limit {state.config.max_peers})")
-    principal = _principal_of(request.scope)
+    caller = Caller.of(request.scope)
+    principal = caller.principal
     over = state.hold_for(principal)
     if over:
         raise OfferError(429, over)
@@ -691,7 +714,7 @@ async def _answer_offer(state: ServerState, request: Request) -> dict[str, Any]:
     state.reserved += 1
     answered = False
     try:
-        answer = await _answer_reserved(state, request, principal)
+        answer = await _answer_reserved(state, request, caller)
         answered = True
         return answer
     finally:
@@ -701,13 +724,8 @@ async def _answer_offer(state: ServerState, request: Request) -> dict[str, Any]:
             state.release_for(principal)
 
 
-def _principal_of(scope: Any) -> str:
-    """Whose request it is (set by the auth Guard)."""
-    return str(scope.get("state", {}).get("principal") or ANONYMOUS)
-
-
 async def _answer_reserved(
-    state: ServerState, request: Request, principal: str
+    state: ServerState, request: Request, caller: Caller
 ) -> dict[str, Any]:
     from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
@@ -801,11 +819,11 @@ async def _answer_reserved(
             await pc.close()
             state.peers.pop(sid, None)
             state.sessions.pop(sid, None)
-            state.release_for(principal)
+            state.release_for(caller.principal)
             report = session.report() | {"transport": "webrtc", "close_reason": reason}
             state.keep_report(sid, report)
 
-    state.add_session(sid, session, "webrtc")
+    state.add_session(sid, session, "webrtc", caller=caller)
     state.peers[sid] = (pc, asyncio.create_task(run(), name=f"webrtc-{sid}"))
     local = pc.localDescription
     return {"sdp": local.sdp, "type": local.type, "session_id": sid}
@@ -855,8 +873,11 @@ async def _conversation_store(state: ServerState) -> AsyncIterator[None]:
         await asyncio.to_thread(state.store.close)
 
 
-async def _conversation_history(state: ServerState, cid: str) -> list[tuple[str, str]] | None:
-    """The messages of a stored conversation a call goes on with; None: no such one."""
+async def _conversation_history(
+    state: ServerState, cid: str, caller: Caller
+) -> list[tuple[str, str]] | None:
+    """The messages of a stored conversation a call goes on with; None: no such one (or
+    not the caller's)."""
     if state.store is None:
         return None
     try:
@@ -864,7 +885,7 @@ async def _conversation_history(state: ServerState, cid: str) -> list[tuple[str,
     except StoreError as exc:
         log.error("conversation lookup failed: %s", exc)
         return None
-    if conv is None:
+    if conv is None or not caller.may_read(conv["owner"]):
         return None
     return [(m["role"], m["content"]) for m in conv["messages"]]
 

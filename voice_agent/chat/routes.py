@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from voice_agent.auth import Caller
 from voice_agent.chat.events import (
     BadLastEventId,
     EventsUnavailable,
@@ -75,7 +76,7 @@ def chat_routes(
             cid = body.get("conversation_id")
             if cid is not None and not isinstance(cid, str):
                 raise ChatRefused(400, '"conversation_id" must be a string')
-            resp = await s.start(message, cid)
+            resp = await s.start(message, cid, Caller.of(request.scope))
         except ChatRefused as exc:
             return _error(exc.status, exc.message)
         return _accepted(resp)
@@ -85,6 +86,8 @@ def chat_routes(
         try:
             s = ready()
             after = parse_last_event_id(request.headers.get("last-event-id"))
+            if not await s.may_follow(rid, Caller.of(request.scope)):
+                raise UnknownResponse(rid)
             stream = await s.events.open(rid, after)
         except ChatRefused as exc:
             return _error(exc.status, exc.message)
@@ -108,7 +111,7 @@ def chat_routes(
     async def cancel(request: Request) -> Response:
         try:
             s = ready()
-            stopped = s.cancel(request.path_params["response_id"])
+            stopped = s.cancel(request.path_params["response_id"], Caller.of(request.scope))
         except ChatRefused as exc:
             return _error(exc.status, exc.message)
         if not stopped:
@@ -118,7 +121,7 @@ def chat_routes(
     async def regenerate(request: Request) -> Response:
         try:
             s = ready()
-            resp = await s.regenerate(request.path_params["response_id"])
+            resp = await s.regenerate(request.path_params["response_id"], Caller.of(request.scope))
         except ChatRefused as exc:
             return _error(exc.status, exc.message)
         return _accepted(resp)
@@ -126,7 +129,8 @@ def chat_routes(
     async def conversation(request: Request) -> Response:
         try:
             s = ready()
-            return JSONResponse(await s.conversation(request.path_params["conversation_id"]))
+            cid = request.path_params["conversation_id"]
+            return JSONResponse(await s.conversation(cid, Caller.of(request.scope)))
         except ChatRefused as exc:
             return _error(exc.status, exc.message)
 

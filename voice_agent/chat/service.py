@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from voice_agent.auth import ANONYMOUS, OPEN, Caller
 from voice_agent.chat.events import EventStore, EventsUnavailable
 from voice_agent.core.clock import Clock
 from voice_agent.core.ids import new_id
@@ -57,6 +58,8 @@ class Response:
     """The user message it answers (its id in the store)."""
     user_text: str
     task: asyncio.Task[None] | None = None
+    owner: str | None = None
+    """Who owns its conversation (:attr:`voice_agent.auth.Caller.owner`)."""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     state: str = "running"
     """``running``, ``done``, ``failed`` or ``cancelled``."""
@@ -99,8 +102,11 @@ class ChatService:
 
     # -- requests ----------------------------------------------------------------
 
-    async def start(self, message: str, conversation_id: str | None = None) -> Response:
-        """Take a user message and start its response (the ids come back at once)."""
+    async def start(
+        self, message: str, conversation_id: str | None = None, caller: Caller = OPEN
+    ) -> Response:
+        """Take a user message and start its response (the ids come back at once). A new
+        conversation is ``caller``'s; another's is not there for them."""
         text = message.strip()
         if not text:
             raise ChatRefused(400, "message must not be empty")
@@ -110,10 +116,12 @@ class ChatService:
             if conversation_id is None:
                 self._check_free(None)
                 cid = new_id()
-                await self.store.create_conversation(cid)
+                owner: str | None = caller.owner
+                await self.store.create_conversation(cid, owner)
             else:
                 cid = conversation_id
-                if not await self.store.conversation_exists(cid):
+                exists, owner = await self.store.conversation_owner(cid)
+                if not exists or not caller.may_read(owner):
                     raise ChatRefused(404, "no such conversation")
                 self._check_free(cid)
             self.running[cid] = ""  # held while the user message is written
@@ -121,14 +129,17 @@ class ChatService:
                 mid = await self.store.add_message(cid, "user", text, source="text")
             finally:
                 self.running.pop(cid, None)
-            return await self._launch(cid, mid, text)
+            return await self._launch(cid, mid, text, owner)
 
-    async def regenerate(self, response_id: str) -> Response:
+    async def regenerate(self, response_id: str, caller: Caller = OPEN) -> Response:
         """Answer again the message of a response that failed or was cancelled; what it
         had written is taken out of the conversation."""
         with _store_refusals():
             old = await self.store.response(response_id)
             if old is None:
+                raise ChatRefused(404, "no such response")
+            _, owner = await self.store.conversation_owner(old["conversation_id"])
+            if not caller.may_read(owner):
                 raise ChatRefused(404, "no such response")
             if old["state"] not in ("failed", "cancelled"):
                 raise ChatRefused(
@@ -146,22 +157,37 @@ class ChatService:
             if not await self.store.set_response_state(response_id, "regenerated", old["state"]):
                 raise ChatRefused(409, "the response is being regenerated already")
             text = (await self.store.history(cid, old["user_message_id"], limit=1))[-1][1]
-            return await self._launch(cid, old["user_message_id"], text)
+            return await self._launch(cid, old["user_message_id"], text, owner)
 
-    def cancel(self, response_id: str) -> bool:
+    async def may_follow(self, response_id: str, caller: Caller = OPEN) -> bool:
+        """May ``caller`` read the events of this response (False: not theirs, or no
+        such response: neither is told apart)."""
+        resp = self.responses.get(response_id)
+        if resp is not None:
+            return caller.may_read(resp.owner)
+        if caller.principal == ANONYMOUS:
+            return True  # authentication is off: the event store says if it exists
+        with _store_refusals():
+            row = await self.store.response(response_id)
+            if row is None:
+                return False
+            _, owner = await self.store.conversation_owner(row["conversation_id"])
+        return caller.may_read(owner)
+
+    def cancel(self, response_id: str, caller: Caller = OPEN) -> bool:
         """Stop a response being written. False: it had already ended."""
         resp = self.responses.get(response_id)
-        if resp is None:
+        if resp is None or not caller.may_read(resp.owner):
             raise ChatRefused(404, "no such response (or it is being written by another server)")
         if resp.state != "running" or resp.task is None:
             return False
         resp.task.cancel()
         return True
 
-    async def conversation(self, cid: str) -> dict[str, Any]:
+    async def conversation(self, cid: str, caller: Caller = OPEN) -> dict[str, Any]:
         with _store_refusals():
             conv = await self.store.conversation(cid)
-        if conv is None:
+        if conv is None or not caller.may_read(conv.pop("owner")):
             raise ChatRefused(404, "no such conversation")
         for m in conv["messages"]:  # a failed call's result is the tool's error: not shown
             for call in m.get("tool_calls", []):
@@ -190,8 +216,10 @@ class ChatService:
         if len(self._tasks) >= self.max_running:
             raise ChatRefused(503, "too many responses in progress; try again later")
 
-    async def _launch(self, cid: str, user_message_id: int, text: str) -> Response:
-        resp = Response(new_id(), cid, user_message_id, text)
+    async def _launch(
+        self, cid: str, user_message_id: int, text: str, owner: str | None
+    ) -> Response:
+        resp = Response(new_id(), cid, user_message_id, text, owner=owner)
         self.running[cid] = resp.id
         try:
             await self.store.put_response(resp.id, cid, user_message_id)

@@ -157,18 +157,28 @@ class ConversationStore:
 
     # -- conversations -------------------------------------------------------------
 
-    async def create_conversation(self, cid: str) -> None:
+    async def create_conversation(self, cid: str, owner: str | None = None) -> None:
+        """``owner``: who started it (:attr:`voice_agent.auth.Caller.owner`)."""
         now = self.wall()
 
         def q(c: sa.Connection) -> None:
-            c.execute(conversations.insert().values(id=cid, created_at=now, updated_at=now))
+            c.execute(
+                conversations.insert().values(id=cid, created_at=now, updated_at=now, owner=owner)
+            )
 
         await self._run(q)
 
     async def conversation_exists(self, cid: str) -> bool:
-        def q(c: sa.Connection) -> bool:
-            row = c.execute(sa.select(conversations.c.id).where(conversations.c.id == cid))
-            return row.first() is not None
+        return (await self.conversation_owner(cid))[0]
+
+    async def conversation_owner(self, cid: str) -> tuple[bool, str | None]:
+        """Whether the conversation exists, and who owns it (None: no owner kept)."""
+
+        def q(c: sa.Connection) -> tuple[bool, str | None]:
+            row = c.execute(
+                sa.select(conversations.c.owner).where(conversations.c.id == cid)
+            ).first()
+            return (False, None) if row is None else (True, row.owner)
 
         return await self._run(q)
 
@@ -202,6 +212,7 @@ class ConversationStore:
                     )  # fmt: skip
             return {
                 "conversation_id": cid,
+                "owner": conv.owner,
                 "created_at": conv.created_at,
                 "messages": [_message(r, calls.get(r.id, [])) for r in rows],
             }
@@ -346,8 +357,14 @@ class ConversationStore:
         await self._run(q)
 
     async def session(self, sid: str) -> dict[str, Any] | None:
+        """The call's row, with ``owner``: its conversation's."""
+
         def q(c: sa.Connection) -> dict[str, Any] | None:
-            row = c.execute(sa.select(sessions).where(sessions.c.id == sid)).first()
+            row = c.execute(
+                sa.select(sessions, conversations.c.owner)
+                .join(conversations, conversations.c.id == sessions.c.conversation_id)
+                .where(sessions.c.id == sid)
+            ).first()
             return None if row is None else dict(row._mapping)
 
         return await self._run(q)

@@ -26,12 +26,15 @@ class SessionRecorder:
         transport: str,
         new_conversation: bool,
         max_queue: int = 256,
+        owner: str | None = None,
     ) -> None:
         self.store = store
         self.session_id = session_id
         self.conversation_id = conversation_id
         self.transport = transport
         self.new_conversation = new_conversation
+        self.owner = owner
+        """Who started the call (a new conversation is theirs)."""
         self._q: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(max_queue)
         self.dropped = 0
 
@@ -60,7 +63,7 @@ class SessionRecorder:
         next is tried)."""
         try:
             if self.new_conversation:
-                await self.store.create_conversation(self.conversation_id)
+                await self.store.create_conversation(self.conversation_id, self.owner)
             await self.store.put_session(self.session_id, self.conversation_id, self.transport)
         except StoreError as exc:
             log.error("session %s: not recorded in the store: %s", self.session_id, exc)

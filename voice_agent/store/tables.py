@@ -15,6 +15,7 @@ conversations = sa.Table(
     sa.Column("id", sa.String(64), primary_key=True),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("owner", sa.String(200), nullable=True),
 )
 
 messages = sa.Table(

@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from voice_agent.auth import OPEN, Caller
 from voice_agent.core.clock import Clock, LoopClock
 from voice_agent.core.ids import new_id
 from voice_agent.errors import leaves
@@ -162,6 +163,11 @@ def telephony_routes(state: Any, refusal: Callable[[], str | None]) -> list[Base
         if reason:
             await ws.close(1013, reason)
             return
+        caller = Caller.of(ws.scope)  # a key in ?token= (with authentication on)
+        over = state.hold_for(caller.principal)
+        if over:
+            await ws.close(1013, over)
+            return
 
         async def receive() -> Message | None:
             try:
@@ -188,8 +194,9 @@ def telephony_routes(state: Any, refusal: Callable[[], str | None]) -> list[Base
 
         session = None
         try:
-            session = await serve_call(state, protocol, receive, send, accept)
+            session = await serve_call(state, protocol, receive, send, accept, caller)
         finally:
+            state.release_for(caller.principal)
             try:
                 if session is not None:
                     await ws.close(1000, "call ended")
@@ -211,6 +218,7 @@ async def serve_call(
     receive: Receive,
     send: Send,
     accept: Callable[[Start], bool] = lambda start: True,
+    caller: Caller = OPEN,
 ) -> Session | None:
     """One provider call as a session of the server: counted among its sessions while it
     lasts, its report kept after. ``accept(start)`` may refuse the stream."""
@@ -222,7 +230,7 @@ async def serve_call(
             log.warning("%s stream %s: refused (no valid one-time token)", protocol.name, sid)
             return None
         session = Session(state.engine, output, LoopClock(), state.session_config)
-        state.add_session(sid, session, protocol.name)
+        state.add_session(sid, session, protocol.name, caller=caller)
         return session
 
     failed: list[str] = []
