@@ -16,7 +16,7 @@ from conftest import start_server, until
 from doubles import AutoAdvanceClockDouble, ScriptedLLMDouble, double_engine
 from httpx_sse import aconnect_sse
 
-from voice_agent.auth import Auth
+from voice_agent.auth import Auth, key_id
 from voice_agent.server import ServerConfig, create_app
 
 KEY = "k-" + "x" * 30
@@ -316,3 +316,37 @@ async def test_a_caller_reads_only_its_own_calls_live_kept_and_stored(two_keys: 
         assert await seen_by(sid) == {"a": 200, "b": 404}
         r = await c.get(f"/v1/sessions/{sid}", headers=a)
         assert r.json()["live"] is False and "owner" not in r.json()
+
+
+async def test_a_keys_text_responses_in_progress_are_limited_apart_from_its_calls() -> None:
+    llm = ScriptedLLMDouble([], 1.0, default=["A slow ", "answer."])
+    config = ServerConfig(api_keys=[KEY, KEY2], max_sessions_per_key=1)
+    app = create_app(engine=double_engine(llm), config=config)
+    srv, addr, task = await start_server(app)
+    a, b = bearer(KEY), bearer(KEY2)
+    try:
+        async with websockets.connect(f"ws://{addr}/v1/voice/ws", additional_headers=a) as ws:
+            await ws.send(json.dumps({"type": "session.start", "sample_rate": 16000}))
+            assert json.loads(await ws.recv())["type"] == "session.started"
+            async with httpx.AsyncClient(base_url=f"http://{addr}", timeout=10) as c:
+                first = await c.post("/v1/chat", json={"message": "One?"}, headers=a)
+                assert first.status_code == 202  # A's call does not count against it
+                second = await c.post("/v1/chat", json={"message": "Two?"}, headers=a)
+                assert second.status_code == 429
+                assert second.json() == {
+                    "error": "too many responses in progress for this key (limit 1)"
+                }
+                other = await c.post("/v1/chat", json={"message": "B?"}, headers=b)
+                assert other.status_code == 202
+                url = first.json()["events_url"]
+                async with aconnect_sse(c, "GET", url, headers=a) as source:
+                    assert [e.event async for e in source.aiter_sse() if e.data][-1] == "done"
+                await until(lambda: not app.state.va.chat.by_key.get(key_id(KEY)), limit_s=5)
+                again = await c.post("/v1/chat", json={"message": "Three?"}, headers=a)
+                assert again.status_code == 202
+                text = (await c.get("/metrics", headers=a)).text
+        refused = [x for x in text.splitlines() if x.startswith("voice_agent_sessions_refused")]
+        assert 'voice_agent_sessions_refused_total{reason="per_key"} 1.0' in refused, refused
+    finally:
+        srv.should_exit = True  # type: ignore[attr-defined]
+        await task  # type: ignore[misc]

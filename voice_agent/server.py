@@ -172,8 +172,11 @@ class ServerState:
                 lambda tools_line: chat_system_message(cfg, tools_line),
                 tools=tools,
                 prefetch=prefetch,
+                # a key's text responses in progress, counted apart from its calls
+                max_running_per_key=self.config.max_sessions_per_key,
             )
             self.chat.on_end = self._chat_ended
+            self.chat.on_refused = lambda why: self.metrics.sessions_refused.labels(why).inc()
         return self.chat
 
     def _chat_ended(self, state: str) -> None:

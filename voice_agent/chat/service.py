@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +80,7 @@ class ChatService:
         max_tool_rounds: int = 3,
         prefetch: Prefetch | None = None,
         max_context_chars: int = 12_000,
+        max_running_per_key: int | None = None,
     ) -> None:
         self.llm = llm
         self.tools = tools or ToolRegistry()
@@ -89,6 +91,11 @@ class ChatService:
         self.system_prompt = system_prompt
         self.max_message_chars = max_message_chars
         self.max_running = max_running
+        self.max_running_per_key = max_running_per_key
+        """Responses one API key may have in progress at once (None: no such limit)."""
+        self.by_key: Counter[str] = Counter()
+        self.on_refused: Callable[[str], None] | None = None
+        """Told when a limit refuses a message (``per_key``): metrics."""
         self.prefetch = prefetch
         self.max_context_chars = max_context_chars
         """The most characters of history a request carries (older turns dropped)."""
@@ -114,7 +121,7 @@ class ChatService:
             raise ChatRefused(413, f"message is over {self.max_message_chars} characters")
         with _store_refusals():
             if conversation_id is None:
-                self._check_free(None)
+                self._check_free(None, caller)
                 cid = new_id()
                 owner: str | None = caller.owner
                 await self.store.create_conversation(cid, owner)
@@ -123,13 +130,13 @@ class ChatService:
                 exists, owner = await self.store.conversation_owner(cid)
                 if not exists or not caller.may_read(owner):
                     raise ChatRefused(404, "no such conversation")
-                self._check_free(cid)
+                self._check_free(cid, caller)
             self.running[cid] = ""  # held while the user message is written
             try:
                 mid = await self.store.add_message(cid, "user", text, source="text")
             finally:
                 self.running.pop(cid, None)
-            return await self._launch(cid, mid, text, owner)
+            return await self._launch(cid, mid, text, owner, caller.principal)
 
     async def regenerate(self, response_id: str, caller: Caller = OPEN) -> Response:
         """Answer again the message of a response that failed or was cancelled; what it
@@ -147,7 +154,7 @@ class ChatService:
                     f"the response is {old['state']}; only a failed or cancelled one is redone",
                 )
             cid = old["conversation_id"]
-            self._check_free(cid)
+            self._check_free(cid, caller)
             last = await self.store.last_message(cid)
             if last is not None and last[1] == response_id:
                 await self.store.delete_reply(response_id)
@@ -157,7 +164,7 @@ class ChatService:
             if not await self.store.set_response_state(response_id, "regenerated", old["state"]):
                 raise ChatRefused(409, "the response is being regenerated already")
             text = (await self.store.history(cid, old["user_message_id"], limit=1))[-1][1]
-            return await self._launch(cid, old["user_message_id"], text, owner)
+            return await self._launch(cid, old["user_message_id"], text, owner, caller.principal)
 
     async def may_follow(self, response_id: str, caller: Caller = OPEN) -> bool:
         """May ``caller`` read the events of this response (False: not theirs, or no
@@ -210,14 +217,19 @@ class ChatService:
 
     # -- generation ----------------------------------------------------------------
 
-    def _check_free(self, cid: str | None) -> None:
+    def _check_free(self, cid: str | None, caller: Caller) -> None:
         if cid is not None and cid in self.running:
             raise ChatRefused(409, "a response is still being written in this conversation")
         if len(self._tasks) >= self.max_running:
             raise ChatRefused(503, "too many responses in progress; try again later")
+        limit = self.max_running_per_key
+        if limit is not None and self.by_key[caller.principal] >= limit:
+            if self.on_refused is not None:
+                self.on_refused("per_key")
+            raise ChatRefused(429, f"too many responses in progress for this key (limit {limit})")
 
     async def _launch(
-        self, cid: str, user_message_id: int, text: str, owner: str | None
+        self, cid: str, user_message_id: int, text: str, owner: str | None, principal: str
     ) -> Response:
         resp = Response(new_id(), cid, user_message_id, text, owner=owner)
         self.running[cid] = resp.id
@@ -234,7 +246,14 @@ class ChatService:
         resp.task = asyncio.get_running_loop().create_task(self._run(resp))
         self._tasks.add(resp.task)
         resp.task.add_done_callback(self._tasks.discard)
+        self.by_key[principal] += 1
+        resp.task.add_done_callback(lambda _: self._release_key(principal))
         return resp
+
+    def _release_key(self, principal: str) -> None:
+        self.by_key[principal] -= 1
+        if self.by_key[principal] <= 0:
+            del self.by_key[principal]
 
     def _emit(self, resp: Response, event: str, **data: Any) -> None:
         self.events.append(resp.id, event, data)
