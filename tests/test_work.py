@@ -249,4 +249,25 @@ def test_a_job_cancelled_in_the_tick_its_turn_comes_is_skipped_and_the_worker_go
     log, errors, held, w = run_virtual(main())
     assert log == ["a", "c"] and len(held) == 2
     assert errors == []
-    assert w.waiting == 0 and not w._busy
+    assert w.waiting == 0 and not w.busy
+
+
+def test_a_second_thread_runs_only_urgent_jobs_side_by_side() -> None:
+    # a (urgent) runs from 0; b (urgent, from 0.5 s) takes the second thread at once; c,
+    # with 10 s of runway, runs only once no other job runs (background work never adds
+    # to the load beside another job)
+    async def main() -> dict[str, float]:
+        w = FairWorker("w", modeled_runner(1.0), threads=2)
+        log: list[str] = []
+        done: dict[str, float] = {}
+        loop = asyncio.get_running_loop()
+
+        async def run(owner: str, runway: float | None, delay: float) -> None:
+            await asyncio.sleep(delay)
+            await w.submit(owner, job(log, owner), runway_s=runway)
+            done[owner] = loop.time() - 1000.0
+
+        await asyncio.gather(run("a", None, 0.0), run("c", 10.0, 0.1), run("b", None, 0.5))
+        return done
+
+    assert run_virtual(main()) == {"a": 1.0, "b": 1.5, "c": 2.5}

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 
 from voice_agent.audio.pcm import Pcm
 from voice_agent.core.clock import LoopClock
+from voice_agent.core.work import FairWorker
 from voice_agent.llm.base import Message
 from voice_agent.llm.builtin_tools import time_tool
 from voice_agent.llm.failover import FailoverLLM
@@ -152,6 +153,8 @@ async def open_engine(cfg: EngineConfig, log: Log = print) -> AsyncIterator[Engi
             speech_seconds=speech_seconds(),
             turn_model=turn_model,
             tools=ToolRegistry([time_tool()] if cfg.offers_tools() else []),
+            tts_worker=FairWorker("tts", threads=cfg.tts_jobs),
+            stt_worker=FairWorker("stt", threads=cfg.stt_jobs),
             info={
                 "stt": cfg.stt_model,
                 "turn_model": cfg.turn_model,

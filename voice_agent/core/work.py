@@ -1,6 +1,6 @@
 """Blocking model work (STT, TTS) shared fairly by sessions, in bounded queues.
 
-A :class:`FairWorker` runs one job at a time on its own thread. Jobs wait in
+A :class:`FairWorker` runs one job at a time on its own thread (see ``threads``). Jobs wait in
 the event loop, one queue per owner (a session), and owners take turns, so a
 session that floods the worker delays another session by at most one job of
 its own. Nothing waits in the thread pool's own queue.
@@ -15,16 +15,20 @@ its own. Nothing waits in the thread pool's own queue.
   such jobs). The worker never idles while a job waits.
 - ``max_pending``: an owner with that many jobs waiting gets
   :class:`WorkQueueFull` instead of a longer queue.
+- ``threads``: more than one lets urgent jobs of other owners run side by side
+  (several callers' first sentences at once); a job with runway to spare runs
+  only while no other job runs.
 - Cancelling the awaiting task drops a job that has not started. A job that
   has started finishes in its thread (CTranslate2 and onnxruntime cannot be
   interrupted); its result is discarded and the worker stays busy until then,
-  so the thread never has more than one job.
+  so a thread never has more than one job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -71,14 +75,16 @@ class FairWorker:
         runner: Runner | None = None,
         max_pending: int = 4,
         slack_s: float = 0.5,
+        threads: int = 1,
     ) -> None:
         self.name = name
+        self.threads = max(1, threads)
         self.max_pending = max_pending
         self.slack_s = slack_s
         """A job this close to its deadline is urgent (about one job's run time)."""
         self._executor: ThreadPoolExecutor | None = None
         if runner is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix=name)
+            self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix=name)
             executor = self._executor
 
             def runner(fn: Callable[[], Any]) -> asyncio.Future[Any]:
@@ -90,7 +96,9 @@ class FairWorker:
         self._served: dict[Hashable, int] = {}
         """When each owner was last served (a dispatch count); trimmed to the owners with
         jobs waiting once it grows past ``64 + 4 x`` their number."""
-        self._busy = False
+        self._running = 0
+        """Jobs started and not finished (at most ``threads``)."""
+        self._lock = threading.Lock()
         self.jobs_run = 0
         self.superseded = 0
         self.busy_s = 0.0
@@ -161,13 +169,20 @@ class FairWorker:
         start = time.perf_counter()
         try:
             return fn()
-        finally:  # one job at a time: no other thread adds to it meanwhile
-            self.busy_s += time.perf_counter() - start
+        finally:
+            with self._lock:
+                self.busy_s += time.perf_counter() - start
+
+    @property
+    def busy(self) -> bool:
+        return self._running > 0
 
     def _dispatch(self) -> None:
         """Start the next job: among owners whose next job is urgent, the one served
         longest ago (never: first come); when none is, the earliest deadline."""
-        while not self._busy and self._queues:
+        while self._running < self.threads and self._queues:
+            if self._running and not self._urgent():
+                return  # a further thread is for urgent work only
             job = self._next()
             if job.turn.done():
                 # its task was cancelled and has not yet run to take it off the queue
@@ -175,17 +190,21 @@ class FairWorker:
                 continue
             if job.wanted is None or job.wanted():
                 job.started = True
-                self._busy = True
+                self._running += 1
                 job.turn.set_result(None)
-                return
+                continue
             self.superseded += 1
             job.turn.set_exception(Superseded(f"{self.name}: no longer wanted"))
 
-    def _next(self) -> _Job:
+    def _urgent(self) -> list[Hashable]:
+        """Owners whose next job is urgent (no runway, or within ``slack_s`` of it)."""
         soon = asyncio.get_running_loop().time() + self.slack_s
-        urgent = [
+        return [
             o for o, q in self._queues.items() if q[0].deadline is None or q[0].deadline <= soon
         ]
+
+    def _next(self) -> _Job:
+        urgent = self._urgent()
         if urgent:
             owner = min(urgent, key=lambda o: self._served.get(o, -1))
         else:
@@ -200,7 +219,7 @@ class FairWorker:
         return job
 
     def _release(self) -> None:
-        self._busy = False
+        self._running -= 1
         self._dispatch()
 
     def _prune(self, owner: Hashable) -> None:

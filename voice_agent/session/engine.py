@@ -58,11 +58,16 @@ class EngineConfig:
     instead of taking turns on both. Measured (fast profile, 2 cores, 4 callers at once,
     6 rounds): answer p50 1882 -> 1252 ms, p95 2387 -> 1810 ms; one caller alone, 9 rounds:
     p50 901 -> 961 ms, p95 1221 -> 1182 ms."""
+    stt_jobs: int = 2
+    """Final passes (someone waits for each) of different calls run side by side."""
     check_stt_model: str = "tiny-en"
     """Beside Moonshine: hears speech over the agent's voice (``Engine.check_stt``);
     "off": Moonshine does."""
     tts_voice: str = "joe-medium"
     tts_threads: int = 1
+    tts_jobs: int = 2
+    """Voice jobs run side by side when they are urgent (several callers' first
+    sentences at once); a later sentence with audio still queued runs alone."""
     vad: str = "webrtc"
     vad_aggressiveness: int = 2
     turn_model: str = "smart-turn-v3"

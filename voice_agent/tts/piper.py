@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,16 @@ from voice_agent.audio.pcm import SAMPLE_RATE, Pcm
 from voice_agent.audio.resample import resample
 from voice_agent.core.onnxrt import session_options
 from voice_agent.models import piper_voice
+
+_ESPEAK = threading.Lock()
+"""espeak-ng (piper's phonemizer) keeps global state: one phonemization at a time in
+the process. The voice model itself (onnxruntime) may run in several threads."""
+
+
+class _Voice(PiperVoice):
+    def phonemize(self, text: str) -> list[list[str]]:
+        with _ESPEAK:
+            return super().phonemize(text)
 
 
 class PiperTTS:
@@ -27,7 +38,7 @@ class PiperTTS:
             str(model), session_options(threads), providers=["CPUExecutionProvider"]
         )
         settings = json.loads(Path(config).read_text(encoding="utf-8"))
-        self._voice = PiperVoice(session=session, config=PiperConfig.from_dict(settings))
+        self._voice = _Voice(session=session, config=PiperConfig.from_dict(settings))
         self.native_rate = int(self._voice.config.sample_rate)
         self._syn = SynthesisConfig(length_scale=length_scale)
 
