@@ -197,7 +197,9 @@ async def test_browser_page_over_webrtc_in_a_loopback_only_namespace(
     assert page["pair"] == {"local": "127.0.0.1", "remote": "127.0.0.1"}
     # the caller's words reached the page as a final transcript
     finals = " ".join(page["finals"]).lower()
-    assert "your country" in finals and "fellow americans" in finals
+    # ("fellow America," is heard now and then: the final "s" is lost, as over a phone
+    # line; the audio reaches the server through Opus and a real-time jitter buffer)
+    assert "your country" in finals and "fellow america" in finals, finals
     assert page["user"] == page["finals"]
     # reply audio reached the browser: getStats() energy, and the page's own analyser
     inbound = page["inbound"]
