@@ -181,9 +181,10 @@ class FairWorker:
         """Start the next job: among owners whose next job is urgent, the one served
         longest ago (never: first come); when none is, the earliest deadline."""
         while self._running < self.threads and self._queues:
-            if self._running and not self._urgent():
+            urgent = self._urgent()
+            if self._running and not urgent:
                 return  # a further thread is for urgent work only
-            job = self._next()
+            job = self._next(urgent)
             if job.turn.done():
                 # its task was cancelled and has not yet run to take it off the queue
                 # (setting the turn would raise InvalidStateError in this callback)
@@ -203,8 +204,7 @@ class FairWorker:
             o for o, q in self._queues.items() if q[0].deadline is None or q[0].deadline <= soon
         ]
 
-    def _next(self) -> _Job:
-        urgent = self._urgent()
+    def _next(self, urgent: list[Hashable]) -> _Job:
         if urgent:
             owner = min(urgent, key=lambda o: self._served.get(o, -1))
         else:

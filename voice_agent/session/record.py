@@ -54,7 +54,8 @@ class CallRecord:
         m.committed = True
         self.turns.append(m)
         if m.user_text:
-            self.history[:] = with_user(self.history, m.user_text)
+            # only the tail changes: not a copy of the whole history each turn
+            self.history[-2:] = with_user(self.history[-2:], m.user_text)
             if self.sink is not None:
                 self.sink("user", m.user_text, {})
 
