@@ -174,12 +174,12 @@ async def test_each_key_has_its_own_call_limit_and_its_tokens_count_against_it()
             async with websockets.connect(url, additional_headers=key_b) as second:
                 await second.send(start)
                 assert json.loads(await second.recv())["type"] == "session.started"
-                assert sorted(state.by_principal.values()) == [1, 1]
+                assert sorted(state.calls_by_key.counts.values()) == [1, 1]
         for _ in range(200):  # the server sees the clients' closes, and lets go
-            if not state.by_principal:
+            if not state.calls_by_key.counts:
                 break
             await asyncio.sleep(0.05)
-        assert not state.by_principal
+        assert not state.calls_by_key.counts
         # the first call has ended: its key may call again
         async with websockets.connect(f"{url}?token={token}") as again:
             await again.send(start)
@@ -341,12 +341,32 @@ async def test_a_keys_text_responses_in_progress_are_limited_apart_from_its_call
                 url = first.json()["events_url"]
                 async with aconnect_sse(c, "GET", url, headers=a) as source:
                     assert [e.event async for e in source.aiter_sse() if e.data][-1] == "done"
-                await until(lambda: not app.state.va.chat.by_key.get(key_id(KEY)), limit_s=5)
+                await until(lambda: not app.state.va.chat.by_key.counts.get(key_id(KEY)), limit_s=5)
                 again = await c.post("/v1/chat", json={"message": "Three?"}, headers=a)
                 assert again.status_code == 202
                 text = (await c.get("/metrics", headers=a)).text
         refused = [x for x in text.splitlines() if x.startswith("voice_agent_sessions_refused")]
         assert 'voice_agent_sessions_refused_total{reason="per_key"} 1.0' in refused, refused
+    finally:
+        srv.should_exit = True  # type: ignore[attr-defined]
+        await task  # type: ignore[misc]
+
+
+async def test_the_per_key_limit_on_text_holds_under_concurrent_starts() -> None:
+    """Eight messages from one key at the same moment, limit 2: the hold is taken
+    before the first await, so exactly two start and six get 429."""
+    llm = ScriptedLLMDouble([], 1.0, default=["A slow ", "answer."])
+    config = ServerConfig(api_keys=[KEY], max_sessions_per_key=2)
+    app = create_app(engine=double_engine(llm), config=config)
+    srv, addr, task = await start_server(app)
+    a = bearer(KEY)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://{addr}", timeout=10) as c:
+            posts = [c.post("/v1/chat", json={"message": f"Q{i}?"}, headers=a) for i in range(8)]
+            codes = sorted(r.status_code for r in await asyncio.gather(*posts))
+            assert codes == [202, 202] + [429] * 6
+            assert app.state.va.chat.by_key.counts[key_id(KEY)] == 2
+            await until(lambda: not app.state.va.chat.by_key.counts, limit_s=10)
     finally:
         srv.should_exit = True  # type: ignore[attr-defined]
         await task  # type: ignore[misc]

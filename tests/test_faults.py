@@ -48,7 +48,7 @@ async def test_a_client_vanishing_mid_reply_ends_its_session_cleanly_leaking_not
             heard = report["history"][-1]["content"]
             assert heard.startswith("Word number 0") and heard == turn["heard_text"]
         await until(lambda: len(asyncio.all_tasks()) <= baseline, 10)
-        assert not state.sessions and state.reserved == 0 and not state.by_principal
+        assert not state.sessions and state.reserved == 0 and not state.calls_by_key.counts
     finally:
         srv.should_exit = True  # type: ignore[attr-defined]
         await task  # type: ignore[misc]

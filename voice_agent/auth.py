@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,29 @@ OPEN_PATHS = ("/healthz", "/readyz", "/", "/favicon.ico")
 JSON_POSTS = ("/v1/chat", "/v1/voice/webrtc/offer")
 """POSTs whose body is JSON: another content type is refused (a cross-site form or
 ``text/plain`` request cannot be one)."""
+
+
+class KeyHolds:
+    """What each API key holds at once (its calls, or its text responses), under a limit.
+
+    :meth:`take` counts one more for a principal, or refuses it at the limit; every
+    take that succeeded ends with one :meth:`release`. Taking is synchronous, so the
+    limit holds however many requests start at the same moment.
+    """
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def take(self, principal: str, limit: int | None) -> bool:
+        if limit is not None and self.counts[principal] >= limit:
+            return False
+        self.counts[principal] += 1
+        return True
+
+    def release(self, principal: str) -> None:
+        self.counts[principal] -= 1
+        if self.counts[principal] <= 0:
+            del self.counts[principal]
 
 
 class Auth:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import importlib.resources
 import logging
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +29,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from voice_agent.auth import OPEN, Auth, Caller, Guard, request_key
+from voice_agent.auth import OPEN, Auth, Caller, Guard, KeyHolds, request_key
 from voice_agent.chat.events import EventStore, MemoryEventStore
 from voice_agent.chat.routes import chat_routes
 from voice_agent.chat.service import ChatService
@@ -146,7 +146,7 @@ class ServerState:
     peers_reserved: int = 0
     """WebRTC offers being answered: they count against ``max_peers``."""
     """The transport of each live session (for the metrics' labels)."""
-    by_principal: Counter[str] = field(default_factory=Counter)
+    calls_by_key: KeyHolds = field(default_factory=KeyHolds)
     """Calls held (live or starting) per API key ("anonymous" with no keys)."""
     recorders: dict[str, SessionRecorder] = field(default_factory=dict)
     owners: dict[str, str] = field(default_factory=dict)
@@ -188,16 +188,13 @@ class ServerState:
         """Count a call for ``principal``, or say why its key may not have another (counted
         in the metrics). Each hold ends with :meth:`release_for`."""
         limit = self.config.max_sessions_per_key
-        if limit is not None and self.by_principal[principal] >= limit:
+        if not self.calls_by_key.take(principal, limit):
             self.metrics.sessions_refused.labels("per_key").inc()
             return f"too many calls for this key (limit {limit})"
-        self.by_principal[principal] += 1
         return None
 
     def release_for(self, principal: str) -> None:
-        self.by_principal[principal] -= 1
-        if self.by_principal[principal] <= 0:
-            del self.by_principal[principal]
+        self.calls_by_key.release(principal)
 
     def use_engine(self, engine: Engine) -> None:
         """The models are loaded: the knowledge search joins the agent's tools (offered

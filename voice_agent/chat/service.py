@@ -20,12 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from voice_agent.auth import ANONYMOUS, OPEN, Caller
+from voice_agent.auth import ANONYMOUS, OPEN, Caller, KeyHolds
 from voice_agent.chat.events import EventStore, EventsUnavailable
 from voice_agent.core.clock import Clock
 from voice_agent.core.ids import new_id
@@ -93,7 +92,7 @@ class ChatService:
         self.max_running = max_running
         self.max_running_per_key = max_running_per_key
         """Responses one API key may have in progress at once (None: no such limit)."""
-        self.by_key: Counter[str] = Counter()
+        self.by_key = KeyHolds()
         self.on_refused: Callable[[str], None] | None = None
         """Told when a limit refuses a message (``per_key``): metrics."""
         self.prefetch = prefetch
@@ -119,9 +118,9 @@ class ChatService:
             raise ChatRefused(400, "message must not be empty")
         if len(text) > self.max_message_chars:
             raise ChatRefused(413, f"message is over {self.max_message_chars} characters")
-        with _store_refusals():
+        with _store_refusals(), self._key_held(caller):
             if conversation_id is None:
-                self._check_free(None, caller)
+                self._check_free(None)
                 cid = new_id()
                 owner: str | None = caller.owner
                 await self.store.create_conversation(cid, owner)
@@ -130,7 +129,7 @@ class ChatService:
                 exists, owner = await self.store.conversation_owner(cid)
                 if not exists or not caller.may_read(owner):
                     raise ChatRefused(404, "no such conversation")
-                self._check_free(cid, caller)
+                self._check_free(cid)
             self.running[cid] = ""  # held while the user message is written
             try:
                 mid = await self.store.add_message(cid, "user", text, source="text")
@@ -141,7 +140,7 @@ class ChatService:
     async def regenerate(self, response_id: str, caller: Caller = OPEN) -> Response:
         """Answer again the message of a response that failed or was cancelled; what it
         had written is taken out of the conversation."""
-        with _store_refusals():
+        with _store_refusals(), self._key_held(caller):
             old = await self.store.response(response_id)
             if old is None:
                 raise ChatRefused(404, "no such response")
@@ -154,7 +153,7 @@ class ChatService:
                     f"the response is {old['state']}; only a failed or cancelled one is redone",
                 )
             cid = old["conversation_id"]
-            self._check_free(cid, caller)
+            self._check_free(cid)
             last = await self.store.last_message(cid)
             if last is not None and last[1] == response_id:
                 await self.store.delete_reply(response_id)
@@ -217,16 +216,27 @@ class ChatService:
 
     # -- generation ----------------------------------------------------------------
 
-    def _check_free(self, cid: str | None, caller: Caller) -> None:
+    def _check_free(self, cid: str | None) -> None:
         if cid is not None and cid in self.running:
             raise ChatRefused(409, "a response is still being written in this conversation")
         if len(self._tasks) >= self.max_running:
             raise ChatRefused(503, "too many responses in progress; try again later")
+
+    @contextlib.contextmanager
+    def _key_held(self, caller: Caller) -> Iterator[None]:
+        """Hold one of the key's responses from before the first await (so requests at
+        the same moment cannot all pass the limit); a request that fails before its
+        response starts gives it back, and a started response gives it back as it ends."""
         limit = self.max_running_per_key
-        if limit is not None and self.by_key[caller.principal] >= limit:
+        if not self.by_key.take(caller.principal, limit):
             if self.on_refused is not None:
                 self.on_refused("per_key")
             raise ChatRefused(429, f"too many responses in progress for this key (limit {limit})")
+        try:
+            yield
+        except BaseException:
+            self.by_key.release(caller.principal)
+            raise
 
     async def _launch(
         self, cid: str, user_message_id: int, text: str, owner: str | None, principal: str
@@ -246,14 +256,8 @@ class ChatService:
         resp.task = asyncio.get_running_loop().create_task(self._run(resp))
         self._tasks.add(resp.task)
         resp.task.add_done_callback(self._tasks.discard)
-        self.by_key[principal] += 1
-        resp.task.add_done_callback(lambda _: self._release_key(principal))
+        resp.task.add_done_callback(lambda _: self.by_key.release(principal))
         return resp
-
-    def _release_key(self, principal: str) -> None:
-        self.by_key[principal] -= 1
-        if self.by_key[principal] <= 0:
-            del self.by_key[principal]
 
     def _emit(self, resp: Response, event: str, **data: Any) -> None:
         self.events.append(resp.id, event, data)
