@@ -47,11 +47,13 @@ async def llm_endpoint_double(
     ``answer`` a word per ``gap_s``. Yields its base URL."""
 
     handlers: set[asyncio.Task[Any]] = set()
+    writers: set[asyncio.StreamWriter] = set()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if task is not None:
             handlers.add(task)
+        writers.add(writer)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -86,9 +88,17 @@ async def llm_endpoint_double(
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         server.close()
-        for task in handlers:  # the client's idle keep-alive connections
-            task.cancel()
-        await asyncio.gather(*handlers, return_exceptions=True)
+        # the client's idle keep-alive connections: closed, so their handlers read the
+        # end and return (a cancelled handler makes Python 3.11's asyncio.streams log
+        # its CancelledError as an unhandled exception)
+        for writer in writers:
+            writer.close()
+        pending = {t for t in handlers if not t.done()}
+        if pending:
+            _, stuck = await asyncio.wait(pending, timeout=5.0)
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
         await server.wait_closed()
 
 
@@ -289,6 +299,7 @@ async def run_soak(
         "rss_mb": {"start": round(rss[0][1], 1), "end": round(rss[-1][1], 1),
                    "max": round(max(v for _, v in rss), 1)},
         "rss_slope_mb_per_min": slope_mb_per_min(rss[len(rss) // 3 :]),  # after warm-up
+        "rss_samples": [[round(t, 1), round(mb, 1)] for t, mb in rss],
         "tasks_before": len(tasks_before),
         "tasks_after": len(tasks_after),
         "tasks_left": sorted(set(tasks_after) - set(tasks_before)),

@@ -147,6 +147,24 @@ def test_the_answer_cuts_a_filler_short_and_drops_one_not_begun() -> None:
     assert p.heard_text(3) == "No."
 
 
+def test_a_segment_lets_its_audio_go_once_sent_or_dropped_and_keeps_its_length() -> None:
+    """The record of sent frames keeps segments for a minute; their samples are not
+    kept with them. What was heard is still reckoned from the lengths."""
+    p = Playout(frame_samples=320)
+    first = p.push(1, np.ones(640, dtype=np.int16), "One two.")
+    second = p.push(1, np.ones(960, dtype=np.int16), "Three four five.")
+    frames = [p.pull() for _ in range(3)]
+    assert first.played == first.total == 640 and len(first.pcm) == 0
+    assert all(len(f[1]) == 320 and (f[1] == 1).all() for f in frames if f is not None)
+    assert len(second.pcm) == 960  # still playing
+    assert p.clear(1) == 640
+    assert len(second.pcm) == 0 and second.total == 960 and second.played == 320
+    # a third of "Three four five." was sent (word ends at 6, 11, 17 of 17): no word of it
+    assert p.heard_text(1) == "One two."
+    # the client's report of two thirds: "Three four"
+    assert p.heard_text(1, samples=640 + 640) == "One two. Three four"
+
+
 def test_playout_clear_keeps_newer_generation() -> None:
     p = Playout(frame_samples=320)
     p.push(1, np.ones(320, dtype=np.int16), "old")

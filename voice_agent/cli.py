@@ -456,6 +456,9 @@ def _find_benchmarks() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from voice_agent.core.memory import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before any model thread starts
     try:
         if args.command == "setup":
             from voice_agent.models import setup
