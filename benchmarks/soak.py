@@ -217,6 +217,8 @@ def check(reports: dict[str, dict[str, Any]], logs: list[CallerLog]) -> dict[str
     lost = 0
     bad_replies: list[str] = []
     completed = interrupted = 0
+    outcomes: dict[str, int] = {}
+    stops: list[float] = []
     for log in logs:
         report = reports.get(log.session_id)
         if report is None:
@@ -226,6 +228,10 @@ def check(reports: dict[str, dict[str, Any]], logs: list[CallerLog]) -> dict[str
         heard = [t for t in turns if t["user_text"].strip()]
         lost += max(0, log.asked - len(heard))
         for t in turns:
+            for b in t["barge_in"]:
+                outcomes[str(b["outcome"])] = outcomes.get(str(b["outcome"]), 0) + 1
+                if b["stop_latency_ms"] is not None and b["outcome"] == "confirmed":
+                    stops.append(b["stop_latency_ms"])
             # the caller spoke over it (a confirmed barge-in, or speech first taken for a
             # backchannel that then became the caller's next turn)
             talked_over = bool(t["barge_in"])
@@ -242,6 +248,12 @@ def check(reports: dict[str, dict[str, Any]], logs: list[CallerLog]) -> dict[str
         "replies_interrupted": interrupted,
         "replies_neither": bad_replies,
         "caller_errors": [log.error for log in logs if log.error],
+        "barge_ins_made": sum(len(log.barged) for log in logs),
+        "barge_in_outcomes": outcomes,
+        "barge_in_stop_ms": {
+            "p50": round(float(np.percentile(stops, 50)), 1) if stops else None,
+            "p95": round(float(np.percentile(stops, 95)), 1) if stops else None,
+        },
     }
 
 
@@ -320,6 +332,8 @@ async def run_soak_bench(
         f"  questions {result['questions']}, lost transcripts {result['lost_transcripts']}\n"
         f"  replies completed {result['replies_completed']}, interrupted "
         f"{result['replies_interrupted']}, neither {len(result['replies_neither'])}\n"
+        f"  barge-ins made {result['barge_ins_made']}, outcomes "
+        f"{result['barge_in_outcomes']}, stop p50/p95 {result['barge_in_stop_ms']} ms\n"
         f"  RSS {result['rss_mb']} MB, slope {result['rss_slope_mb_per_min']} MB/min\n"
         f"  asyncio tasks {result['tasks_before']} before, {result['tasks_after']} after\n"
         f"  caller errors {len(result['caller_errors'])}"

@@ -16,6 +16,9 @@ async def test_eight_callers_for_two_minutes_lose_nothing_and_leave_nothing() ->
     assert result["replies_neither"] == []
     assert result["replies_interrupted"] >= 8  # each caller talked over an answer
     assert result["tasks_left"] == [] and result["tasks_after"] <= result["tasks_before"]
-    # a generous bound: `bench --soak` measured 27.6 MB/min with 20 callers (not flat
-    # yet; see the README), a leak per turn would be far above it
+    made = result["barge_ins_made"]
+    assert made >= 8 and sum(result["barge_in_outcomes"].values()) >= 8
+    assert result["barge_in_outcomes"].get("confirmed", 0) >= 4  # stopped for the caller
+    # a generous bound (`bench --soak`, 20 callers: see the README); a leak per turn
+    # would be far above it
     assert abs(result["rss_slope_mb_per_min"]) < 100

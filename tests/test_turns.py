@@ -421,8 +421,10 @@ def test_a_short_real_word_confirms_at_the_end_of_the_turn() -> None:
 
 def test_backchannel_turn_while_the_agent_speaks_is_not_a_turn() -> None:
     m = caller_starts_at_3(false_interruption_s=0.5)
-    assert m.handle(Tick(3.5)) == [ResumePlayout(1)]  # gave up before any words
+    # the window is over and no check has run: the caller still talking is looked at
+    assert m.handle(Tick(3.5)) == [CheckBargeIn(1)]
     m.handle(SpeechStopped(t=3.72, at=3.6))
+    assert m.handle(BargeInTranscript(t=3.75, request=1, text="Yeah")) == [ResumePlayout(1)]
     assert m.handle(TranscriptReady(t=3.8, request=1, text="Yeah, okay.")) == [DiscardTurn()]
     assert m.agent is AgentState.SPEAKING and m.gen == 1
 
@@ -569,6 +571,60 @@ def test_function_words_alone_never_confirm_a_barge_in() -> None:
         CancelReply(1),
         ClearPlayout(1),
     ]
+
+
+def test_a_sentence_begun_with_function_words_and_still_going_at_the_window_confirms() -> None:
+    """What whisper tiny.en heard of jfk's "And so my fellow Americans" at 0.8 and 1.4 s: words
+    that say nothing alone. The caller still talking at the window's end: a barge-in,
+    not a resume over them. The same words with the caller gone quiet resume."""
+    m = caller_starts_at_3(barge_in_min_s=0.2, recheck_s=0.3, false_interruption_s=1.5)
+    assert m.handle(Tick(3.2)) == [CheckBargeIn(1)]
+    assert m.handle(BargeInTranscript(t=3.8, request=1, text="and so")) == []
+    assert m.handle(Tick(4.1)) == [CheckBargeIn(2)]
+    assert m.handle(BargeInTranscript(t=4.4, request=2, text="And so my")) == []
+    assert m.user is UserState.SPEAKING
+    assert m.handle(Tick(4.5)) == [
+        ConfirmBargeIn(1, "And so my"),
+        CancelReply(1),
+        ClearPlayout(1),
+    ]
+    # one such word is not enough, still talking or not
+    m = caller_starts_at_3(barge_in_min_s=0.2, recheck_s=0.3, false_interruption_s=1.5)
+    m.handle(Tick(3.2))
+    assert m.handle(BargeInTranscript(t=3.8, request=1, text="And")) == []
+    m.handle(Tick(4.1))
+    assert m.handle(BargeInTranscript(t=4.4, request=2, text="")) == []
+    assert m.handle(Tick(4.5)) == [ResumePlayout(1)]
+    # the caller paused (a backchannel that is over): the same words resume
+    m = caller_starts_at_3(barge_in_min_s=0.2, recheck_s=0.3, false_interruption_s=1.5)
+    m.handle(Tick(3.2))
+    m.handle(SpeechStopped(t=3.9, at=3.8))
+    assert m.handle(BargeInTranscript(t=4.0, request=1, text="And then the")) == []
+    assert m.user is UserState.PAUSED
+    assert m.handle(Tick(4.5)) == [ResumePlayout(1)]
+
+
+def test_a_late_check_that_heard_nothing_of_a_caller_still_talking_is_made_again() -> None:
+    """On a busy CPU the first check may read only the first 200 ms (""), and its answer
+    comes after the window: the caller still talking, it is looked at again within the
+    grace rather than the agent resuming over them (the soak: 26 of 44 talk-overs did)."""
+    m = checking_at_3_2()  # window ends at 4.5, grace 1 s
+    assert m.handle(BargeInTranscript(t=4.7, request=1, text="")) == [CheckBargeIn(2)]
+    assert m.next_deadline() == pytest.approx(5.5)
+    assert m.handle(BargeInTranscript(t=5.1, request=2, text="And so my")) == [
+        ConfirmBargeIn(1, "And so my"),
+        CancelReply(1),
+        ClearPlayout(1),
+    ]
+    # nothing heard by the end of the grace: the reply resumes
+    m = checking_at_3_2()
+    assert m.handle(BargeInTranscript(t=4.7, request=1, text="")) == [CheckBargeIn(2)]
+    assert m.handle(BargeInTranscript(t=5.2, request=2, text="")) == [CheckBargeIn(3)]
+    assert m.handle(Tick(5.5)) == [ResumePlayout(1)]
+    # the caller stopped: no looking again
+    m = checking_at_3_2()
+    m.handle(SpeechStopped(t=4.6, at=4.4))
+    assert m.handle(BargeInTranscript(t=4.7, request=1, text="")) == [ResumePlayout(1)]
 
 
 def test_a_lone_function_word_at_the_end_of_the_turn_resumes_the_reply() -> None:

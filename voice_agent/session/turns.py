@@ -46,7 +46,8 @@ Full duplex (with a :class:`DuplexPolicy`):
   only a backchannel (a cough, noise, "mm-hmm"), resumes the reply where it
   paused (``ResumePlayout``): nothing is lost. While the caller talks, two words
   are needed (a word cut off half-way is often misheard); one word heard and the
-  caller still talking at the end of the window also confirms.
+  caller still talking at the end of the window also confirms, and so do two words
+  that say nothing alone ("and so my": a sentence's start).
 - Fillers. No reply audio ``filler_after_s`` after the end of turn →
   ``PlayFiller`` (once per reply).
 - Idle. ``idle_prompt_s`` of silence with nothing going on → ``Say`` a prompt
@@ -411,6 +412,8 @@ class _Barge:
     request: int | None = None
     words: str = ""
     """The most telling words a check has heard so far (most distinct content words)."""
+    heard: bool = False
+    """A check has heard something (words, or only a backchannel)."""
 
 
 _FINAL_PUNCT = (".", "?", "!", "…")
@@ -481,8 +484,11 @@ class TurnMachine:
         times = [self._deadline, self._prepare_at, self._filler_at, self._idle_deadline()]
         if self.barge is not None:
             grace = self.duplex.check_grace_s if self.duplex else 0.0
-            running = self.barge.request is not None  # nothing happens until it answers
-            times.append(self.barge.give_up_at + (grace if running else 0.0))
+            b = self.barge
+            running = b.request is not None  # nothing happens until it answers
+            # a caller still talking of whom nothing was heard yet: looked at again
+            looking = self.user is UserState.SPEAKING and not b.heard
+            times.append(b.give_up_at + (grace if running or looking else 0.0))
             if self.barge.request is None and self.user is not UserState.QUIET:
                 times.append(self.barge.check_at)
         live = [t for t in times if t is not None]
@@ -552,6 +558,7 @@ class TurnMachine:
                     return self._confirm(text)
                 if len(set(content_words(text))) > len(set(content_words(b.words))):
                     b.words = text
+                b.heard = b.heard or bool(text.strip())
                 b.request = None
                 if late:  # decide now, by the give-up rule
                     return self._duplex_tick(t)
@@ -688,9 +695,16 @@ class TurnMachine:
             return []
         cmds: list[Command] = []
         b = self.barge
-        waiting = b is not None and b.request is not None and t < b.give_up_at + d.check_grace_s
+        # past the window, within the grace: a check still running is waited for, and a
+        # caller still talking of whom no check has heard anything yet is looked at again
+        # (on a busy CPU the first check may have read only the first 200 ms: "")
+        waiting = (
+            b is not None
+            and t < b.give_up_at + d.check_grace_s
+            and (b.request is not None or (self.user is UserState.SPEAKING and not b.heard))
+        )
         if b is not None and t >= b.give_up_at and not waiting:
-            if b.words and self._confirms(b.words):
+            if b.words and (self._confirms(b.words) or self._still_saying(b.words)):
                 return self._confirm(b.words)  # words, and still going: a real barge-in
             self.barge = None  # no words in time: it was not a barge-in
             cmds.append(ResumePlayout(b.gen))
@@ -751,6 +765,15 @@ class TurnMachine:
         need = max(d.barge_in_words, d.barge_in_partial_words) if partial else d.barge_in_words
         words = set(content_words(text))
         return len(words) >= need and not words <= FUNCTION_WORDS
+
+    def _still_saying(self, text: str) -> bool:
+        """Two words or more, if only words that say nothing alone, from a caller still
+        talking at the end of the window: the start of a sentence. whisper tiny.en hears
+        jfk's "And so my fellow Americans" as "and so", then "And so my" up to 1.4 s in;
+        resuming there put the agent back over a caller in mid-sentence (the soak: 72 of 77
+        talk-overs resumed, then cut by the caller's turn). A backchannel is over by then,
+        and a lone hallucinated word is one word."""
+        return self.user is UserState.SPEAKING and len(set(content_words(text))) >= 2
 
     def _confirm(self, text: str) -> list[Command]:
         b = self.barge
