@@ -32,7 +32,7 @@ import numpy as np
 
 from benchmarks.corpus import sample, speech_end
 from benchmarks.harness import in_process_server
-from benchmarks.stats import machine
+from benchmarks.stats import machine, p50_p95
 from voice_agent.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE, Pcm
 from voice_agent.session.engine import EngineConfig
 
@@ -250,10 +250,7 @@ def check(reports: dict[str, dict[str, Any]], logs: list[CallerLog]) -> dict[str
         "caller_errors": [log.error for log in logs if log.error],
         "barge_ins_made": sum(len(log.barged) for log in logs),
         "barge_in_outcomes": outcomes,
-        "barge_in_stop_ms": {
-            "p50": round(float(np.percentile(stops, 50)), 1) if stops else None,
-            "p95": round(float(np.percentile(stops, 95)), 1) if stops else None,
-        },
+        "barge_in_stop_ms": p50_p95(stops),
     }
 
 

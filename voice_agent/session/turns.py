@@ -486,9 +486,7 @@ class TurnMachine:
             grace = self.duplex.check_grace_s if self.duplex else 0.0
             b = self.barge
             running = b.request is not None  # nothing happens until it answers
-            # a caller still talking of whom nothing was heard yet: looked at again
-            looking = self.user is UserState.SPEAKING and not b.heard
-            times.append(b.give_up_at + (grace if running or looking else 0.0))
+            times.append(b.give_up_at + (grace if running or self._looking(b) else 0.0))
             if self.barge.request is None and self.user is not UserState.QUIET:
                 times.append(self.barge.check_at)
         live = [t for t in times if t is not None]
@@ -701,7 +699,7 @@ class TurnMachine:
         waiting = (
             b is not None
             and t < b.give_up_at + d.check_grace_s
-            and (b.request is not None or (self.user is UserState.SPEAKING and not b.heard))
+            and (b.request is not None or self._looking(b))
         )
         if b is not None and t >= b.give_up_at and not waiting:
             if b.words and (self._confirms(b.words) or self._still_saying(b.words)):
@@ -765,6 +763,11 @@ class TurnMachine:
         need = max(d.barge_in_words, d.barge_in_partial_words) if partial else d.barge_in_words
         words = set(content_words(text))
         return len(words) >= need and not words <= FUNCTION_WORDS
+
+    def _looking(self, b: _Barge) -> bool:
+        """A caller still talking of whom no check has heard anything yet: within the
+        grace, looked at again rather than resumed over."""
+        return self.user is UserState.SPEAKING and not b.heard
 
     def _still_saying(self, text: str) -> bool:
         """Two words or more, if only words that say nothing alone, from a caller still
