@@ -153,8 +153,9 @@ def test_a_turn_ending_in_silence_is_not_read_as_empty(moonshine: MoonshineSTT) 
 
 @pytest.mark.models
 def test_no_model_on_onnxruntime_spins_its_threads(moonshine: MoonshineSTT) -> None:
-    """Spinning worker threads take the 2 cores from llama-server (voice_agent.core.onnxrt
-    has the figures): Moonshine's and piper's loaded sessions both have it off, with the
+    """Spinning worker threads take the 2 cores from llama-server, and memory patterns
+    kept for each new input shape grew piper's RSS without end (voice_agent.core.onnxrt
+    has the figures): Moonshine's and piper's loaded sessions have both off, with the
     threads they were asked for."""
     from voice_agent.tts.piper import PiperTTS
 
@@ -164,5 +165,6 @@ def test_no_model_on_onnxruntime_spins_its_threads(moonshine: MoonshineSTT) -> N
         opts = session.get_session_options()
         assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
         assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (2, 1)
+        assert opts.enable_mem_pattern is False
     # and the voice still speaks: "Paris." is about half a second of 16 kHz audio
     assert 4000 < len(piper.synthesize("Paris.")) < 16000
