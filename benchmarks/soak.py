@@ -115,9 +115,24 @@ class CallerLog:
     error: str | None = None
 
 
-async def soak_caller(url: str, question: Pcm, interjection: Pcm, until: float) -> CallerLog:
-    """Ask, hear the answer, ask again, until ``until`` (loop time); talk over every
-    third answer."""
+async def soak_caller(
+    url: str, question: Pcm, interjection: Pcm, until: float, call_s: float
+) -> list[CallerLog]:
+    """Call, and call again when a call has lasted ``call_s``, until ``until`` (loop
+    time); one log per call."""
+    loop = asyncio.get_running_loop()
+    logs: list[CallerLog] = []
+    while loop.time() < until:
+        log = await soak_call(url, question, interjection, min(until, loop.time() + call_s))
+        logs.append(log)
+        if log.error:
+            break
+    return logs
+
+
+async def soak_call(url: str, question: Pcm, interjection: Pcm, until: float) -> CallerLog:
+    """One call: ask, hear the answer, ask again, until ``until`` (loop time); talk over
+    every third answer; then hang up."""
     import websockets
 
     loop = asyncio.get_running_loop()
@@ -190,6 +205,17 @@ async def soak_caller(url: str, question: Pcm, interjection: Pcm, until: float) 
     return log
 
 
+async def kept_reports(state: Any, logs: list[CallerLog]) -> dict[str, dict[str, Any]]:
+    """Each call's report: kept in memory, else from the conversation store."""
+    reports = dict(state.reports)
+    for log in logs:
+        if log.session_id and log.session_id not in reports and state.store is not None:
+            row = await state.store.session(log.session_id)
+            if row is not None and row["report"]:
+                reports[log.session_id] = row["report"]
+    return reports
+
+
 def server_tasks() -> list[str]:
     """The event loop's tasks (their coroutines' names), less the LLM double's own (its
     keep-alive connections)."""
@@ -260,7 +286,11 @@ async def run_soak(
     seconds: float,
     log: Callable[[str], None],
     stagger_s: float = 0.25,
+    call_s: float = 60.0,
 ) -> dict[str, Any]:
+    """``sessions`` callers for ``seconds``, each hanging up after ``call_s`` and calling
+    again (the server's memory is then measured across calls that come and go, as a
+    server's are, and a call's own records, which grow with its turns, are let go)."""
     from voice_agent.runtime import open_engine
     from voice_agent.server import ServerConfig, create_app
 
@@ -271,7 +301,11 @@ async def run_soak(
     async with llm_endpoint_double() as llm_url:
         cfg.llm_base_url, cfg.llm_model = llm_url, "soak-double"
         async with open_engine(cfg, log) as engine:
-            app = create_app(engine=engine, config=ServerConfig(max_sessions=sessions))
+            # a call just hung up may still be ending as its caller calls again; the
+            # server keeps as many ended calls' reports as there are callers (the rest
+            # are read back from the store)
+            config = ServerConfig(max_sessions=2 * sessions, kept_reports=sessions)
+            app = create_app(engine=engine, config=config)
             async with in_process_server(app) as base:
                 state = app.state.va
                 await asyncio.sleep(1.0)
@@ -288,11 +322,12 @@ async def run_soak(
                 until = loop.time() + seconds
                 url = f"ws://{base}/v1/voice/ws"
 
-                async def caller(k: int) -> CallerLog:
+                async def caller(k: int) -> list[CallerLog]:
                     await asyncio.sleep(k * stagger_s)
-                    return await soak_caller(url, question, interjection, until)
+                    return await soak_caller(url, question, interjection, until, call_s)
 
-                logs = list(await asyncio.gather(*(caller(k) for k in range(sessions))))
+                calls = await asyncio.gather(*(caller(k) for k in range(sessions)))
+                logs = [log for each in calls for log in each]
                 async with asyncio.timeout(60):
                     while state.sessions:  # noqa: ASYNC110 (the server's own state)
                         await asyncio.sleep(0.1)
@@ -301,10 +336,12 @@ async def run_soak(
                 await asyncio.gather(sampler, return_exceptions=True)
                 tasks_after = server_tasks()
                 rss.append((time.monotonic() - t0, rss_mb()))
-                result = check(dict(state.reports), logs)
+                result = check(await kept_reports(state, logs), logs)
     return result | {
         "sessions": sessions,
         "seconds": seconds,
+        "call_s": call_s,
+        "calls": len(logs),
         "rss_mb": {"start": round(rss[0][1], 1), "end": round(rss[-1][1], 1),
                    "max": round(max(v for _, v in rss), 1)},
         "rss_slope_mb_per_min": slope_mb_per_min(rss[len(rss) // 3 :]),  # after warm-up
@@ -321,11 +358,13 @@ async def run_soak(
 async def run_soak_bench(
     args: argparse.Namespace, cfg: EngineConfig, log: Callable[[str], None]
 ) -> int:
-    result = await run_soak(cfg, args.soak_sessions, args.soak_seconds, log)
+    result = await run_soak(
+        cfg, args.soak_sessions, args.soak_seconds, log, call_s=args.soak_call_seconds
+    )
     args.json.write_text(json.dumps(result, indent=2))
     print(
-        f"voice-agent bench --soak: {result['sessions']} sessions for {result['seconds']:.0f} s "
-        f"(LLM double)\n"
+        f"voice-agent bench --soak: {result['sessions']} callers for {result['seconds']:.0f} s, "
+        f"{result['calls']} calls of up to {result['call_s']:.0f} s (LLM double)\n"
         f"  questions {result['questions']}, lost transcripts {result['lost_transcripts']}\n"
         f"  replies completed {result['replies_completed']}, interrupted "
         f"{result['replies_interrupted']}, neither {len(result['replies_neither'])}\n"

@@ -291,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--soak-sessions", type=int, default=20, help="with --soak: callers")
     b.add_argument("--soak-seconds", type=float, default=300.0, help="with --soak: length")
     b.add_argument(
+        "--soak-call-seconds", type=float, default=60.0,
+        help="with --soak: each caller hangs up after this long and calls again",
+    )  # fmt: skip
+    b.add_argument(
         "--barge-in",
         action="store_true",
         help="interjections, backchannels and noise over the agent's speech (WebSocket)",

@@ -231,6 +231,14 @@ class FairWorker:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+class WorkOwner:
+    """Whose job it is (a call). The workers remember owners they served (``_served``),
+    and the LLM's slots the owners they last held: a key this small keeps nothing of an
+    ended call alive there."""
+
+    __slots__ = ()
+
+
 class Foreground:
     """The owners (calls) someone is waiting on right now: a caller who has stopped
     talking and has not yet heard the answer. Background work (a partial transcript, a

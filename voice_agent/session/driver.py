@@ -23,6 +23,7 @@ from voice_agent.audio.playout import Playout, Segment
 from voice_agent.core.clock import Clock
 from voice_agent.core.enums import BargeOutcome, ReplyKind
 from voice_agent.core.queues import DropOldestQueue
+from voice_agent.core.work import WorkOwner
 from voice_agent.llm.base import Message
 from voice_agent.llm.builtin_tools import TIME_TOOL
 from voice_agent.llm.context import fit_context
@@ -81,6 +82,10 @@ class Session:
                 ),
             ),
         )  # fmt: skip
+        self.owner = WorkOwner()
+        """This call on the engine's shared workers, its LLM slot and its foreground
+        (a key of its own, not the session: what they remember of past owners then
+        keeps no ended call's audio and state alive)."""
         self.echo = EchoGuard() if cfg.echo_guard else None
         self.inbound = InboundPipeline(
             engine.new_vad(), self.echo, cfg.vad_start_ms, cfg.vad_stop_ms, cfg.preroll_ms,
@@ -101,7 +106,7 @@ class Session:
             self.inbound.sample_at, cfg.paced,
         )  # fmt: skip
         self.ctx = ReplyContext(
-            engine, self, self.playout, self.writer, clock, self.emit, Fillers(cfg.fillers),
+            engine, self.owner, self.playout, self.writer, clock, self.emit, Fillers(cfg.fillers),
             cfg.max_tool_rounds, cfg.first_chunk_words,
             chat_system_message(cfg, note) if note else None, cfg.max_llm_turn_s,
         )  # fmt: skip
@@ -119,7 +124,7 @@ class Session:
             self._reply_finished,
         )  # fmt: skip
         self.listener = Listener(
-            engine, self, self.inbound, self.filter, self.machine, clock, self._control.put,
+            engine, self.owner, self.inbound, self.filter, self.machine, clock, self._control.put,
             self.emit, cfg.partial_interval_s,
             None if cfg.speculate_ms is None else frames(cfg.speculate_ms, FRAME_MS),
             on_partial=self._prefill,
@@ -212,11 +217,11 @@ class Session:
     async def run(self) -> None:
         """Run until :meth:`hangup` (or the machine closes the call). Cancelling it tears
         everything down; an exception from the output ends it too."""
-        self.engine.foreground.join(self, self.waiting_for_answer)
+        self.engine.foreground.join(self.owner, self.waiting_for_answer)
         try:
             await self._run()
         finally:
-            self.engine.foreground.leave(self)
+            self.engine.foreground.leave(self.owner)
 
     async def _run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -368,7 +373,7 @@ class Session:
             return
         if self._prefilling is not None and not self._prefilling.done():
             return
-        if self.engine.foreground.others_waiting(self):
+        if self.engine.foreground.others_waiting(self.owner):
             self.prefills_yielded += 1  # their first tokens come first; the reply reads it
             return
         m = self.machine
@@ -381,7 +386,7 @@ class Session:
         self._prefilled = messages
         tools = self.engine.tools.schemas() or None  # the reply's request offers them too
         self._prefilling = self._tg.create_task(
-            self.engine.llm.prefill(messages, tools, owner=self)
+            self.engine.llm.prefill(messages, tools, owner=self.owner)
         )
 
     def _stop_prefill(self) -> None:
