@@ -1159,6 +1159,95 @@ def test_the_first_chunk_is_three_words_while_another_caller_waits() -> None:
     }  # fmt: skip
 
 
+def test_the_first_chunk_shortens_when_another_caller_begins_to_wait_mid_reply() -> None:
+    """Callers who stop together stop a few hundred ms apart: the first asks the LLM
+    while no one else waits yet. Once the other caller waits (its pause at 1.5 s), the
+    first reply's first chunk is cut at 3 words, not 5."""
+
+    async def main() -> tuple[Call, Call, list[str]]:
+        llm = ScriptedLLMDouble(
+            [["One", " two", " three", " four", " five", " six."], ["Seven eight."]], 0.2
+        )
+        engine = double_engine(llm, WORDS)
+        a = await dial(llm, engine=engine, idle_prompt_s=None)
+        b = await dial(llm, engine=engine, idle_prompt_s=None)
+
+        async def a_asks() -> None:
+            await a.say(tone(1.0, 500))
+            await a.until(completed(a))
+
+        async def b_asks() -> None:
+            await b.quiet(1.0)
+            await b.say(tone(1.0, 600))
+            await b.until(completed(b))
+
+        await asyncio.gather(a_asks(), b_asks())
+        await a.end()
+        await b.end()
+        return a, b, engine.tts.texts
+
+    a, b, texts = run_virtual(main())
+    (m,) = a.session.turns
+    # a asked at 1.34 s, when b was still talking: 5 words then; b's pause began at
+    # 1.5 s, before a's second token (1.74 s)
+    # a asked at 1.34 s, while b was still talking (5 words then); b stopped at 2.0 s
+    # and its final pass answered at 2.34 s
+    assert m.llm_request == pytest.approx(a.session.t0 + 1.34)
+    assert b.session.turns[0].stt_final == pytest.approx(b.session.t0 + 2.34)
+    # a's tokens come every 0.2 s from 1.54 s; b waits from its stop, so at " four"
+    # (2.14 s) a's first chunk is cut at 3 words (5 words would have waited for " six.",
+    # 2.54 s)
+    assert m.first_sentence == pytest.approx(a.session.t0 + 2.14)
+    assert texts[-3:] == ["One two three", "Seven eight.", "four five six."]
+    assert m.reply_text == "One two three four five six."
+
+
+LONG_FILLER = (
+    "Let me think about that one for a moment, it is a good question and I want to get "
+    "the answer right for you."
+)
+
+
+def test_the_first_words_go_to_the_voice_as_urgent_while_a_filler_plays() -> None:
+    """A filler still playing is no runway: the first sentence is submitted with none
+    (it goes ahead of other calls' later sentences, and cuts the filler short); the next
+    sentence carries the answer audio queued before it."""
+    runways: list[tuple[str, float | None]] = []
+
+    async def main() -> Call:
+        llm = ScriptedLLMDouble([["Fine, thanks. ", "And you?"]], token_delay_s=0.6)
+        cfg = SessionConfig(
+            echo_guard=False,
+            duplex=DuplexPolicy(filler_after_s=0.3, idle_prompt_s=None),
+            fillers=(LONG_FILLER,),
+        )
+        call = await dial(llm, cfg)
+        run_tts = call.engine.run_tts
+
+        async def spy(text: str, owner: Any = None, runway_s: float | None = None) -> Any:
+            runways.append((text, runway_s))
+            return await run_tts(text, owner, runway_s)
+
+        call.engine.run_tts = spy  # type: ignore[method-assign]
+        call.session.send_text("How are you?")
+        await call.until(completed(call))
+        await call.end()
+        return call
+
+    call = run_virtual(main())
+    (m,) = call.session.turns
+    assert [e["text"] for e in call.events("filler")] == [m.fillers[0][1]]
+    # the filler (10 ms a character: 1.1 s) was due 0.3 s after the decision and queued
+    # 0.1 s later (a line not among the engine's clips is voiced on first use); the
+    # first sentence was whole at 1.2 s ("And you?" showed its end), the filler playing
+    assert m.fillers[0][0] - m.decided == pytest.approx(0.4)
+    assert m.first_sentence - m.decided == pytest.approx(1.2)
+    said = [r for r in runways if r[0] != LONG_FILLER]  # (the filler's own first voicing)
+    assert said[0] == ("Fine, thanks.", None)
+    assert said[1][0] == "And you?" and said[1][1] is not None and said[1][1] > 0
+    assert m.reply_text == m.heard_text == "Fine, thanks. And you?"
+
+
 def test_an_ended_call_is_not_kept_alive_by_the_shared_engine() -> None:
     """The engine outlives its calls. Its workers remember whom they served last (for
     turn-taking) and the LLM's slots whom they last held; those keep the call's key, never
