@@ -75,9 +75,9 @@ def test_the_default_session_limit_is_the_measured_capacity_and_sizes_the_llm_sl
     from voice_agent.capacity import default_max_sessions, llm_slots
     from voice_agent.session.engine import EngineConfig
 
-    assert default_max_sessions(EngineConfig(llm_profile="fast"), cores=2) == 2
+    assert default_max_sessions(EngineConfig(llm_profile="fast"), cores=2) == 4
     assert default_max_sessions(EngineConfig(llm_profile="quality"), cores=2) == 1
-    assert default_max_sessions(EngineConfig(llm_profile="fast"), cores=8) == 8
+    assert default_max_sessions(EngineConfig(llm_profile="fast"), cores=8) == 16
     assert default_max_sessions(EngineConfig(llm_base_url="http://x/v1"), cores=2) == 4
     assert default_max_sessions(EngineConfig(llm_profile="quality"), cores=1) == 1
     assert [llm_slots(n) for n in (1, 4, 40)] == [1, 4, 16]

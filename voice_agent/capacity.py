@@ -12,9 +12,10 @@ import os
 
 from voice_agent.session.engine import EngineConfig
 
-CALLS_PER_TWO_CORES = {"fast": 2, "quality": 1}
-"""The fast profile: answer p95 1.17 s alone, 1.5-2.2 s with 2 callers at once, 3.6 s
-with 4 (2026-12-03). The default profile: see the README."""
+CALLS_PER_TWO_CORES = {"fast": 4, "quality": 1}
+"""The largest number of callers speaking at once whose answers came within 1.5 s (p95)
+with no underrun (2026-12-04, README): the fast profile 4 (p95 1.36-1.46 s over 3 runs;
+6 callers 1.81 s), the default profile 1 (2 callers 1.54 s)."""
 REMOTE_LLM_CALLS_PER_TWO_CORES = 4
 """With the LLM elsewhere, STT and TTS bound it (not measured yet)."""
 MAX_LLM_SLOTS = 16
