@@ -1,8 +1,11 @@
-"""The process's malloc arenas are capped (see voice_agent.core.memory): counted in
-glibc's own report (malloc_info) after 8 threads allocate at once, in a fresh process."""
+"""The process's malloc (see voice_agent.core.memory): its arenas are capped, counted in
+glibc's own report (malloc_info) after 8 threads allocate at once, in a fresh process;
+memory freed inside a heap goes back to the system when asked, and the server asks
+on a timer."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -51,3 +54,59 @@ def test_eight_allocating_threads_share_two_arenas_once_capped() -> None:
 
 def test_an_arena_cap_the_environment_already_set_is_left_as_it_is() -> None:
     assert arenas("cap", MALLOC_ARENA_MAX="3") == ("False", 3)
+
+
+RELEASE = r"""
+from voice_agent.core.memory import release_free_memory
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) // 1024
+before = rss()
+blocks = [bytearray(64 * 1024) for _ in range(3200)]  # 200 MiB from the heap
+pin = bytearray(64 * 1024)  # above them: free() cannot give the heap's top back
+held = rss()
+del blocks
+freed = rss()
+released = release_free_memory()
+print(held - before, freed - before, rss() - before, released)
+"""
+
+
+def test_memory_freed_inside_the_heap_goes_back_to_the_system_when_asked() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", RELEASE], capture_output=True, text=True, timeout=60,
+        check=True,
+    ).stdout.split()  # fmt: skip
+    held, freed, after, released = int(out[0]), int(out[1]), int(out[2]), out[3]
+    assert held >= 190  # MiB, the blocks (touched when zeroed)
+    assert freed >= 190  # freed, but kept by the process
+    assert after <= 20 and released == "True"
+
+
+async def test_the_server_releases_freed_memory_on_a_timer_until_it_stops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from doubles import ScriptedLLMDouble, double_engine
+
+    from voice_agent.core import memory
+    from voice_agent.server import ServerConfig, create_app
+
+    calls = 0
+    three = asyncio.Event()
+
+    def counted() -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            three.set()
+        return True
+
+    monkeypatch.setattr(memory, "release_free_memory", counted)
+    engine = double_engine(ScriptedLLMDouble([["Hi."]], 0.05))
+    app = create_app(engine=engine, config=ServerConfig(release_memory_s=0.01))
+    async with app.router.lifespan_context(app):
+        await asyncio.wait_for(three.wait(), timeout=30)
+    seen = calls
+    await asyncio.sleep(0.05)
+    assert seen >= 3 and calls == seen  # none after the app stopped

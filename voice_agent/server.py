@@ -83,6 +83,9 @@ class ServerConfig:
     send_queue: int = 1000
     send_timeout_s: float = 5.0
     kept_reports: int = 200
+    release_memory_s: float | None = 10.0
+    """Give memory freed inside malloc's heaps back to the system this often (None: never;
+    see ``core/memory.release_free_memory_every``)."""
     public_url: str | None = None
     """The server's public base URL (https://host) for telephony webhooks; default: the
     request's own host."""
@@ -300,7 +303,10 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with _conversation_store(state), _audiosocket(state), serving(app):
+        async with (
+            _conversation_store(state), _audiosocket(state), _memory_release(state),
+            serving(app),
+        ):  # fmt: skip
             yield
 
     @contextlib.asynccontextmanager
@@ -582,6 +588,24 @@ async def _audiosocket(state: ServerState) -> AsyncIterator[None]:
         yield
     finally:
         listener.close()
+
+
+@contextlib.asynccontextmanager
+async def _memory_release(state: ServerState) -> AsyncIterator[None]:
+    """Freed memory goes back to the system every ``release_memory_s`` while the app runs:
+    without it a server's RSS climbed through calls that came and went (the soak)."""
+    every = state.config.release_memory_s
+    if every is None:
+        yield
+        return
+    from voice_agent.core.memory import release_free_memory_every
+
+    task = asyncio.create_task(release_free_memory_every(every))
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.wait({task})  # let it finish cancelling (nothing is swallowed)
 
 
 def _no_such_session() -> Response:

@@ -10,6 +10,7 @@ onnxruntime's own arena instead gave 24.7.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import os
@@ -34,3 +35,33 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
         return False
     os.environ["MALLOC_ARENA_MAX"] = str(arenas)
     return True
+
+
+def release_free_memory() -> bool:
+    """Give the pages of memory freed inside malloc's heaps back to the system (glibc's
+    ``malloc_trim(0)``). free() returns memory only from the top of a heap; what a call's
+    audio and a model pass's buffers freed below a block still in use stays in the
+    process. False where it does not apply (not Linux, not glibc)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True
+
+
+async def release_free_memory_every(seconds: float) -> None:
+    """:func:`release_free_memory` every ``seconds``, in a thread (ctypes lets go of the
+    GIL), until cancelled. Measured with ``voice-agent bench --soak`` (20 callers for
+    300 s, calls of 60 s, 2 cores): RSS slope after the first third 3.4 and 10.6 MB/min
+    in two runs without it, -1.2 with it every 5 s, and the RSS at the end 976 against
+    1265-1296 MB."""
+    if not sys.platform.startswith("linux"):
+        return
+    while True:
+        await asyncio.sleep(seconds)
+        if not await asyncio.to_thread(release_free_memory):
+            return
