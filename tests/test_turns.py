@@ -289,6 +289,7 @@ def test_interrupt_cancels_the_live_reply_only() -> None:
 from voice_agent.session.turns import (  # noqa: E402
     BargeInTranscript,
     CheckBargeIn,
+    Command,
     ConfirmBargeIn,
     DuplexPolicy,
     PausePlayout,
@@ -297,6 +298,12 @@ from voice_agent.session.turns import (  # noqa: E402
     Say,
     content_words,
 )
+
+
+def confirmed(gen: int, text: str) -> list[Command]:
+    """What a confirmed barge-in does: confirm it with the words heard, cancel the reply,
+    and clear its audio."""
+    return [ConfirmBargeIn(gen, text), CancelReply(gen), ClearPlayout(gen)]
 
 
 def duplex(**kw: object) -> TurnMachine:
@@ -328,11 +335,9 @@ def test_onset_pauses_then_words_confirm_the_barge_in() -> None:
     assert m.handle(Tick(3.2)) == [CheckBargeIn(1)]
     # while the check runs: the give-up time plus the grace for a late check
     assert m.next_deadline() == pytest.approx(5.5)
-    assert m.handle(BargeInTranscript(t=3.3, request=1, text="Wait, stop")) == [
-        ConfirmBargeIn(1, "Wait, stop"),
-        CancelReply(1),
-        ClearPlayout(1),
-    ]
+    assert m.handle(BargeInTranscript(t=3.3, request=1, text="Wait, stop")) == confirmed(
+        1, "Wait, stop"
+    )
     assert (m.agent, m.barge, m.user) == (AgentState.IDLE, None, UserState.SPEAKING)
     # the caller's turn goes on as usual and gets its own reply
     m.handle(SpeechStopped(t=4.12, at=4.0))
@@ -372,11 +377,7 @@ def test_a_check_still_running_at_the_window_is_waited_for_and_one_word_then_con
     m = checking_at_3_2()
     assert m.handle(Tick(4.5)) == []
     assert m.next_deadline() == pytest.approx(5.5)
-    assert m.handle(BargeInTranscript(t=4.9, request=1, text="ask")) == [
-        ConfirmBargeIn(1, "ask"),
-        CancelReply(1),
-        ClearPlayout(1),
-    ]
+    assert m.handle(BargeInTranscript(t=4.9, request=1, text="ask")) == confirmed(1, "ask")
     # no answer within the grace: the reply resumes, and the late answer changes nothing
     m = checking_at_3_2()
     assert m.handle(Tick(5.49)) == []
@@ -389,11 +390,7 @@ def test_a_check_still_running_at_the_window_is_waited_for_and_one_word_then_con
     assert m.handle(BargeInTranscript(t=3.5, request=1, text="Ask")) == []  # one: not yet
     assert m.handle(Tick(3.8)) == [CheckBargeIn(2)]
     assert m.handle(Tick(4.5)) == []
-    assert m.handle(BargeInTranscript(t=4.7, request=2, text="")) == [
-        ConfirmBargeIn(1, "Ask"),
-        CancelReply(1),
-        ClearPlayout(1),
-    ]
+    assert m.handle(BargeInTranscript(t=4.7, request=2, text="")) == confirmed(1, "Ask")
 
 
 def test_a_cough_that_ends_before_any_check_resumes_and_discards_the_turn() -> None:
@@ -411,11 +408,7 @@ def test_a_cough_that_ends_before_any_check_resumes_and_discards_the_turn() -> N
 def test_a_short_real_word_confirms_at_the_end_of_the_turn() -> None:
     m = caller_starts_at_3(barge_in_min_s=0.2)
     m.handle(SpeechStopped(t=3.27, at=3.15))
-    assert m.handle(TranscriptReady(t=3.35, request=1, text="Stop.")) == [
-        ConfirmBargeIn(1, "Stop."),
-        CancelReply(1),
-        ClearPlayout(1),
-    ]
+    assert m.handle(TranscriptReady(t=3.35, request=1, text="Stop.")) == confirmed(1, "Stop.")
     assert m.handle(Tick(3.45)) == [StartReply(2, "Stop.", speech_end=3.15, decided=3.45)]
 
 
@@ -433,7 +426,7 @@ def test_duration_only_rule_confirms_without_words() -> None:
     m = duplex(barge_in_min_s=0.15, barge_in_words=0)
     speaking(m)
     assert m.handle(SpeechStarted(t=3.07, at=3.0)) == [PausePlayout(1, onset=3.0)]
-    assert m.handle(Tick(3.15)) == [ConfirmBargeIn(1, ""), CancelReply(1), ClearPlayout(1)]
+    assert m.handle(Tick(3.15)) == confirmed(1, "")
 
 
 def test_onset_while_thinking_pauses_too_and_nothing_when_idle_or_disabled() -> None:
@@ -452,11 +445,9 @@ def test_two_words_rule_counts_only_content_words() -> None:
     m.handle(Tick(3.2))
     assert m.handle(BargeInTranscript(t=3.3, request=1, text="Yeah, no")) == []
     m.handle(Tick(3.6))
-    assert m.handle(BargeInTranscript(t=3.7, request=2, text="Yeah, no wait")) == [
-        ConfirmBargeIn(1, "Yeah, no wait"),
-        CancelReply(1),
-        ClearPlayout(1),
-    ]
+    assert m.handle(BargeInTranscript(t=3.7, request=2, text="Yeah, no wait")) == confirmed(
+        1, "Yeah, no wait"
+    )
 
 
 @pytest.mark.parametrize(
@@ -555,7 +546,7 @@ def test_one_word_and_still_talking_at_the_window_end_confirms() -> None:
     m.handle(SpeechStarted(t=3.75, at=3.7))
     m.handle(Tick(4.0))
     assert m.handle(BargeInTranscript(t=4.1, request=3, text="")) == []
-    assert m.handle(Tick(4.5)) == [ConfirmBargeIn(1, "Wait..."), CancelReply(1), ClearPlayout(1)]
+    assert m.handle(Tick(4.5)) == confirmed(1, "Wait...")
 
 
 def test_function_words_alone_never_confirm_a_barge_in() -> None:
@@ -566,11 +557,7 @@ def test_function_words_alone_never_confirm_a_barge_in() -> None:
     assert m.handle(BargeInTranscript(t=3.4, request=1, text="And then the")) == []
     m.handle(Tick(3.7))
     # with a word that means something, two words confirm while the caller talks
-    assert m.handle(BargeInTranscript(t=3.9, request=2, text="Hold on")) == [
-        ConfirmBargeIn(1, "Hold on"),
-        CancelReply(1),
-        ClearPlayout(1),
-    ]
+    assert m.handle(BargeInTranscript(t=3.9, request=2, text="Hold on")) == confirmed(1, "Hold on")
 
 
 def test_a_sentence_begun_with_function_words_and_still_going_at_the_window_confirms() -> None:
@@ -583,11 +570,7 @@ def test_a_sentence_begun_with_function_words_and_still_going_at_the_window_conf
     assert m.handle(Tick(4.1)) == [CheckBargeIn(2)]
     assert m.handle(BargeInTranscript(t=4.4, request=2, text="And so my")) == []
     assert m.user is UserState.SPEAKING
-    assert m.handle(Tick(4.5)) == [
-        ConfirmBargeIn(1, "And so my"),
-        CancelReply(1),
-        ClearPlayout(1),
-    ]
+    assert m.handle(Tick(4.5)) == confirmed(1, "And so my")
     # one such word is not enough, still talking or not
     m = caller_starts_at_3(barge_in_min_s=0.2, recheck_s=0.3, false_interruption_s=1.5)
     m.handle(Tick(3.2))
@@ -611,11 +594,9 @@ def test_a_late_check_that_heard_nothing_of_a_caller_still_talking_is_made_again
     m = checking_at_3_2()  # window ends at 4.5, grace 1 s
     assert m.handle(BargeInTranscript(t=4.7, request=1, text="")) == [CheckBargeIn(2)]
     assert m.next_deadline() == pytest.approx(5.5)
-    assert m.handle(BargeInTranscript(t=5.1, request=2, text="And so my")) == [
-        ConfirmBargeIn(1, "And so my"),
-        CancelReply(1),
-        ClearPlayout(1),
-    ]
+    assert m.handle(BargeInTranscript(t=5.1, request=2, text="And so my")) == confirmed(
+        1, "And so my"
+    )
     # nothing heard by the end of the grace: the reply resumes
     m = checking_at_3_2()
     assert m.handle(BargeInTranscript(t=4.7, request=1, text="")) == [CheckBargeIn(2)]
