@@ -142,7 +142,7 @@ class Engine:
     :class:`~voice_agent.core.work.FairWorker`: one thread each, shared by every
     session in turn, with bounded per-session queues. A partial pass never delays
     a final one, and one session's load never queues ahead of another session's
-    next job. Each call names its ``owner`` (the session).
+    next job. Each call names its ``owner`` (its ``WorkOwner`` key).
     """
 
     stt: STT

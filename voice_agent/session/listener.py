@@ -2,7 +2,7 @@
 when the VAD reports a pause, and the words checks of a possible barge-in.
 
 Each job is a task of the session's TaskGroup on the engine's fair workers (the
-session is the owner), answered into the control loop through ``answer``. A job
+session's ``WorkOwner`` is the owner), answered into the control loop through ``answer``. A job
 superseded by a newer one, or refused by a full queue, is dropped; :meth:`stop`
 cancels every job, so nothing of a session outlives it.
 """

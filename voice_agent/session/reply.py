@@ -74,7 +74,7 @@ class ReplyContext:
 
     engine: Engine
     owner: Hashable
-    """Whose turn it is on the shared model workers (the session)."""
+    """Whose turn it is on the shared model workers (the session's ``WorkOwner``)."""
     playout: Playout
     writer: PacedWriter
     clock: Clock
