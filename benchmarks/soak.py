@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from benchmarks.harness import in_process_server
 from benchmarks.stats import machine, p50_p95
 from voice_agent.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE, Pcm
 from voice_agent.session.engine import EngineConfig
+
+if TYPE_CHECKING:
+    from voice_agent.server import ServerState
 
 ANSWER = "It is a fine day. The sun is out, and the wind is calm. Anything else?"
 
@@ -205,7 +208,7 @@ async def soak_call(url: str, question: Pcm, interjection: Pcm, until: float) ->
     return log
 
 
-async def kept_reports(state: Any, logs: list[CallerLog]) -> dict[str, dict[str, Any]]:
+async def kept_reports(state: ServerState, logs: list[CallerLog]) -> dict[str, dict[str, Any]]:
     """Each call's report: kept in memory, else from the conversation store."""
     reports = dict(state.reports)
     for log in logs:

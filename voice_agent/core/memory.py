@@ -15,6 +15,7 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from typing import Any
 
 M_ARENA_MAX = -8
 """glibc's ``mallopt`` parameter (malloc.h)."""
@@ -24,14 +25,10 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
     """Cap glibc's malloc arenas for this process (call before threads start) and, by
     ``MALLOC_ARENA_MAX``, for the processes it starts. False where it does not apply
     (not Linux, not glibc) or the caller's environment already set it."""
-    if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
+    if "MALLOC_ARENA_MAX" in os.environ:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and others have no mallopt
-        return False
-    if mallopt(M_ARENA_MAX, arenas) != 1:
+    mallopt = _glibc("mallopt")
+    if mallopt is None or mallopt(M_ARENA_MAX, arenas) != 1:
         return False
     os.environ["MALLOC_ARENA_MAX"] = str(arenas)
     return True
@@ -42,15 +39,21 @@ def release_free_memory() -> bool:
     ``malloc_trim(0)``). free() returns memory only from the top of a heap; what a call's
     audio and a model pass's buffers freed below a block still in use stays in the
     process. False where it does not apply (not Linux, not glibc)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
+    trim = _glibc("malloc_trim")
+    if trim is None:
         return False
     trim(0)
     return True
+
+
+def _glibc(name: str) -> Any | None:
+    """glibc's function ``name`` (None: not Linux, or a libc without it, as musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
 
 
 async def release_free_memory_every(seconds: float) -> None:

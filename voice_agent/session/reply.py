@@ -169,12 +169,8 @@ class Reply:
 
     async def _generate(self, out: asyncio.Queue[str | None]) -> None:
         m, ctx = self.m, self.ctx
-        loaded = ctx.engine.foreground.others_waiting(ctx.owner)
-        splitter = SentenceSplitter(
-            first_max_words=min(ctx.first_chunk_words, LOADED_FIRST_CHUNK_WORDS)
-            if loaded
-            else ctx.first_chunk_words
-        )
+        splitter = SentenceSplitter(first_max_words=ctx.first_chunk_words)
+        self._shorten_first_chunk(splitter)  # at the request, then at each token
         asks = ctx.tool_prompt is not None and ctx.engine.tools.intended(m.user_text or "")
         rounds = ToolRounds(
             ctx.engine.tools, self.messages, ctx.max_tool_rounds,
@@ -232,7 +228,7 @@ class Reply:
 
     def _shorten_first_chunk(self, splitter: SentenceSplitter) -> None:
         """Before the first chunk is out: 3 words at most once another caller waits for
-        an answer. It is asked again at each token, not only at the request: callers who
+        an answer. It is asked at the request and again at each token: callers who
         stop talking together stop a few hundred ms apart, so the first of them asks when
         no one else waits yet (measured, 4 callers: a 5-word first chunk 0.65 s after
         the 3 words were written)."""
